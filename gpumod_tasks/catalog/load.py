@@ -1,0 +1,361 @@
+"""Read ``presets/<category>/<id>.yaml`` and ``modes/<id>.yaml`` and validate them all at once.
+
+The YAML files are the single source of truth: every command reads them afresh, so editing a
+mode takes effect on the next command.  Every problem in every file is reported together, each
+with file:line:column and the field; nothing is changed when the catalog is invalid.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import CatalogError, Problem
+from .model import Catalog, DockerSpec, Driver, Mode, ModeService, Preset, SleepMode
+from .schema import ENV_NAME_RE, ID_RE, Checker, Field
+
+_PORT = Field("int", required=True, check=lambda p: None if 1 <= p <= 65535 else f"port {p} is outside 1-65535")
+
+
+def _endpoint(value: str) -> str | None:
+    return None if value.startswith("/") else f"{value!r} must be a path starting with '/'"
+
+
+def _env_names(pairs: tuple[tuple[str, str], ...]) -> str | None:
+    bad = [k for k, _ in pairs if not ENV_NAME_RE.match(k)]
+    return f"invalid environment variable name(s): {', '.join(bad)}" if bad else None
+
+
+PRESET_SCHEMA: dict[str, Field] = {
+    "id": Field("id", required=True),
+    "name": Field("str", required=True),
+    "driver": Field("str", required=True, choices=tuple(d.value for d in Driver)),
+    "description": Field("str"),
+    "port": _PORT,
+    "vram_mb": Field("int", required=True, minimum=0),
+    "model_id": Field("str"),
+    "model_path": Field("str"),
+    "model_size_mb": Field("int", minimum=0),
+    "context_size": Field("int", minimum=0),
+    "kv_cache_per_1k": Field("number", minimum=0),
+    "health_endpoint": Field("str", check=_endpoint),
+    "startup_timeout": Field("int", minimum=1),
+    "supports_sleep": Field("bool"),
+    "sleep_mode": Field("str", choices=tuple(s.value for s in SleepMode)),
+    "sleep_vram_mb": Field("int", minimum=0),
+    "depends_on": Field("id_list"),
+    "unit_template": Field("str"),
+    "unit_vars": Field("map"),
+    "env": Field("str_map", check=_env_names),
+    "compat": Field("str_map"),
+    "docker": Field("map"),
+    "sim": Field("map"),
+}
+
+DOCKER_SCHEMA: dict[str, Field] = {
+    "image": Field("str", required=True),
+    "ports": Field("str_list"),
+    "volumes": Field("str_list"),
+    "environment": Field("str_map", check=_env_names),
+    "command": Field("str_list"),
+    "network": Field("str"),
+    "extra_args": Field("str_list"),
+}
+
+SIM_SCHEMA: dict[str, Field] = {
+    "load_s": Field("number", minimum=0),
+    "wake_l1_s": Field("number", minimum=0),
+    "wake_l2_s": Field("number", minimum=0),
+    "release_lag_s": Field("number", minimum=0),
+}
+
+MODE_SCHEMA: dict[str, Field] = {
+    "id": Field("id", required=True),
+    "name": Field("str", required=True),
+    "description": Field("str"),
+    "services": Field("any", required=True),
+}
+
+MODE_SERVICE_SCHEMA: dict[str, Field] = {
+    "id": Field("id", required=True),
+    "sleep_on_idle": Field("int", minimum=1),
+}
+
+# Which sleep modes each driver can honour.
+SLEEP_MODES_BY_DRIVER = {
+    Driver.VLLM: {SleepMode.NONE, SleepMode.L1, SleepMode.L2},
+    Driver.LLAMACPP: {SleepMode.NONE, SleepMode.ROUTER},
+    Driver.FASTAPI: {SleepMode.NONE, SleepMode.L1, SleepMode.L2},
+    Driver.DOCKER: {SleepMode.NONE},
+}
+
+
+def _yaml() -> Any:
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> Any:
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(rel, 0, 0, "", f"cannot read: {exc}"))
+        return None
+    try:
+        return _yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        what = (exc.problem or str(exc)).strip()
+        if "duplicate key" in str(exc).lower():
+            what = "duplicate key: " + str(exc).split("found duplicate key")[-1].split("\n")[0].strip(' "')
+        problems.append(Problem(rel, line, col, "", f"YAML error: {what}"))
+    except YAMLError as exc:
+        problems.append(Problem(rel, 0, 0, "", f"YAML error: {exc}"))
+    return None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_catalog(root: str | os.PathLike[str]) -> Catalog:
+    """Load and validate ``<root>/presets`` and ``<root>/modes``; raise CatalogError listing all problems."""
+    base = Path(root)
+    problems: list[Problem] = []
+    presets: dict[str, Preset] = {}
+    preset_nodes: dict[str, tuple[str, Any]] = {}
+    for path in sorted((base / "presets").glob("**/*.y*ml")):
+        rel = _rel(path, base)
+        doc = _read_yaml(path, rel, problems)
+        if doc is None:
+            if not any(p.file == rel for p in problems):
+                problems.append(Problem(rel, 0, 0, "", "file is empty"))
+            continue
+        category = path.parent.name if path.parent != base / "presets" else ""
+        preset = _preset(doc, rel, category, problems)
+        if preset is None:
+            continue
+        if preset.id in presets:
+            other = presets[preset.id].file
+            ck = Checker(rel)
+            ck.add(doc, "id", "id", f"duplicate preset id {preset.id!r} (also defined in {other})")
+            problems.extend(ck.problems)
+            continue
+        presets[preset.id] = preset
+        preset_nodes[preset.id] = (rel, doc)
+
+    modes: dict[str, Mode] = {}
+    mode_nodes: dict[str, tuple[str, Any]] = {}
+    for path in sorted((base / "modes").glob("*.y*ml")):
+        rel = _rel(path, base)
+        doc = _read_yaml(path, rel, problems)
+        if doc is None:
+            if not any(p.file == rel for p in problems):
+                problems.append(Problem(rel, 0, 0, "", "file is empty"))
+            continue
+        mode = _mode(doc, rel, problems)
+        if mode is None:
+            continue
+        if mode.id in modes:
+            ck = Checker(rel)
+            ck.add(doc, "id", "id", f"duplicate mode id {mode.id!r} (also defined in {modes[mode.id].file})")
+            problems.extend(ck.problems)
+            continue
+        modes[mode.id] = mode
+        mode_nodes[mode.id] = (rel, doc)
+
+    problems.extend(_cross_check(presets, preset_nodes, modes, mode_nodes))
+    if problems:
+        raise CatalogError(problems)
+    return Catalog(presets=presets, modes=modes, root=str(base))
+
+
+def _preset(doc: Any, rel: str, category: str, problems: list[Problem]) -> Preset | None:
+    ck = Checker(rel)
+    v = ck.mapping(doc, PRESET_SCHEMA)
+    docker = None
+    if "docker" in v:
+        d = ck.mapping(doc["docker"], DOCKER_SCHEMA, prefix="docker.")
+        if "image" in d:
+            docker = DockerSpec(
+                image=d["image"],
+                ports=d.get("ports", ()),
+                volumes=d.get("volumes", ()),
+                environment=d.get("environment", ()),
+                command=d.get("command", ()),
+                network=d.get("network", ""),
+                extra_args=d.get("extra_args", ()),
+            )
+    sim: dict[str, float] = {}
+    if "sim" in v:
+        sim = ck.mapping(doc["sim"], SIM_SCHEMA, prefix="sim.")
+    required = {k for k, f in PRESET_SCHEMA.items() if f.required}
+    if ck.problems or not required <= set(v):
+        problems.extend(ck.problems)
+        return None
+    driver = Driver(v["driver"])
+    sleep_mode = SleepMode(v.get("sleep_mode", "none"))
+    supports = v.get("supports_sleep", sleep_mode is not SleepMode.NONE)
+    if supports and sleep_mode is SleepMode.NONE:
+        ck.add(doc, "supports_sleep", "supports_sleep", "is true but sleep_mode is 'none' (set sleep_mode: l1, l2 or router)")
+    if not supports and sleep_mode is not SleepMode.NONE:
+        ck.add(doc, "supports_sleep", "supports_sleep", f"is false but sleep_mode is {sleep_mode.value!r}")
+    if sleep_mode not in SLEEP_MODES_BY_DRIVER[driver]:
+        allowed = ", ".join(sorted(s.value for s in SLEEP_MODES_BY_DRIVER[driver]))
+        ck.add(doc, "sleep_mode", "sleep_mode", f"{sleep_mode.value!r} is not supported by driver {driver.value} (allowed: {allowed})")
+    if driver is Driver.DOCKER and docker is None:
+        ck.add(doc, None, "docker", "driver docker needs a docker: mapping with an image")
+    if driver is not Driver.DOCKER and "docker" in v:
+        ck.add(doc, "docker", "docker", f"only valid with driver docker (this preset is {driver.value})")
+    if v.get("sleep_vram_mb", 0) > v["vram_mb"]:
+        ck.add(doc, "sleep_vram_mb", "sleep_vram_mb", f"{v['sleep_vram_mb']} exceeds vram_mb {v['vram_mb']}")
+    if ck.problems:
+        problems.extend(ck.problems)
+        return None
+    return Preset(
+        id=v["id"],
+        name=v["name"],
+        driver=driver,
+        port=v["port"],
+        vram_mb=v["vram_mb"],
+        category=category,
+        description=v.get("description", ""),
+        model_id=v.get("model_id", ""),
+        model_path=v.get("model_path", ""),
+        model_size_mb=v.get("model_size_mb", 0),
+        context_size=v.get("context_size", 0),
+        kv_cache_per_1k=v.get("kv_cache_per_1k", 0.0),
+        health_endpoint=v.get("health_endpoint", "/health"),
+        startup_timeout=v.get("startup_timeout", 300),
+        supports_sleep=supports,
+        sleep_mode=sleep_mode,
+        sleep_vram_mb=v.get("sleep_vram_mb"),
+        depends_on=v.get("depends_on", ()),
+        unit_template=v.get("unit_template", ""),
+        unit_vars=v.get("unit_vars", {}),
+        env=v.get("env", ()),
+        compat=v.get("compat", ()),
+        docker=docker,
+        sim=sim,
+        file=rel,
+    )
+
+
+def _mode(doc: Any, rel: str, problems: list[Problem]) -> Mode | None:
+    ck = Checker(rel)
+    v = ck.mapping(doc, MODE_SCHEMA)
+    services: list[ModeService] = []
+    raw = doc.get("services") if isinstance(doc, dict) else None
+    if raw is not None:
+        if not isinstance(raw, list):
+            ck.add(doc, "services", "services", "expected a list of service ids (or {id, sleep_on_idle} mappings)")
+        else:
+            seen: set[str] = set()
+            for i, item in enumerate(raw):
+                field = f"services[{i}]"
+                if isinstance(item, str):
+                    if not ID_RE.match(item):
+                        ck.add(raw, None, field, f"{item!r} is not a valid id (must match [a-z0-9][a-z0-9._-]*)", index=i)
+                        continue
+                    entry = ModeService(id=str(item))
+                elif isinstance(item, dict):
+                    m = ck.mapping(item, MODE_SERVICE_SCHEMA, prefix=f"{field}.")
+                    if "id" not in m:
+                        continue
+                    entry = ModeService(id=m["id"], sleep_on_idle=m.get("sleep_on_idle"))
+                else:
+                    ck.add(raw, None, field, "expected a service id or a mapping with id", index=i)
+                    continue
+                if entry.id in seen:
+                    ck.add(raw, None, field, f"service {entry.id!r} is listed twice", index=i)
+                    continue
+                seen.add(entry.id)
+                services.append(entry)
+    if ck.problems or "id" not in v or "name" not in v:
+        problems.extend(ck.problems)
+        return None
+    return Mode(id=v["id"], name=v["name"], description=v.get("description", ""), services=tuple(services), file=rel)
+
+
+def _cross_check(
+    presets: dict[str, Preset],
+    preset_nodes: dict[str, tuple[str, Any]],
+    modes: dict[str, Mode],
+    mode_nodes: dict[str, tuple[str, Any]],
+) -> list[Problem]:
+    problems: list[Problem] = []
+    # depends_on must name known presets, and must not form a cycle
+    for pid, preset in presets.items():
+        rel, doc = preset_nodes[pid]
+        ck = Checker(rel)
+        for i, dep in enumerate(preset.depends_on):
+            if dep not in presets:
+                ck.add(doc["depends_on"], None, f"depends_on[{i}]", f"unknown service {dep!r}", index=i)
+            elif dep == pid:
+                ck.add(doc["depends_on"], None, f"depends_on[{i}]", "a service cannot depend on itself", index=i)
+        problems.extend(ck.problems)
+    for cycle in find_cycles({p: [d for d in pr.depends_on if d in presets and d != p] for p, pr in presets.items()}):
+        first = cycle[0]
+        rel, doc = preset_nodes[first]
+        ck = Checker(rel)
+        ck.add(doc, "depends_on", "depends_on", "dependency cycle: " + " -> ".join([*cycle, first]))
+        problems.extend(ck.problems)
+    # modes: known services, no port clash, dependencies present
+    for mid, mode in modes.items():
+        rel, doc = mode_nodes[mid]
+        ck = Checker(rel)
+        raw = doc["services"]
+        ports: dict[int, str] = {}
+        for i, ms in enumerate(mode.services):
+            if ms.id not in presets:
+                ck.add(raw, None, f"services[{i}]", f"unknown service {ms.id!r}", index=i)
+                continue
+            port = presets[ms.id].port
+            if port in ports:
+                ck.add(raw, None, f"services[{i}]", f"port {port} of {ms.id!r} is already used by {ports[port]!r} in this mode", index=i)
+            else:
+                ports[port] = ms.id
+            for dep in presets[ms.id].depends_on:
+                if dep in presets and dep not in mode.service_ids:
+                    ck.add(raw, None, f"services[{i}]", f"{ms.id!r} depends on {dep!r}, which this mode does not include", index=i)
+        problems.extend(ck.problems)
+    return problems
+
+
+def find_cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Each elementary cycle once (as found by DFS), rotated to start at its smallest node."""
+    cycles: list[list[str]] = []
+    seen_keys: set[tuple[str, ...]] = set()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                cyc = stack[stack.index(nxt):]
+                k = cyc.index(min(cyc))
+                rot = tuple(cyc[k:] + cyc[:k])
+                if rot not in seen_keys:
+                    seen_keys.add(rot)
+                    cycles.append(list(rot))
+            elif state.get(nxt) is None:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for n in sorted(graph):
+        if state.get(n) is None:
+            visit(n)
+    return cycles

@@ -1,0 +1,136 @@
+"""Typed values for the catalog: presets (one service each) and modes (bundles of services)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Driver(str, Enum):
+    VLLM = "vllm"
+    LLAMACPP = "llamacpp"
+    FASTAPI = "fastapi"
+    DOCKER = "docker"
+
+
+class SleepMode(str, Enum):
+    NONE = "none"
+    L1 = "l1"
+    L2 = "l2"
+    ROUTER = "router"
+
+    @property
+    def level(self) -> int:
+        return {"l1": 1, "l2": 2}.get(self.value, 0)
+
+
+# VRAM a sleeping service still holds when its preset does not say (CUDA context, graphs,
+# allocator pools).  vLLM keeps a few hundred MB per process; a llama.cpp router that unloaded
+# its model holds none (the child process exits); a custom server is assumed to keep its context.
+DEFAULT_SLEEP_VRAM_MB = {Driver.VLLM: 512, Driver.LLAMACPP: 0, Driver.FASTAPI: 256, Driver.DOCKER: 0}
+
+
+@dataclass(frozen=True)
+class DockerSpec:
+    image: str
+    ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    command: tuple[str, ...] = ()
+    network: str = ""
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Preset:
+    id: str
+    name: str
+    driver: Driver
+    port: int
+    vram_mb: int
+    category: str = ""
+    description: str = ""
+    model_id: str = ""
+    model_path: str = ""
+    model_size_mb: int = 0
+    context_size: int = 0
+    kv_cache_per_1k: float = 0.0
+    health_endpoint: str = "/health"
+    startup_timeout: int = 300
+    supports_sleep: bool = False
+    sleep_mode: SleepMode = SleepMode.NONE
+    sleep_vram_mb: int | None = None
+    depends_on: tuple[str, ...] = ()
+    unit_template: str = ""
+    unit_vars: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    env: tuple[tuple[str, str], ...] = ()
+    compat: tuple[tuple[str, str], ...] = ()
+    docker: DockerSpec | None = None
+    sim: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+    file: str = ""
+
+    @property
+    def unit(self) -> str:
+        return f"gpumod-{self.id}.service"
+
+    @property
+    def can_sleep(self) -> bool:
+        return self.supports_sleep and self.sleep_mode is not SleepMode.NONE
+
+    @property
+    def residual_mb(self) -> int:
+        """VRAM still held while asleep."""
+        if self.sleep_vram_mb is not None:
+            return self.sleep_vram_mb
+        return min(self.vram_mb, DEFAULT_SLEEP_VRAM_MB[self.driver])
+
+    @property
+    def served_model(self) -> str:
+        """The name clients put in a request's ``model`` field."""
+        return self.unit_vars.get("served_model_name") or self.id
+
+
+@dataclass(frozen=True)
+class ModeService:
+    id: str
+    sleep_on_idle: int | None = None  # seconds without requests before the router sleeps it
+
+
+@dataclass(frozen=True)
+class Mode:
+    id: str
+    name: str
+    description: str = ""
+    services: tuple[ModeService, ...] = ()
+    file: str = ""
+
+    @property
+    def service_ids(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.services)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    presets: dict[str, Preset]
+    modes: dict[str, Mode]
+    root: str = ""
+
+    def preset(self, service_id: str) -> Preset:
+        from ..errors import UnknownName
+
+        try:
+            return self.presets[service_id]
+        except KeyError:
+            raise UnknownName("service", service_id, list(self.presets)) from None
+
+    def mode(self, mode_id: str) -> Mode:
+        from ..errors import UnknownName
+
+        try:
+            return self.modes[mode_id]
+        except KeyError:
+            raise UnknownName("mode", mode_id, list(self.modes)) from None
+
+    def mode_vram(self, mode: Mode) -> int:
+        return sum(self.presets[s].vram_mb for s in mode.service_ids)

@@ -1,0 +1,144 @@
+"""The one interface every task uses to reach its target: run, read/write files, HTTP to a port.
+
+Implementations: ``LocalHost`` (subprocess + httpx) and ``SshHost`` (Fabric; HTTP through an SSH
+port-forward because services bind 127.0.0.1 on the box).  Commands are argv lists; quoting for a
+remote shell happens in exactly one place (``shell_join``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import CommandFailed
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..inventory import HostSpec
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    host: str
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """The single choke point where argv becomes shell text."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class Host(ABC):
+    """A target box. Subclasses implement ``_run``, file I/O and ``base_url``."""
+
+    def __init__(self, spec: HostSpec):
+        self.spec = spec
+        self.name = spec.name
+        self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
+        self.round_trips = 0  # commands sent; quoted in benchmarks and notes
+
+    # -- commands -------------------------------------------------------
+    @abstractmethod
+    def _run(self, argv: Sequence[str], *, input: str | None, timeout: float | None, env: dict[str, str] | None) -> CommandResult: ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        sudo: bool = False,
+        ok: Iterable[int] = (0,),
+        input: str | None = None,
+        timeout: float | None = 60,
+        env: dict[str, str] | None = None,
+        what: str = "",
+    ) -> CommandResult:
+        """Run argv; raise CommandFailed unless the exit code is in ``ok``."""
+        argv = [str(a) for a in argv]
+        if sudo and not self.is_root:
+            argv = ["sudo", "-n", "--", *argv]
+        self.round_trips += 1
+        result = self._run(argv, input=input, timeout=timeout, env=env)
+        if result.exit_code not in tuple(ok):
+            raise CommandFailed(result, what)
+        return result
+
+    def sh(self, script: str, *, sudo: bool = False, ok: Iterable[int] = (0,), input: str | None = None,
+           timeout: float | None = 60, what: str = "") -> CommandResult:
+        """Run a POSIX shell script whose variable parts were quoted with ``shell_join``/``shlex.quote``."""
+        return self.run(["sh", "-c", script], sudo=sudo, ok=ok, input=input, timeout=timeout, what=what)
+
+    @property
+    @abstractmethod
+    def is_root(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def home(self) -> str: ...
+
+    def expand(self, path: str) -> str:
+        if path == "~" or path.startswith("~/"):
+            return self.home + path[1:]
+        return path
+
+    # -- files ----------------------------------------------------------
+    @abstractmethod
+    def read_file(self, path: str, *, sudo: bool = False) -> str | None:
+        """File text, or None when it does not exist."""
+
+    @abstractmethod
+    def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
+        """Write atomically (temp file + rename) when content differs; return whether it changed."""
+
+    def remove_file(self, path: str, *, sudo: bool = False) -> bool:
+        path = self.expand(path)
+        r = self.run(["sh", "-c", 'if [ -e "$1" ]; then rm -f -- "$1" && echo removed; fi', "sh", path], sudo=sudo)
+        return "removed" in r.stdout
+
+    def makedirs(self, path: str, *, sudo: bool = False) -> None:
+        self.run(["mkdir", "-p", "--", self.expand(path)], sudo=sudo)
+
+    # -- HTTP -----------------------------------------------------------
+    @abstractmethod
+    def base_url(self, port: int) -> str:
+        """A URL prefix, reachable from this controller, for 127.0.0.1:port on the host."""
+
+    @property
+    def http(self) -> httpx.Client:
+        with self._http_lock:
+            if self._http is None:
+                import httpx
+
+                # trust_env=False: a proxy from the environment must never see 127.0.0.1 traffic
+                self._http = httpx.Client(
+                    timeout=httpx.Timeout(5.0, connect=2.0),
+                    trust_env=False,
+                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                )
+            return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,91 @@
+"""The local machine: subprocess for commands, direct file I/O, httpx to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import HostError
+from .base import CommandResult, Host
+
+
+class LocalHost(Host):
+    @property
+    def is_root(self) -> bool:
+        return os.geteuid() == 0
+
+    @property
+    def home(self) -> str:
+        return os.path.expanduser("~")
+
+    def _run(self, argv: Sequence[str], *, input: str | None, timeout: float | None, env: dict[str, str] | None) -> CommandResult:
+        full_env = None
+        if env:
+            full_env = {**os.environ, **env}
+        try:
+            p = subprocess.run(
+                list(argv),
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=full_env,
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            return CommandResult(self.name, tuple(argv), 127, "", f"{argv[0]}: command not found")
+        except subprocess.TimeoutExpired as exc:
+            raise HostError(self.name, f"command timed out after {timeout}s: {' '.join(argv)[:200]}") from exc
+        return CommandResult(self.name, tuple(argv), p.returncode, p.stdout, p.stderr)
+
+    def read_file(self, path: str, *, sudo: bool = False) -> str | None:
+        p = Path(self.expand(path))
+        try:
+            return p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            if not sudo:
+                raise
+            r = self.run(["cat", "--", str(p)], sudo=True, ok=(0, 1))
+            return r.stdout if r.exit_code == 0 else None
+
+    def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
+        p = Path(self.expand(path))
+        if self.read_file(str(p), sudo=sudo) == content:
+            return False
+        if sudo and not self.is_root:
+            script = 'set -e; d=$(dirname "$1"); mkdir -p "$d"; t=$(mktemp "$d/.gpumod.XXXXXX"); cat > "$t"; chmod "$2" "$t"; mv -f "$t" "$1"'
+            self.run(["sh", "-c", script, "sh", str(p), f"{mode:o}"], sudo=True, input=content)
+            return True
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".gpumod.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(content)
+            os.chmod(tmp, mode)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return True
+
+    def remove_file(self, path: str, *, sudo: bool = False) -> bool:
+        if sudo and not self.is_root:
+            return super().remove_file(path, sudo=sudo)
+        try:
+            Path(self.expand(path)).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def makedirs(self, path: str, *, sudo: bool = False) -> None:
+        if sudo and not self.is_root:
+            return super().makedirs(path, sudo=sudo)
+        Path(self.expand(path)).mkdir(parents=True, exist_ok=True)
+
+    def base_url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"

@@ -1,0 +1,188 @@
+"""File-backed VRAM ledger: one JSON file per simulated GPU.
+
+Stdlib only: the simulator is copied as-is to an agentless box that has nothing but python3.
+
+Every change happens under an exclusive ``flock`` on a sidecar lock file and is written with an
+atomic rename, so concurrent writers (several stand-in servers, the shim) never lose or
+double-count megabytes.  Allocations are keyed by pid and tag.  Freed memory is not returned at
+once: it stays charged until ``release_at`` (``release_lag_s`` after the free), because real drivers
+reclaim VRAM late and gpumod must poll for it.  An allocation whose process died is reclaimed the
+same way, counted from when a reader first sees the process gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class OutOfMemory(Exception):
+    """Raised like torch.OutOfMemoryError when an allocation does not fit."""
+
+    def __init__(self, gpu: int, requested_mb: int, free_mb: int, total_mb: int):
+        self.requested_mb, self.free_mb, self.total_mb = requested_mb, free_mb, total_mb
+        super().__init__(
+            f"CUDA out of memory. Tried to allocate {requested_mb} MiB. GPU {gpu} has a total capacity of "
+            f"{total_mb} MiB of which {free_mb} MiB is free."
+        )
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    index: int
+    name: str
+    uuid: str
+    total_mb: int
+    used_mb: int
+    per_pid: dict[int, int]
+
+    @property
+    def free_mb(self) -> int:
+        return max(0, self.total_mb - self.used_mb)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie holds no memory: its driver context is gone
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+class Ledger:
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.lock_path = self.path.with_suffix(self.path.suffix + ".lock")
+
+    # -- file handling ---------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                data = self._read()
+                before = json.dumps(data, sort_keys=True)
+                yield data
+                if json.dumps(data, sort_keys=True) != before:
+                    self._write(data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no simulated GPU ledger at {self.path} (run: inv sim.up)") from None
+
+    def _write(self, data: dict[str, Any]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def create(path: str | os.PathLike[str], *, name: str, total_mb: int, index: int = 0, release_lag_s: float = 0.4) -> Ledger:
+        """Create the GPU (idempotent: an existing ledger keeps its allocations)."""
+        led = Ledger(path)
+        led.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(led.lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                try:
+                    data = led._read()
+                except (FileNotFoundError, json.JSONDecodeError):
+                    data = {"allocs": []}
+                data.update(name=name, total_mb=int(total_mb), index=index, release_lag_s=float(release_lag_s))
+                data.setdefault("uuid", f"GPU-5151-{index:04d}-gpumod-sim")
+                led._write(data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return led
+
+    # -- accounting --------------------------------------------------------
+    @staticmethod
+    def _settle(data: dict[str, Any], now: float) -> None:
+        """Drop allocations whose release time has passed; start the lag for dead owners."""
+        lag = float(data.get("release_lag_s", 0.4))
+        keep = []
+        for a in data["allocs"]:
+            if a.get("release_at") is not None:
+                if a["release_at"] <= now:
+                    continue
+            elif not pid_alive(int(a["pid"])):
+                a["release_at"] = now + lag
+            keep.append(a)
+        data["allocs"] = keep
+
+    @staticmethod
+    def _used(data: dict[str, Any]) -> int:
+        return sum(int(a["mb"]) for a in data["allocs"])
+
+    def alloc(self, pid: int, mb: int, tag: str = "", owner: str = "") -> None:
+        now = time.time()
+        with self._locked() as data:
+            self._settle(data, now)
+            free = int(data["total_mb"]) - self._used(data)
+            if mb > free:
+                raise OutOfMemory(int(data.get("index", 0)), mb, max(0, free), int(data["total_mb"]))
+            data["allocs"].append({"pid": pid, "mb": int(mb), "tag": tag, "owner": owner, "since": now, "release_at": None})
+
+    def free(self, pid: int, tag: str | None = None, lag_s: float | None = None) -> int:
+        """Mark a pid's allocations (all, or one tag) as freed; they leave the ledger after the lag."""
+        now = time.time()
+        n = 0
+        with self._locked() as data:
+            lag = float(data.get("release_lag_s", 0.4)) if lag_s is None else lag_s
+            for a in data["allocs"]:
+                if a["pid"] == pid and a.get("release_at") is None and (tag is None or a["tag"] == tag):
+                    a["release_at"] = now + lag
+                    n += int(a["mb"])
+            self._settle(data, now)
+        return n
+
+    def held(self, pid: int, tag: str | None = None) -> int:
+        """MB a pid currently holds and has not freed (optionally one tag)."""
+        data = self._read()
+        return sum(int(a["mb"]) for a in data["allocs"] if a["pid"] == pid and a.get("release_at") is None and (tag is None or a["tag"] == tag))
+
+    def snapshot(self) -> GpuSnapshot:
+        now = time.time()
+        with self._locked() as data:
+            self._settle(data, now)
+            per: dict[int, int] = {}
+            for a in data["allocs"]:
+                per[int(a["pid"])] = per.get(int(a["pid"]), 0) + int(a["mb"])
+            return GpuSnapshot(
+                index=int(data.get("index", 0)),
+                name=str(data["name"]),
+                uuid=str(data.get("uuid", "")),
+                total_mb=int(data["total_mb"]),
+                used_mb=self._used(data),
+                per_pid=per,
+            )
+
+    def reset(self) -> None:
+        with self._locked() as data:
+            data["allocs"] = []
+
+
+def ledgers(sim_dir: str | os.PathLike[str]) -> list[Ledger]:
+    """Every simulated GPU in a sim dir, in index order (files gpu0.json, gpu1.json, ...)."""
+    files = sorted(Path(sim_dir).glob("gpu*.json"), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0))
+    return [Ledger(p) for p in files]
