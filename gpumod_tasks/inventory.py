@@ -203,14 +203,23 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
 
 
 def load_inventory(path: str | os.PathLike[str] | None) -> Inventory:
-    """Load an inventory file; a missing file means just the implicit ``local`` host."""
-    from .catalog.load import _read_yaml
+    """Load an inventory file; a missing file means just the implicit ``local`` host.
 
+    Read with the fast loader; on any problem again with the round-trip one for positions."""
     if path is None or not Path(path).exists():
         return Inventory(hosts={"local": HostSpec(name="local")}, groups={}, file=str(path or ""))
+    try:
+        return _load_inventory(path, fast=True)
+    except CatalogError:
+        return _load_inventory(path, fast=False)
+
+
+def _load_inventory(path: str | os.PathLike[str], fast: bool) -> Inventory:
+    from .catalog.load import _read_yaml
+
     rel = str(path)
     problems: list[Problem] = []
-    doc = _read_yaml(Path(path), rel, problems)
+    doc = _read_yaml(Path(path), rel, problems, fast)
     if problems:
         raise CatalogError(problems)
     ck = Checker(rel)

@@ -91,15 +91,17 @@ SLEEP_MODES_BY_DRIVER = {
 }
 
 
-def _yaml() -> Any:
+def _yaml(fast: bool = False) -> Any:
     from ruamel.yaml import YAML
 
-    y = YAML(typ="rt")
+    # fast: the C-backed safe loader (no positions); rt: the round-trip loader, which knows the
+    # line and column of every key and is used to report problems precisely.
+    y = YAML(typ="safe", pure=False) if fast else YAML(typ="rt")
     y.allow_duplicate_keys = False
     return y
 
 
-def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> Any:
+def _read_yaml(path: Path, rel: str, problems: list[Problem], fast: bool = False) -> Any:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     try:
@@ -108,7 +110,7 @@ def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> Any:
         problems.append(Problem(rel, 0, 0, "", f"cannot read: {exc}"))
         return None
     try:
-        return _yaml().load(text)
+        return _yaml(fast).load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -129,14 +131,25 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def load_catalog(root: str | os.PathLike[str]) -> Catalog:
-    """Load and validate ``<root>/presets`` and ``<root>/modes``; raise CatalogError listing all problems."""
+    """Load and validate ``<root>/presets`` and ``<root>/modes``; raise CatalogError listing all problems.
+
+    A valid catalog is read with the fast C loader; when anything is wrong it is read again with
+    the round-trip loader so every problem carries its file:line:column.
+    """
+    try:
+        return _load_catalog(root, fast=True)
+    except CatalogError:
+        return _load_catalog(root, fast=False)
+
+
+def _load_catalog(root: str | os.PathLike[str], fast: bool) -> Catalog:
     base = Path(root)
     problems: list[Problem] = []
     presets: dict[str, Preset] = {}
     preset_nodes: dict[str, tuple[str, Any]] = {}
     for path in sorted((base / "presets").glob("**/*.y*ml")):
         rel = _rel(path, base)
-        doc = _read_yaml(path, rel, problems)
+        doc = _read_yaml(path, rel, problems, fast)
         if doc is None:
             if not any(p.file == rel for p in problems):
                 problems.append(Problem(rel, 0, 0, "", "file is empty"))
@@ -158,7 +171,7 @@ def load_catalog(root: str | os.PathLike[str]) -> Catalog:
     mode_nodes: dict[str, tuple[str, Any]] = {}
     for path in sorted((base / "modes").glob("*.y*ml")):
         rel = _rel(path, base)
-        doc = _read_yaml(path, rel, problems)
+        doc = _read_yaml(path, rel, problems, fast)
         if doc is None:
             if not any(p.file == rel for p in problems):
                 problems.append(Problem(rel, 0, 0, "", "file is empty"))

@@ -12,15 +12,13 @@ same way, counted from when a reader first sees the process gone.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+
+# No dataclasses/pathlib here: the nvidia-smi shim imports this module on every call, and the
+# switch engine polls the shim while waiting for VRAM release, so import time is poll latency.
 
 
 class OutOfMemory(Exception):
@@ -34,14 +32,12 @@ class OutOfMemory(Exception):
         )
 
 
-@dataclass(frozen=True)
 class GpuSnapshot:
-    index: int
-    name: str
-    uuid: str
-    total_mb: int
-    used_mb: int
-    per_pid: dict[int, int]
+    __slots__ = ("index", "name", "uuid", "total_mb", "used_mb", "per_pid")
+
+    def __init__(self, index: int, name: str, uuid: str, total_mb: int, used_mb: int, per_pid: dict[int, int]):
+        self.index, self.name, self.uuid = index, name, uuid
+        self.total_mb, self.used_mb, self.per_pid = total_mb, used_mb, per_pid
 
     @property
     def free_mb(self) -> int:
@@ -63,35 +59,53 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+class _Locked:
+    """``with ledger._locked() as data``: read under an exclusive flock, write back if changed."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def __enter__(self) -> dict:
+        led = self.ledger
+        os.makedirs(os.path.dirname(led.lock_path) or ".", exist_ok=True)
+        self.fh = open(led.lock_path, "a+")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        try:
+            self.data = led._read()
+        except BaseException:
+            self.fh.close()
+            raise
+        self.before = json.dumps(self.data, sort_keys=True)
+        return self.data
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            if exc_type is None and json.dumps(self.data, sort_keys=True) != self.before:
+                self.ledger._write(self.data)
+        finally:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+
+
 class Ledger:
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        self.lock_path = self.path.with_suffix(self.path.suffix + ".lock")
+        self.path = os.fspath(path)
+        self.lock_path = self.path + ".lock"
 
     # -- file handling ---------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = self._read()
-                before = json.dumps(data, sort_keys=True)
-                yield data
-                if json.dumps(data, sort_keys=True) != before:
-                    self._write(data)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> _Locked:
+        return _Locked(self)
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> dict:
         try:
             with open(self.path, encoding="utf-8") as fh:
                 return json.load(fh)
         except FileNotFoundError:
             raise FileNotFoundError(f"no simulated GPU ledger at {self.path} (run: inv sim.up)") from None
 
-    def _write(self, data: dict[str, Any]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+    def _write(self, data: dict) -> None:
+        d, name = os.path.split(self.path)
+        tmp = os.path.join(d, f".{name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
@@ -100,7 +114,7 @@ class Ledger:
     def create(path: str | os.PathLike[str], *, name: str, total_mb: int, index: int = 0, release_lag_s: float = 0.4) -> Ledger:
         """Create the GPU (idempotent: an existing ledger keeps its allocations)."""
         led = Ledger(path)
-        led.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(led.lock_path) or ".", exist_ok=True)
         with open(led.lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -117,7 +131,7 @@ class Ledger:
 
     # -- accounting --------------------------------------------------------
     @staticmethod
-    def _settle(data: dict[str, Any], now: float) -> None:
+    def _settle(data: dict, now: float) -> None:
         """Drop allocations whose release time has passed; start the lag for dead owners."""
         lag = float(data.get("release_lag_s", 0.4))
         keep = []
@@ -131,7 +145,7 @@ class Ledger:
         data["allocs"] = keep
 
     @staticmethod
-    def _used(data: dict[str, Any]) -> int:
+    def _used(data: dict) -> int:
         return sum(int(a["mb"]) for a in data["allocs"])
 
     def alloc(self, pid: int, mb: int, tag: str = "", owner: str = "") -> None:
@@ -184,5 +198,9 @@ class Ledger:
 
 def ledgers(sim_dir: str | os.PathLike[str]) -> list[Ledger]:
     """Every simulated GPU in a sim dir, in index order (files gpu0.json, gpu1.json, ...)."""
-    files = sorted(Path(sim_dir).glob("gpu*.json"), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0))
-    return [Ledger(p) for p in files]
+    try:
+        names = [n for n in os.listdir(sim_dir) if n.startswith("gpu") and n.endswith(".json")]
+    except OSError:
+        return []
+    names.sort(key=lambda n: int("".join(c for c in n if c.isdigit()) or 0))
+    return [Ledger(os.path.join(sim_dir, n)) for n in names]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from .ledger import GpuSnapshot, ledgers
 
@@ -49,7 +48,8 @@ DRIVER = "580.95.05"
 
 def _process_name(pid: int) -> str:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read().split(b"\0")
         return raw[0].decode(errors="replace") or "[Not Found]"
     except OSError:
         return "[Not Found]"

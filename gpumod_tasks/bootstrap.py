@@ -1,0 +1,70 @@
+"""host.bootstrap: first-time setup that a re-run leaves unchanged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import GpumodError, PlanRefused
+from .observe import SvcState, observe
+from .services import service_action
+from .switch import switch
+from .target import Target
+from .units import install_all
+
+
+def bootstrap(t: Target, con: Any, *, warm_modes: list[str], default_mode: str | None, warmup: bool = True) -> str:
+    changed: list[str] = []
+
+    def step(msg: str, did: bool | list[str]) -> None:
+        mark = "[yellow]changed[/yellow]" if did else "[green]ok[/green]"
+        con.print(f"  {mark:28} {msg}")
+
+    con.print("[bold]prerequisites[/bold]")
+    r = t.host.run(["python3", "-c", "import sys; print(sys.version.split()[0])"], ok=(0, 127))
+    if r.exit_code != 0:
+        raise GpumodError(f"[{t.spec.name}] python3 is missing on the box (gpumod needs only its standard library)")
+    step(f"python3 {r.stdout.strip()}", False)
+    step(f"service manager: {t.manager.kind}", False)
+    sim_changes = t.ensure_sim()
+    changed += sim_changes
+    g = t.gpu().primary
+    step(f"GPU: {g.name}, {g.total_mb} MB ({'simulated' if t.sim else 'driver reachable'})", sim_changes)
+
+    con.print("[bold]directories and units[/bold]")
+    t.host.makedirs(t.state_dir)
+    rep = install_all(t)
+    changed += rep.changed + rep.removed
+    step(f"units: {len(rep.changed)} changed, {len(rep.unchanged)} unchanged, {len(rep.removed)} removed", rep.changed or rep.removed)
+
+    modes = warm_modes or list(t.spec.warm_modes)
+    target_mode = default_mode or t.spec.default_mode or "blank"
+    t.catalog.mode(target_mode)
+    if warmup and modes:
+        con.print("[bold]warm-up[/bold] (start each sleep-capable service once, wait for health, put it to sleep)")
+        ids: list[str] = []
+        for m in modes:
+            ids += [s for s in t.catalog.mode(m).service_ids if t.catalog.presets[s].can_sleep and s not in ids]
+        final = set(t.catalog.mode(target_mode).service_ids)
+        for sid in ids:
+            o = observe(t, [sid], with_gpu=False).services[sid]
+            if o.state in (SvcState.SLEEPING,) or (o.state is SvcState.RUNNING and sid in final):
+                step(f"{sid}: already {o.state.value}", False)
+                continue
+            try:
+                service_action(t, "start", sid, quiesce=False)
+                service_action(t, "sleep", sid)
+            except PlanRefused as exc:
+                con.print(f"  [yellow]skipped[/yellow] {sid}: {exc}")
+                continue
+            changed.append(f"warm {sid}")
+            step(f"{sid}: started, healthy, asleep", True)
+
+    con.print(f"[bold]default mode[/bold] {target_mode}")
+    out = switch(t, target_mode)
+    did = not out.plan.converged
+    step(f"mode {target_mode}" + (f" ({len(out.plan.steps)} steps)" if did else " already in place"), did)
+    if did:
+        changed.append(f"mode {target_mode}")
+    msg = f"{len(changed)} changes" if changed else "everything already in place, nothing changed"
+    con.print(f"[bold]{msg}[/bold]")
+    return msg

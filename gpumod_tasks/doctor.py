@@ -1,0 +1,84 @@
+"""Doctor checks: each returns a CheckResult (ok, message, fix) and never changes anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import GpumodError
+from .target import Target
+
+# Flags known to inflate VRAM far beyond a preset's figure.
+FOOTGUNS = {
+    "--swa-full": "full-size sliding-window KV cache: on multi-slot Gemma presets this multiplies KV memory by the slot count",
+    "--no-kv-offload": "keeps the KV cache off the GPU budget gpumod planned for (host RAM use explodes instead)",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    message: str
+    fix: str = ""
+
+
+def check_gpu(t: Target) -> CheckResult:
+    try:
+        g = t.gpu()
+    except GpumodError as exc:
+        return CheckResult("gpu", False, f"gpu PROBLEM: {exc}",
+                           "install the NVIDIA driver (nvidia-smi must work), or mark the host `sim: true` in inventory/hosts.yaml")
+    p = g.primary
+    return CheckResult("gpu", True, f"gpu OK: {p.name}, {p.used_mb} / {p.total_mb} MB used (backend: {g.backend})")
+
+
+def footguns(t: Target) -> list[str]:
+    out = []
+    for p in t.catalog.presets.values():
+        args = [str(a) for a in p.unit_vars.get("extra_args", [])]
+        for flag, why in FOOTGUNS.items():
+            if flag in args:
+                slots = p.unit_vars.get("parallel")
+                extra = f" (parallel {slots})" if slots else ""
+                out.append(f"{p.file}: unit_vars.extra_args has {flag}{extra}: {why}")
+    return out
+
+
+def check_presets(t: Target) -> CheckResult:
+    # the catalog was validated when loaded (an invalid one never reaches here)
+    found = footguns(t)
+    if found:
+        return CheckResult("presets", False, "presets PROBLEM: " + "; ".join(found), "remove the flag from the preset, or raise vram_mb to what it really takes")
+    return CheckResult("presets", True, f"presets OK: {len(t.catalog.presets)} presets and {len(t.catalog.modes)} modes valid, no known footguns")
+
+
+def check_units(t: Target) -> CheckResult:
+    from .units import install_all
+
+    rep = install_all(t, check=True)
+    if rep.changed or rep.removed:
+        what = ", ".join(rep.changed + rep.removed)
+        return CheckResult("units", False, f"units PROBLEM: differ from rendered presets: {what}", "inv template.install-all")
+    return CheckResult("units", True, f"units OK: {len(rep.unchanged)} installed units match their presets")
+
+
+def check_all(t: Target) -> list[CheckResult]:
+    return [check_gpu(t), check_presets(t), check_units(t)]
+
+
+def print_result(con: Any, r: CheckResult) -> None:
+    con.print(f"[green]{r.message}[/green]" if r.ok else f"[red]{r.message}[/red]")
+    if not r.ok and r.fix:
+        con.print(f"  fix: {r.fix}")
+
+
+def print_table(con: Any, results: list[CheckResult]) -> None:
+    from rich.table import Table
+
+    tb = Table(title="doctor", title_justify="left")
+    for col in ("check", "result", "detail", "fix"):
+        tb.add_column(col)
+    for r in results:
+        tb.add_row(r.name, "[green]OK[/green]" if r.ok else "[red]PROBLEM[/red]", r.message.split(": ", 1)[-1], "" if r.ok else r.fix)
+    con.print(tb)

@@ -1,0 +1,165 @@
+"""How gpumod talks to each kind of server: health, sleep state, sleep and wake.
+
+Behaviour is that of the real servers (../shared/reference/servers.md):
+- vLLM dev routes: ``POST /sleep?level=N``; ``POST /wake_up`` (repeatable ``tags``); level 2 wakes
+  as weights -> ``collective_rpc reload_weights`` -> kv_cache; ``GET /is_sleeping``.  0.28 answers
+  sleep/wake with an empty body, 0.33 with JSON: both are accepted.  While loading, vLLM does not
+  listen at all (connection refused), and ``/health`` stays 200 while asleep.
+- llama.cpp router: ``/health`` is always 200, so readiness is the model's status in ``GET /models``;
+  ``POST /models/load`` answers at spawn, so we wait for ``loaded``; unload answers at once.
+- custom (fastapi) servers use vLLM's sleep routes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .catalog.model import Driver, Preset, SleepMode
+from .errors import HostError
+from .host.base import Host
+from .render import router_model_name
+
+
+class Health(str, Enum):
+    OK = "ok"
+    LOADING = "loading"  # connection refused while the unit runs, or a 503 "Loading model"
+    BAD = "bad"  # answered with an error / timed out
+    DOWN = "down"  # nothing listening
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one HTTP round of probing learned about a service."""
+
+    health: Health
+    sleeping: bool = False
+    detail: str = ""  # last answer, for error messages
+    router_status: str = ""  # llama.cpp router: unloaded | loading | loaded | sleeping | failed
+
+
+def _get(host: Host, port: int, path: str, timeout: float) -> tuple[int, str]:
+    import httpx
+
+    try:
+        r = host.http.get(host.base_url(port) + path, timeout=timeout)
+        return r.status_code, r.text
+    except httpx.ConnectError:
+        return 0, "connection refused"
+    except httpx.TimeoutException:
+        return -1, f"timed out after {timeout}s"
+    except httpx.HTTPError as exc:
+        return -2, f"{type(exc).__name__}: {exc}"
+
+
+def parse_router_models(text: str) -> dict[str, dict[str, Any]]:
+    """``GET /models`` of a llama.cpp router -> {model id: entry}. Aliases map to their entry too."""
+    data = json.loads(text)
+    out: dict[str, dict[str, Any]] = {}
+    for e in data.get("data", []):
+        out[e["id"]] = e
+        for a in e.get("aliases") or []:
+            out.setdefault(a, e)
+    return out
+
+
+def router_status(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "missing"
+    st = entry.get("status") or {}
+    value = st.get("value", "unloaded") if isinstance(st, dict) else str(st)
+    if isinstance(st, dict) and st.get("failed"):
+        return "failed"
+    return str(value)
+
+
+def probe(host: Host, preset: Preset, timeout: float = 2.0) -> Probe:
+    """Health and sleep state in as few requests as the server allows."""
+    if preset.driver is Driver.LLAMACPP and preset.sleep_mode is SleepMode.ROUTER:
+        code, text = _get(host, preset.port, "/models", timeout)
+        if code == 0:
+            return Probe(Health.DOWN, detail=text)
+        if code != 200:
+            return Probe(Health.BAD, detail=f"GET /models -> {code} {text[:200]}")
+        try:
+            st = router_status(parse_router_models(text).get(router_model_name(preset)))
+        except (ValueError, KeyError) as exc:
+            return Probe(Health.BAD, detail=f"GET /models: unparseable: {exc}")
+        if st == "loaded":
+            return Probe(Health.OK, router_status=st)
+        if st == "sleeping":  # idle-asleep child (--sleep-idle-seconds): wakes on the next request
+            return Probe(Health.OK, router_status=st)
+        if st == "loading":
+            return Probe(Health.LOADING, router_status=st)
+        if st in ("unloaded", "downloaded"):
+            return Probe(Health.OK, sleeping=True, router_status=st)
+        return Probe(Health.BAD, router_status=st, detail=f"router reports model {router_model_name(preset)!r} as {st}")
+    code, text = _get(host, preset.port, preset.health_endpoint, timeout)
+    if code == 0:
+        return Probe(Health.DOWN, detail=text)
+    if code == 503 and "Loading model" in text:
+        return Probe(Health.LOADING, detail=text[:200])
+    if code != 200:
+        return Probe(Health.BAD, detail=f"GET {preset.health_endpoint} -> {code} {text[:200]}")
+    if preset.can_sleep:
+        scode, stext = _get(host, preset.port, "/is_sleeping", timeout)
+        if scode == 200:
+            try:
+                return Probe(Health.OK, sleeping=bool(json.loads(stext).get("is_sleeping")))
+            except (ValueError, AttributeError):
+                pass
+    return Probe(Health.OK)
+
+
+def _post(host: Host, preset: Preset, path: str, *, json_body: Any = None, params: Any = None, timeout: float = 600) -> Any:
+    import httpx
+
+    url = host.base_url(preset.port) + path
+    try:
+        r = host.http.post(url, json=json_body, params=params, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise HostError(host.name, f"{preset.id}: POST {path} failed: {type(exc).__name__}: {exc}") from exc
+    if r.status_code >= 400:
+        raise HostError(host.name, f"{preset.id}: POST {path} -> {r.status_code} {r.text[:300]}")
+    return r
+
+
+def sleep(host: Host, preset: Preset, level: int) -> None:
+    if preset.sleep_mode is SleepMode.ROUTER:
+        _unload(host, preset)
+        return
+    _post(host, preset, "/sleep", params={"level": level})
+
+
+def _unload(host: Host, preset: Preset) -> None:
+    url = host.base_url(preset.port) + "/models/unload"
+    r = host.http.post(url, json={"model": router_model_name(preset)}, timeout=30)
+    if r.status_code == 400 and "not running" in r.text:
+        return  # already unloaded: converged
+    if r.status_code >= 400:
+        raise HostError(host.name, f"{preset.id}: POST /models/unload -> {r.status_code} {r.text[:300]}")
+
+
+def wake(host: Host, preset: Preset, level: int) -> None:
+    """Wake a sleeping service; returns when the server says it is awake (router: ``loaded``)."""
+    if preset.sleep_mode is SleepMode.ROUTER:
+        r = host.http.post(host.base_url(preset.port) + "/models/load", json={"model": router_model_name(preset)}, timeout=60)
+        if r.status_code == 400 and "already running" in r.text:
+            return
+        if r.status_code >= 400:
+            raise HostError(host.name, f"{preset.id}: POST /models/load -> {r.status_code} {r.text[:300]}")
+        return  # the caller's health gate waits for status "loaded"
+    if level == 2:
+        # weights first, then reload them (level 2 discarded them), then the KV cache
+        _post(host, preset, "/wake_up", params=[("tags", "weights")])
+        _post(host, preset, "/collective_rpc", json_body={"method": "reload_weights"})
+        _post(host, preset, "/wake_up", params=[("tags", "kv_cache")])
+    else:
+        _post(host, preset, "/wake_up")
+
+
+def load_router_model(host: Host, preset: Preset) -> None:
+    """After a router unit starts, load its model (autoload is off in gpumod's units)."""
+    wake(host, preset, 0)

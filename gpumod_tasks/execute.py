@@ -1,0 +1,281 @@
+"""Execute a plan: walk its steps through the host and re-observe at checkpoints instead of
+trusting the plan (VRAM really released? health really green?).
+
+tenacity drives every wait: VRAM-release polling and health gates poll at an interval of 5% of
+the time waited so far (10 ms floor, 1 s cap), so a release is seen within about 10% of its lag
+while a long load is not hammered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop_after_delay
+
+from .catalog.model import Preset, SleepMode
+from .drivers import Health, Probe, probe
+from .drivers import sleep as driver_sleep
+from .drivers import wake as driver_wake
+from .errors import GpumodError, HostError, SwitchFailed
+from .facts.meminfo import parse_meminfo
+from .manager import Systemd
+from .observe import observe
+from .plan import Plan, Policy, Quiesce, Record, Sleep, Start, Step, Stop, Wake, WaitRelease, describe_state
+from .render import exec_spec, render_unit
+from .state import ModeRecord, write_mode
+from .target import Target
+
+Event = Callable[[str, Step, str], None]  # (phase: start|done|fail|info, step, detail)
+
+
+def adaptive_wait(floor: float = 0.01, frac: float = 0.05, cap: float = 1.0) -> Callable[[RetryCallState], float]:
+    def wait(rs: RetryCallState) -> float:
+        elapsed = rs.seconds_since_start or 0.0
+        return min(cap, max(floor, frac * elapsed))
+
+    return wait
+
+
+@dataclass
+class StepResult:
+    step: Step
+    status: str  # changed | unchanged | failed
+    seconds: float
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.step.kind, "step": self.step.describe(), "status": self.status,
+                "seconds": round(self.seconds, 3), "detail": self.detail}
+
+
+@dataclass
+class SwitchReport:
+    plan: Plan
+    results: list[StepResult] = field(default_factory=list)
+    ok: bool = True
+    duration_s: float = 0.0
+    error: str = ""
+    state_lines: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, list[tuple[str, float]]]:
+        out: dict[str, list[tuple[str, float]]] = {"Stopped": [], "Slept": [], "Woken": [], "Started": []}
+        names = {Stop: "Stopped", Sleep: "Slept", Wake: "Woken", Start: "Started"}
+        for r in self.results:
+            key = names.get(type(r.step))
+            if key and r.status == "changed":
+                out[key].append((getattr(r.step, "service", ""), r.seconds))
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.plan.mode, "previous_mode": self.plan.previous_mode, "ok": self.ok,
+            "duration_s": round(self.duration_s, 3), "error": self.error,
+            "steps": [r.as_dict() for r in self.results],
+            "summary": {k: [{"service": s, "seconds": round(t, 3)} for s, t in v] for k, v in self.summary().items()},
+            "kept": list(self.plan.keep), "relaunched": list(self.plan.relaunched),
+            "projected_mb": self.plan.projected_mb, "budget_mb": self.plan.budget_mb,
+            "notes": list(self.plan.notes), "state": self.state_lines,
+        }
+
+
+class StepFailed(GpumodError):
+    pass
+
+
+class Executor:
+    def __init__(self, target: Target, policy: Policy, *, on_event: Event | None = None, quiesce: bool = True,
+                 release_timeout_s: float = 60.0):
+        self.t = target
+        self.cat = target.catalog
+        self.policy = policy
+        self.on_event = on_event or (lambda phase, step, detail: None)
+        self.quiesce = quiesce
+        self.release_timeout_s = release_timeout_s
+        self.sleep_levels: dict[str, int] = {}
+
+    # -- the walk ---------------------------------------------------------------------------
+    def run(self, plan: Plan, record: ModeRecord) -> SwitchReport:
+        report = SwitchReport(plan)
+        t0 = time.perf_counter()
+        self.sleep_levels = dict(plan.sleeping_after)
+        self.record = record
+        current: Step | None = None
+        try:
+            for step in plan.steps:
+                current = step
+                self.on_event("start", step, "")
+                s0 = time.perf_counter()
+                status, detail = self._do(step, plan, t0)
+                res = StepResult(step, status, time.perf_counter() - s0, detail)
+                report.results.append(res)
+                self.on_event("done", step, f"{res.seconds:.2f}s" + (f" {detail}" if detail else ""))
+        except (GpumodError, KeyboardInterrupt) as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            msg = "interrupted (Ctrl-C)" if interrupted else str(exc)
+            if current is not None:
+                report.results.append(StepResult(current, "failed", 0.0, msg))
+                self.on_event("fail", current, msg)
+            report.ok = False
+            report.error = f"{'interrupted at' if interrupted else 'failed at'} step '{current.describe() if current else '?'}': {msg}"
+            if isinstance(exc, GpumodError):
+                report.state_lines.extend(exc.details())
+        report.duration_s = time.perf_counter() - t0
+        if not report.ok:
+            try:
+                seen = observe(self.t)
+                report.state_lines = ["now on the GPU host:"] + ["  " + ln for ln in describe_state(seen)] + report.state_lines
+            except GpumodError as exc:  # pragma: no cover - host gone too
+                report.state_lines.append(f"could not re-observe the host: {exc}")
+        return report
+
+    def _do(self, step: Step, plan: Plan, t0: float) -> tuple[str, str]:
+        if isinstance(step, Stop):
+            self.t.manager.stop(self.cat.presets[step.service].unit)
+            self.sleep_levels.pop(step.service, None)
+            return "changed", ""
+        if isinstance(step, Sleep):
+            driver_sleep(self.t.host, self.cat.presets[step.service], step.level)
+            self.sleep_levels[step.service] = step.level
+            return "changed", ""
+        if isinstance(step, WaitRelease):
+            return self._wait_release(step)
+        if isinstance(step, Quiesce):
+            until = time.time() + step.seconds
+            self.quiesce_until = until
+            if self.quiesce:
+                time.sleep(max(0.0, until - time.time()))
+                return "changed", f"waited {step.seconds:g}s"
+            return "unchanged", "skipped (--no-quiesce)"
+        if isinstance(step, Wake):
+            p = self.cat.presets[step.service]
+            driver_wake(self.t.host, p, step.level)
+            self._gate(p, time.perf_counter())
+            self.sleep_levels.pop(step.service, None)
+            return "changed", ""
+        if isinstance(step, Start):
+            return self._start(step)
+        if isinstance(step, Record):
+            levels = {k: v for k, v in self.sleep_levels.items()}
+            last = {"from": plan.previous_mode, "to": plan.mode, "at": time.time(),
+                    "duration_s": round(time.perf_counter() - t0, 3)}
+            if getattr(self, "quiesce_until", None):
+                last["quiesce_until"] = self.quiesce_until
+            write_mode(self.t.host, self.t.state_dir, ModeRecord(plan.mode, time.time(), levels, last))
+            return "changed", ""
+        raise StepFailed(f"unknown step {step!r}")  # pragma: no cover
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _wait_release(self, step: WaitRelease) -> tuple[str, str]:
+        limit = step.expected_used_mb + step.tolerance_mb
+        last: list[int] = []
+
+        def used() -> int:
+            u = self.t.gpu_used_mb()
+            last.append(u)
+            return u
+
+        try:
+            Retrying(stop=stop_after_delay(self.release_timeout_s), wait=adaptive_wait(),
+                     retry=retry_if_result(lambda u: u > limit))(used)
+        except RetryError:
+            raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
+                             f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
+                             f"(a stopped process may be stuck; check nvidia-smi)") from None
+        return "changed", f"{last[-1]} MB used after {len(last)} polls"
+
+    def _preflight(self, p: Preset) -> str:
+        text = self.t.host.read_file(f"{self.t.spec.procfs.rstrip('/')}/meminfo")
+        if not text:
+            return "MemAvailable unknown"
+        avail = parse_meminfo(text).available_mb
+        need = self.policy.ram_needed_mb(p)
+        if avail < need:
+            raise StepFailed(f"preflight refused {p.id}: MemAvailable {avail} MB < needed {need} MB "
+                             f"(model_size_mb {p.model_size_mb} x {self.policy.preflight_factor:g} + "
+                             f"{self.policy.preflight_margin_mb} MB); loading it could freeze the host")
+        return f"MemAvailable {avail} MB >= {need} MB"
+
+    def ensure_unit(self, p: Preset) -> bool:
+        facts = self.t.render_facts()
+        spec = exec_spec(p, self.t.spec, facts)
+        text = render_unit(p, self.t.spec, facts, self.t.project_root, spec)
+        changed = self.t.install_spec(p.unit, text, spec)
+        if changed and isinstance(self.t.manager, Systemd):
+            self.t.manager.daemon_reload()
+        return changed
+
+    def _start(self, step: Start) -> tuple[str, str]:
+        p = self.cat.presets[step.service]
+        t_start = time.perf_counter()
+        unit = self.t.manager.states([p.unit])[p.unit]
+        detail = ""
+        if not unit.is_running:
+            detail = self._preflight(p)
+            self.ensure_unit(p)
+            if isinstance(self.t.manager, Systemd) and unit.is_failed:
+                self.t.manager.reset_failed(p.unit)
+            self.t.manager.start(p.unit)
+        if p.sleep_mode is SleepMode.ROUTER:
+            self._wait_router_listening(p, t_start)
+            driver_wake(self.t.host, p, 0)
+        self._gate(p, t_start)
+        return "changed", detail
+
+    def _wait_router_listening(self, p: Preset, t_start: float) -> None:
+        def up() -> bool:
+            pr = probe(self.t.host, p)
+            if pr.health is Health.DOWN:
+                self._check_alive(p, pr)
+            return pr.health is not Health.DOWN
+
+        try:
+            Retrying(stop=stop_after_delay(p.startup_timeout), wait=adaptive_wait(), retry=retry_if_result(lambda ok: not ok))(up)
+        except RetryError:
+            raise self._gate_failure(p, "router did not start listening", t_start) from None
+
+    def _check_alive(self, p: Preset, pr: Probe) -> None:
+        u = self.t.manager.states([p.unit])[p.unit]
+        if not u.is_running or u.sub == "auto-restart":
+            raise self._gate_failure(p, f"unit {p.unit} is {u.active}/{u.sub} (exited while starting); last answer: {pr.detail}", None)
+
+    def _gate(self, p: Preset, t_start: float) -> None:
+        """Health gate: poll until healthy and awake (router: model ``loaded``), up to startup_timeout."""
+        last: list[Probe] = []
+        checks = [0]
+
+        def attempt() -> bool:
+            pr = probe(self.t.host, p)
+            last.append(pr)
+            ok = pr.health is Health.OK and not pr.sleeping
+            if not ok:
+                checks[0] += 1
+                if pr.router_status == "failed":
+                    raise self._gate_failure(p, f"router reports the model failed to load: {pr.detail}", t_start)
+                if pr.health in (Health.DOWN, Health.BAD) and checks[0] % 5 == 1:
+                    self._check_alive(p, pr)
+            return ok
+
+        try:
+            Retrying(stop=stop_after_delay(max(0.1, p.startup_timeout - (time.perf_counter() - t_start))),
+                     wait=adaptive_wait(), retry=retry_if_result(lambda ok: not ok))(attempt)
+        except RetryError:
+            lp = last[-1] if last else None
+            ans = f"{lp.health.value}: {lp.detail}" if lp else "none"
+            raise self._gate_failure(p, f"not healthy after {p.startup_timeout}s; last health answer: {ans}", t_start) from None
+
+    def _gate_failure(self, p: Preset, why: str, t_start: float | None) -> StepFailed:
+        try:
+            journal = self.t.manager.logs(p.unit, 15).rstrip().splitlines()
+        except HostError as exc:
+            journal = [f"(journal unavailable: {exc})"]
+        err = StepFailed(f"health gate failed for {p.id}: {why}")
+        err.details = lambda: [f"last lines of {p.unit} ({self.t.manager.kind} log):"] + ["  " + ln for ln in journal[-15:]]  # type: ignore[method-assign]
+        return err
+
+
+def raise_if_failed(report: SwitchReport) -> None:
+    if not report.ok:
+        raise SwitchFailed(report.error, report.state_lines, report.as_dict())

@@ -1,0 +1,1 @@
+"""Facts: a command (or file read, or HTTP GET) plus a pure parser of its output."""

@@ -1,0 +1,73 @@
+"""Unit state fact: one ``systemctl show`` for every unit, parsed without a host.
+
+``systemctl show -p Id,LoadState,ActiveState,SubState,MainPID,Result,ActiveEnterTimestampMonotonic``
+prints one block of ``Key=Value`` lines per unit, blocks separated by a blank line, in the order
+asked.  We read properties rather than exit codes (systemctl's own advice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PROPS = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "Result", "ExecMainStartTimestampMonotonic")
+
+
+@dataclass(frozen=True)
+class UnitState:
+    unit: str
+    load: str = "not-found"
+    active: str = "inactive"  # active | reloading | inactive | failed | activating | deactivating
+    sub: str = "dead"
+    main_pid: int = 0
+    result: str = "success"
+    started_mono_us: int = 0
+
+    @property
+    def is_running(self) -> bool:
+        return self.active in ("active", "activating", "reloading") and self.sub != "exited"
+
+    @property
+    def is_failed(self) -> bool:
+        return self.active == "failed"
+
+
+def systemctl_show_argv(units: Sequence[str], user: bool = False) -> list[str]:
+    return ["systemctl", *(["--user"] if user else []), "show", "--no-pager", "-p", ",".join(PROPS), "--", *units]
+
+
+def parse_systemctl_show(text: str, units: Sequence[str]) -> dict[str, UnitState]:
+    """Blocks appear in the order the units were given; a unit missing from output is not-found."""
+    blocks: list[dict[str, str]] = []
+    cur: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if cur:
+                blocks.append(cur)
+                cur = {}
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.isidentifier():
+            continue  # garbage line
+        cur[key] = value
+    if cur:
+        blocks.append(cur)
+    out: dict[str, UnitState] = {}
+    by_id = {b.get("Id", ""): b for b in blocks}
+    for i, unit in enumerate(units):
+        b = by_id.get(unit) or (blocks[i] if i < len(blocks) and "Id" not in blocks[i] else None)
+        if b is None:
+            out[unit] = UnitState(unit)
+            continue
+        pid = b.get("MainPID", "0")
+        mono = b.get("ExecMainStartTimestampMonotonic", "0")
+        out[unit] = UnitState(
+            unit=unit,
+            load=b.get("LoadState", "not-found"),
+            active=b.get("ActiveState", "inactive"),
+            sub=b.get("SubState", "dead"),
+            main_pid=int(pid) if pid.isdigit() else 0,
+            result=b.get("Result", "success"),
+            started_mono_us=int(mono) if mono.isdigit() else 0,
+        )
+    return out

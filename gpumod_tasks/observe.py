@@ -1,0 +1,164 @@
+"""Observe a target: every fact read concurrently, one round trip per kind of fact.
+
+Unit states (one ``systemctl show``), the GPU (one nvidia-smi/NVML read), host memory, the recorded
+mode, and every service's HTTP health and sleep state (concurrently).  The result is a plain
+value the planner consumes; nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .catalog.model import Preset
+from .drivers import Health, Probe, probe
+from .errors import GpumodError
+from .facts.gpu import GpuFacts
+from .facts.meminfo import MemInfo, parse_meminfo
+from .facts.units import UnitState
+from .state import ModeRecord, mode_file, parse_mode_record
+from .target import Target
+
+
+class SvcState(str, Enum):
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    STARTING = "starting"
+    UNHEALTHY = "unhealthy"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ServiceObs:
+    id: str
+    state: SvcState
+    unit: UnitState
+    probe: Probe | None = None
+    sleep_level: int | None = None
+    vram_mb: int = 0
+    foreign_listener: bool = False  # the unit is stopped but something answers on its port
+
+    @property
+    def holds_gpu(self) -> bool:
+        return self.state in (SvcState.RUNNING, SvcState.SLEEPING, SvcState.STARTING, SvcState.UNHEALTHY)
+
+
+@dataclass(frozen=True)
+class Observed:
+    host: str
+    services: dict[str, ServiceObs]
+    gpu: GpuFacts | None
+    mem: MemInfo | None
+    record: ModeRecord
+    manager: str
+    sim: bool
+    gpu_error: str = ""
+    took_s: float = 0.0
+    unmapped_pids: dict[int, int] = field(default_factory=dict)  # GPU processes gpumod does not run
+
+    @property
+    def gpu_total_mb(self) -> int:
+        return (self.gpu.primary.total_mb or 0) if self.gpu and self.gpu.gpus else 0
+
+    @property
+    def gpu_used_mb(self) -> int:
+        return (self.gpu.primary.used_mb or 0) if self.gpu and self.gpu.gpus else 0
+
+    @property
+    def external_mb(self) -> int:
+        return sum(self.unmapped_pids.values())
+
+
+def classify(preset: Preset, unit: UnitState, pr: Probe | None, record: ModeRecord) -> tuple[SvcState, int | None, bool]:
+    """Pure: unit state + HTTP probe -> service state (and sleep level). Sleeping is never unhealthy."""
+    if not unit.is_running:
+        foreign = pr is not None and pr.health is Health.OK
+        return (SvcState.FAILED if unit.is_failed else SvcState.STOPPED), None, foreign
+    if pr is None:
+        return SvcState.UNHEALTHY, None, False
+    if pr.health is Health.OK:
+        if pr.sleeping:
+            if preset.sleep_mode.value == "router":
+                return SvcState.SLEEPING, 0, False  # unloaded from its router: holds no VRAM
+            level = record.sleep_levels.get(preset.id) or preset.sleep_mode.level or 1
+            return SvcState.SLEEPING, level, False
+        return SvcState.RUNNING, None, False
+    if pr.health in (Health.LOADING, Health.DOWN):
+        return SvcState.STARTING, None, False
+    return SvcState.UNHEALTHY, None, False
+
+
+def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool = True) -> Observed:
+    t0 = time.perf_counter()
+    cat = target.catalog
+    ids = services if services is not None else list(cat.presets)
+    presets = [cat.presets[i] for i in ids]
+    units = [p.unit for p in presets]
+    host = target.host
+    manager = target.manager  # resolve before threads (may run a command)
+    sim = target.sim
+    with ThreadPoolExecutor(max_workers=min(32, 4 + len(presets))) as pool:
+        f_units = pool.submit(manager.states, units)
+        f_gpu = pool.submit(target.gpu) if with_gpu else None
+        f_mem = pool.submit(host.read_file, f"{target.spec.procfs.rstrip('/')}/meminfo")
+        f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
+        f_probes = {p.id: pool.submit(probe, host, p) for p in presets}
+        unit_states = f_units.result()
+        gpu: GpuFacts | None = None
+        gpu_error = ""
+        if f_gpu is not None:
+            try:
+                gpu = f_gpu.result()
+            except GpumodError as exc:
+                gpu_error = str(exc)
+        mem_text = f_mem.result()
+        record = parse_mode_record(f_rec.result())
+        probes = {k: f.result() for k, f in f_probes.items()}
+    mem = parse_meminfo(mem_text) if mem_text else None
+    pid_owner = {unit_states[p.unit].main_pid: p.id for p in presets if unit_states[p.unit].main_pid}
+    vram: dict[str, int] = {}
+    unmapped: dict[int, int] = {}
+    if gpu and gpu.gpus:
+        for g in gpu.gpus:
+            for pid, mb in g.per_pid.items():
+                owner = pid_owner.get(pid)
+                if owner is None:
+                    owner = _owner_by_cgroup(target, pid, pid_owner)
+                if owner is None:
+                    unmapped[pid] = mb or 0
+                else:
+                    vram[owner] = vram.get(owner, 0) + (mb or 0)
+    obs: dict[str, ServiceObs] = {}
+    for p in presets:
+        u = unit_states[p.unit]
+        st, level, foreign = classify(p, u, probes.get(p.id), record)
+        obs[p.id] = ServiceObs(id=p.id, state=st, unit=u, probe=probes.get(p.id), sleep_level=level,
+                               vram_mb=vram.get(p.id, 0), foreign_listener=foreign)
+    return Observed(host=target.spec.name, services=obs, gpu=gpu, mem=mem, record=record, manager=manager.kind,
+                    sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped)
+
+
+def _owner_by_cgroup(target: Target, pid: int, pid_owner: dict[int, str]) -> str | None:
+    """Map a GPU process that is not a unit's main process (vLLM's engine core, a router child) to
+    its service: its systemd cgroup names the unit; else walk up its parents to a MainPID."""
+    script = (
+        'p=$1; i=0; while [ "$p" -gt 1 ] 2>/dev/null && [ $i -lt 8 ]; do '
+        'echo "$p $(grep -o "gpumod-[a-z0-9._-]*\\.service" /proc/$p/cgroup 2>/dev/null | head -1)"; '
+        "p=$(sed -e 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f2); i=$((i+1)); done"
+    )
+    try:
+        r = target.host.run(["sh", "-c", script, "sh", str(pid)], ok=(0, 1))
+    except GpumodError:
+        return None
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].startswith("gpumod-"):
+            sid = parts[1][len("gpumod-"):-len(".service")]
+            if sid in target.catalog.presets:
+                return sid
+        if parts and parts[0].isdigit() and int(parts[0]) in pid_owner:
+            return pid_owner[int(parts[0])]
+    return None

@@ -1,0 +1,32 @@
+"""Where things live: the project (catalog, templates, inventory) and the controller's own state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> str:
+    """``$GPUMOD_HOME``; else the current directory when it holds a catalog; else this checkout."""
+    env = os.environ.get("GPUMOD_HOME")
+    if env:
+        return env
+    cwd = Path.cwd()
+    if (cwd / "presets").is_dir() and (cwd / "modes").is_dir():
+        return str(cwd)
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def inventory_path(root: str) -> str:
+    return os.environ.get("GPUMOD_INVENTORY") or str(Path(root) / "inventory" / "hosts.yaml")
+
+
+def local_state_override() -> str | None:
+    """``$GPUMOD_STATE_DIR`` relocates the local host's state (tests, demos, several sandboxes)."""
+    return os.environ.get("GPUMOD_STATE_DIR") or None
+
+
+def controller_dir() -> str:
+    """The controller's own files (switch history): next to the local state."""
+    d = os.environ.get("GPUMOD_STATE_DIR") or os.path.expanduser("~/.local/state/gpumod")
+    return d

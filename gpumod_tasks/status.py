@@ -1,0 +1,115 @@
+"""Status views shared by `status`, `gpu.status`, `mode.status` and `mode.verify`."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from invoke import Context, Exit
+
+from .observe import Observed, SvcState, observe
+from .runtime import for_each_host
+from .target import Target
+
+
+def observed_dict(t: Target, seen: Observed) -> dict[str, Any]:
+    cat = t.catalog
+    g = seen.gpu.primary if seen.gpu and seen.gpu.gpus else None
+    rec = seen.record
+    return {
+        "host": t.spec.name,
+        "simulated": seen.sim,
+        "service_manager": seen.manager,
+        "gpu": None if g is None else {"name": g.name, "total_mb": g.total_mb, "used_mb": g.used_mb, "free_mb": g.free_mb,
+                                       "backend": seen.gpu.backend if seen.gpu else ""},
+        "gpu_error": seen.gpu_error or None,
+        "mode": rec.mode,
+        "mode_since": rec.since or None,
+        "last_switch": rec.last_switch or None,
+        "services": [{"id": sid, "state": o.state.value, "sleep_level": o.sleep_level, "port": cat.presets[sid].port,
+                      "vram_mb": o.vram_mb, "pid": o.unit.main_pid or None, "unit": cat.presets[sid].unit,
+                      "health": o.probe.health.value if o.probe else None, "in_mode": sid in _mode_ids(t, rec.mode)}
+                     for sid, o in seen.services.items()],
+        "other_gpu_processes": {str(k): v for k, v in seen.unmapped_pids.items()},
+        "observed_in_s": round(seen.took_s, 3),
+    }
+
+
+def _mode_ids(t: Target, mode: str | None) -> set[str]:
+    return set(t.catalog.modes[mode].service_ids) if mode in t.catalog.modes else set()
+
+
+def host_status(c: Context, as_json: bool) -> None:
+    from .ui import gpu_panel, status_table
+
+    def run(t: Target, con: Any) -> str:
+        t.ensure_sim()
+        seen = observe(t)
+        if as_json:
+            print(json.dumps(observed_dict(t, seen), indent=1))
+            return "ok"
+        gpu_panel(con, t.catalog, seen)
+        rec = seen.record
+        last = rec.last_switch
+        when = f", last switch {last.get('from') or '-'} -> {last.get('to')} took {last.get('duration_s', 0):.2f}s" if last else ""
+        con.print(f"mode: [bold]{rec.mode or '(none recorded)'}[/bold]{when}")
+        con.print(status_table(t.catalog, seen))
+        return f"mode {rec.mode}, {seen.gpu_used_mb}/{seen.gpu_total_mb} MB"
+
+    for_each_host(c, run, as_json=as_json)
+
+
+def mode_status(c: Context, as_json: bool) -> None:
+    from rich.panel import Panel
+
+    from .ui import status_table
+
+    def run(t: Target, con: Any) -> str:
+        t.ensure_sim()
+        seen = observe(t)
+        rec = seen.record
+        ids = [s for s in (t.catalog.modes[rec.mode].service_ids if rec.mode in t.catalog.modes else ())]
+        if as_json:
+            d = observed_dict(t, seen)
+            d["mode_services"] = ids
+            d["mode_vram_mb"] = sum(t.catalog.presets[s].vram_mb for s in ids)
+            print(json.dumps(d, indent=1))
+            return "ok"
+        total = sum(t.catalog.presets[s].vram_mb for s in ids)
+        name = t.catalog.modes[rec.mode].name if rec.mode in t.catalog.modes else "-"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.since)) if rec.since else "-"
+        body = (f"mode [bold]{rec.mode or '(none)'}[/bold] ({name}) since {since}\n"
+                f"services: {', '.join(ids) or '-'}\ntotal VRAM (preset figures): {total} MB; "
+                f"GPU used now: {seen.gpu_used_mb} / {seen.gpu_total_mb} MB")
+        con.print(Panel(body, title="current mode", expand=False))
+        con.print(status_table(t.catalog, seen))
+        bad = [s for s in ids if seen.services[s].state is not SvcState.RUNNING]
+        if bad:
+            con.print(f"[yellow]not running as the mode expects:[/yellow] {', '.join(bad)} (re-run mode.switch to converge)")
+        return f"mode {rec.mode}"
+
+    for_each_host(c, run, as_json=as_json)
+
+
+def verify(c: Context, name: str | None, as_json: bool) -> None:
+    def run(t: Target, con: Any) -> str:
+        t.ensure_sim()
+        seen = observe(t)
+        mode_id = name or seen.record.mode
+        if not mode_id:
+            raise Exit("no mode recorded on this host; give --name", code=2)
+        mode = t.catalog.mode(mode_id)
+        bad = {s: seen.services[s].state.value for s in mode.service_ids if seen.services[s].state is not SvcState.RUNNING}
+        if as_json:
+            print(json.dumps({"mode": mode_id, "ok": not bad, "problems": bad}, indent=1))
+        elif bad:
+            for s, st in bad.items():
+                con.print(f"[red]✗ {s}: {st}[/red]")
+        else:
+            con.print(f"[green]✓ mode {mode_id}: all {len(mode.service_ids)} services running and healthy[/green]")
+        if bad:
+            raise Exit(code=1)
+        return "ok"
+
+    for_each_host(c, run, as_json=as_json)

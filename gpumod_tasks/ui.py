@@ -1,0 +1,230 @@
+"""Rendering with rich: tables, the VRAM bar, switch progress and summaries, red errors."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from .catalog.model import Catalog, Preset
+    from .errors import GpumodError
+    from .execute import SwitchReport
+    from .fit import FitResult
+    from .observe import Observed
+    from .plan import Plan, Step
+
+COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta", "bright_green", "bright_yellow"]
+STATE_STYLE = {"running": "green", "sleeping": "cyan", "starting": "yellow", "unhealthy": "red", "failed": "bold red", "stopped": "dim"}
+
+
+def make_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
+    if file is not None:
+        return Console(file=file, force_terminal=False, width=110, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, highlight=False)
+
+
+def print_error(exc: GpumodError, console: Console | None = None) -> None:
+    con = console or Console(stderr=True, highlight=False)
+    con.print(Text(f"error: {exc}", style="bold red"))
+    for line in exc.details():
+        con.print(Text(f"  {line}", style="red"))
+
+
+def vram_bar(segments: list[tuple[str, int]], total_mb: int, width: int = 60, used_mb: int | None = None) -> Text:
+    """A colored bar with one segment per service; '.' is free VRAM."""
+    text = Text("[")
+    filled = 0
+    for i, (name, mb) in enumerate(segments):
+        if mb <= 0 or total_mb <= 0:
+            continue
+        n = max(1, round(mb / total_mb * width))
+        n = min(n, width - filled)
+        text.append("█" * n, style=COLORS[i % len(COLORS)])
+        filled += n
+    if used_mb is not None and total_mb > 0:
+        other = max(0, round(used_mb / total_mb * width) - filled)
+        other = min(other, width - filled)
+        text.append("▒" * other, style="white")
+        filled += other
+    text.append("." * max(0, width - filled), style="dim")
+    text.append("]")
+    return text
+
+
+def legend(segments: list[tuple[str, int]]) -> Text:
+    t = Text()
+    for i, (name, mb) in enumerate(segments):
+        if mb <= 0:
+            continue
+        t.append("█ ", style=COLORS[i % len(COLORS)])
+        t.append(f"{name} {mb} MB   ")
+    return t
+
+
+def ascii_bar(segments: list[tuple[str, int]], total_mb: int, width: int = 60) -> str:
+    from .fit import vram_bar as plain
+
+    return plain(segments, total_mb, width)
+
+
+def fit_report(con: Console, fit: FitResult, title: str) -> None:
+    style = "bold green" if fit.fits else "bold red"
+    con.print(Text(fit.headline(), style=style))
+    t = Table(title=title, title_justify="left")
+    for col in ("id", "name", "driver", "VRAM MB", "sleep"):
+        t.add_column(col, justify="right" if col == "VRAM MB" else "left")
+    for p in fit.services:
+        t.add_row(p.id, p.name, p.driver.value, str(p.vram_mb), p.sleep_mode.value)
+    t.add_row("", "[bold]total[/bold]", "", f"[bold]{fit.total_mb}[/bold]", "")
+    con.print(t)
+    segs = [(p.id, p.vram_mb) for p in fit.services]
+    con.print(Text("VRAM ") + Text(ascii_bar(segs, fit.gpu_mb)) + Text(f" {fit.total_mb}/{fit.gpu_mb} MB"))
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    con.print("     " + "  ".join(f"{letters[i % 26]}={p.id}" for i, p in enumerate(fit.services) if p.vram_mb > 0))
+    if not fit.fits:
+        con.print(Text(f"Over by {fit.over_by_mb} MB. Alternatives:", style="red"))
+        for a in fit.alternatives:
+            mark = Text("  fits  ", style="green") if a.fits else Text("  no    ", style="red")
+            con.print(mark + Text(a.description))
+        if not fit.alternatives:
+            con.print("  (none found in the catalog)")
+
+
+def presets_table(presets: list[Preset], title: str = "services") -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("id", "name", "driver", "port", "VRAM MB", "sleep", "category"):
+        t.add_column(col, justify="right" if col in ("port", "VRAM MB") else "left")
+    for p in presets:
+        t.add_row(p.id, p.name, p.driver.value, str(p.port), str(p.vram_mb), p.sleep_mode.value, p.category)
+    return t
+
+
+def modes_table(cat: Catalog, current: str | None = None) -> Table:
+    t = Table(title="modes", title_justify="left")
+    for col in ("", "id", "name", "services", "Total VRAM MB"):
+        t.add_column(col, justify="right" if col == "Total VRAM MB" else "left")
+    for m in cat.modes.values():
+        t.add_row("*" if m.id == current else "", m.id, m.name, ", ".join(m.service_ids) or "-", str(cat.mode_vram(m)))
+    return t
+
+
+def plan_table(plan: Plan) -> Table:
+    t = Table(title=f"plan: switch to {plan.mode}", title_justify="left")
+    t.add_column("#", justify="right")
+    t.add_column("step")
+    for i, s in enumerate(plan.steps, 1):
+        t.add_row(str(i), s.describe())
+    return t
+
+
+def print_plan(con: Console, plan: Plan) -> None:
+    if plan.converged:
+        con.print(f"[green]nothing to do:[/green] mode {plan.mode} is already running as planned "
+                  f"(kept: {', '.join(plan.keep) or '-'})")
+    else:
+        con.print(plan_table(plan))
+    con.print(f"projected VRAM {plan.projected_mb} MB of budget {plan.budget_mb} MB (GPU {plan.gpu_total_mb} MB)")
+    for n in plan.notes:
+        con.print(f"[yellow]note:[/yellow] {n}")
+
+
+def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None = None) -> Table:
+    t = Table(title_justify="left")
+    for col in ("service", "state", "port", "VRAM MB", "driver", "detail"):
+        t.add_column(col, justify="right" if col in ("port", "VRAM MB") else "left")
+    for sid, o in seen.services.items():
+        p = cat.presets[sid]
+        state = o.state.value + (f" L{o.sleep_level}" if o.sleep_level else " (unloaded)" if o.sleep_level == 0 else "")
+        detail = ""
+        if o.probe and o.state.value in ("unhealthy", "starting"):
+            detail = o.probe.detail[:50]
+        if o.probe and o.probe.router_status:
+            detail = f"router: {o.probe.router_status}"
+        if o.foreign_listener:
+            detail = "port answered by another process"
+        if o.unit.main_pid:
+            detail = (detail + f" pid {o.unit.main_pid}").strip()
+        t.add_row(sid, Text(state, style=STATE_STYLE.get(o.state.value, "")), str(p.port), str(o.vram_mb or ""), p.driver.value, detail)
+    return t
+
+
+def gpu_panel(con: Console, cat: Catalog, seen: Observed) -> None:
+    if seen.gpu is None or not seen.gpu.gpus:
+        con.print(f"[red]GPU unavailable:[/red] {seen.gpu_error}")
+        return
+    g = seen.gpu.primary
+    segs = [(sid, o.vram_mb) for sid, o in seen.services.items() if o.vram_mb]
+    con.print(f"[bold]{g.name}[/bold]  {g.used_mb} / {g.total_mb} MB used, {g.free_mb} MB free  "
+              f"[dim](backend: {seen.gpu.backend})[/dim]")
+    con.print(vram_bar(segs, g.total_mb or 0, used_mb=g.used_mb))
+    if segs:
+        con.print(legend(segs))
+    if seen.unmapped_pids:
+        con.print(f"[yellow]other GPU processes:[/yellow] " + ", ".join(f"pid {p}: {mb} MB" for p, mb in seen.unmapped_pids.items()))
+
+
+class SwitchProgress:
+    """A live line per step with elapsed time (rich Progress), then a summary block."""
+
+    def __init__(self, con: Console, enabled: bool = True):
+        self.con = con
+        self.enabled = enabled
+        self.progress: Any = None
+        self.tasks: dict[int, Any] = {}
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> SwitchProgress:
+        if self.enabled:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(SpinnerColumn(finished_text="[green]✓[/green]"), TextColumn("{task.description}"),
+                                     TimeElapsedColumn(), console=self.con, transient=False)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def event(self, phase: str, step: Step, detail: str) -> None:
+        if self.progress is None:
+            return
+        key = id(step)
+        if phase == "start":
+            self.tasks[key] = self.progress.add_task(step.describe(), total=1)
+        elif phase == "done":
+            self.progress.update(self.tasks[key], completed=1, description=f"{step.describe()} [dim]{detail}[/dim]")
+        elif phase == "fail":
+            self.progress.update(self.tasks[key], description=f"[red]✗ {step.describe()}: {detail}[/red]")
+            self.progress.stop_task(self.tasks[key])
+
+
+def print_summary(con: Console, report: SwitchReport) -> None:
+    s = report.summary()
+    con.print(f"[bold green]switched to {report.plan.mode}[/bold green] in {report.duration_s:.2f}s")
+    for key in ("Stopped", "Slept", "Woken", "Started"):
+        items = s[key]
+        con.print(f"  {key + ':':9} " + (", ".join(f"{name} ({sec:.2f}s)" for name, sec in items) if items else "-"))
+    if report.plan.keep:
+        con.print(f"  {'Kept:':9} {', '.join(report.plan.keep)}")
+    if report.plan.relaunched:
+        con.print(f"  [yellow]Re-launched (drift recovery):[/yellow] {', '.join(report.plan.relaunched)}")
+
+
+def eprint(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def results_table(results: list[Any]) -> Table:
+    """Per-host results of a multi-host run."""
+    t = Table(title="hosts", title_justify="left")
+    for col in ("host", "result", "seconds", "summary"):
+        t.add_column(col, justify="right" if col == "seconds" else "left")
+    for r in results:
+        t.add_row(r.host, "[green]ok[/green]" if r.ok else "[red]FAILED[/red]", f"{r.seconds:.2f}", r.summary)
+    return t
