@@ -27,7 +27,7 @@ class Field:
     check: Callable[[Any], str | None] | None = None  # extra rule: returns a message or None
 
 
-def position(node: Any, key: Any = None, index: int | None = None) -> tuple[int, int]:
+def position(node: Any, key: Any = None, index: int | None = None, at_key: bool = False) -> tuple[int, int]:
     """1-based (line, column) of a key (or list item) inside a ruamel node; (0, 0) if unknown."""
     lc = getattr(node, "lc", None)
     if lc is None:
@@ -36,7 +36,7 @@ def position(node: Any, key: Any = None, index: int | None = None) -> tuple[int,
         if index is not None:
             line, col = lc.item(index)
         elif key is not None:
-            line, col = lc.value(key) if _has_value_pos(lc, key) else lc.key(key)
+            line, col = lc.value(key) if (not at_key and _has_value_pos(lc, key)) else lc.key(key)
         else:
             line, col = lc.line, lc.col
     except (KeyError, IndexError, TypeError):
@@ -59,8 +59,8 @@ class Checker:
         self.file = file
         self.problems: list[Problem] = []
 
-    def add(self, node: Any, key: Any, field: str, message: str, index: int | None = None) -> None:
-        line, col = position(node, key, index)
+    def add(self, node: Any, key: Any, field: str, message: str, index: int | None = None, at_key: bool = False) -> None:
+        line, col = position(node, key, index, at_key)
         self.problems.append(Problem(self.file, line, col, field, message))
 
     def mapping(self, node: Any, schema: dict[str, Field], prefix: str = "") -> dict[str, Any]:
@@ -73,7 +73,7 @@ class Checker:
             name = f"{prefix}{key}"
             if key not in schema:
                 known = ", ".join(sorted(schema))
-                self.add(node, key, name, f"unknown key (known keys: {known})")
+                self.add(node, key, name, f"unknown key (known keys: {known})", at_key=True)
                 continue
             value = self.value(node, key, node[key], schema[key], name)
             if value is not _BAD:

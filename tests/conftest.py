@@ -1,0 +1,145 @@
+"""Shared fixtures: an isolated simulated GPU host with its own small catalog on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class SimHost:
+    root: Path  # GPUMOD_HOME: presets/, modes/, templates/, inventory/
+    state: Path  # GPUMOD_STATE_DIR
+    ports: dict[str, int]
+
+    def write_preset(self, category: str, sid: str, text: str) -> None:
+        d = self.root / "presets" / category
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{sid}.yaml").write_text(text)
+
+    def write_mode(self, mid: str, services: list[str]) -> None:
+        body = "".join(f"  - {s}\n" for s in services) if services else ""
+        (self.root / "modes" / f"{mid}.yaml").write_text(f"id: {mid}\nname: {mid}\nservices:{' []' if not services else ''}\n{body}")
+
+    def write_inventory(self, extra: str = "", **local: object) -> None:
+        lines = ["hosts:", "  local:", "    connection: local", "    sim: true",
+                 "    gpu: {name: NVIDIA GeForce RTX 4090, total_mb: 24564}",
+                 "    sim_timings: {load_s: 0.2, wake_l1_s: 0.05, wake_l2_s: 0.2, release_lag_s: 0.25}",
+                 "    release_timeout_s: 10"]
+        for k, v in local.items():
+            lines.append(f"    {k}: {v}")
+        (self.root / "inventory" / "hosts.yaml").write_text("\n".join(lines) + "\n" + extra)
+
+    def inv(self, *argv: str) -> tuple[int, str, str]:
+        return run_cli(list(argv))
+
+    def stop_all(self) -> None:
+        run_dir = self.state / "supervisor" / "run"
+        pids = []
+        for f in run_dir.glob("*.pid") if run_dir.exists() else []:
+            with contextlib.suppress(ValueError, OSError):
+                pids.append(int(f.read_text().strip()))
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 5
+        for pid in pids:
+            while time.time() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except OSError:
+                    break
+                time.sleep(0.02)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run the program in-process; return (exit code, stdout, stderr)."""
+    from gpumod_tasks.program import make_program
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            make_program().run(["inv", *argv])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+PRESETS = {
+    # category, id, driver, vram, sleep_mode, extra yaml
+    "emb": ("embedding", "vllm", 2500, "l1", "model_size_mb: 1200\n"),
+    "doc": ("embedding", "vllm", 5000, "l1", "model_size_mb: 2000\n"),
+    "big": ("chat", "vllm", 9000, "l2", "model_size_mb: 3000\ncontext_size: 8192\nkv_cache_per_1k: 100\n"),
+    "router": ("code", "llamacpp", 6000, "router", "model_size_mb: 2000\n"),
+    "asr": ("speech", "fastapi", 3000, "none", "model_size_mb: 500\nunit_vars:\n  command: [python, -m, asr]\n"),
+    "api": ("speech", "fastapi", 1000, "none", "model_size_mb: 100\ndepends_on: [emb]\nunit_vars:\n  command: [python, -m, api]\n"),
+}
+
+
+@pytest.fixture
+def sim_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimHost]:
+    root = tmp_path / "home"
+    state = tmp_path / "state"
+    (root / "presets").mkdir(parents=True)
+    (root / "modes").mkdir()
+    (root / "inventory").mkdir()
+    shutil.copytree(REPO / "templates", root / "templates")
+    ports = dict(zip(PRESETS, free_ports(len(PRESETS))))
+    host = SimHost(root=root, state=state, ports=ports)
+    for sid, (cat, driver, vram, sleep, extra) in PRESETS.items():
+        sleep_lines = f"supports_sleep: {'true' if sleep != 'none' else 'false'}\nsleep_mode: {sleep}\n"
+        host.write_preset(cat, sid, f"id: {sid}\nname: {sid} service\ndriver: {driver}\nport: {ports[sid]}\nvram_mb: {vram}\n"
+                                    f"startup_timeout: 20\n{sleep_lines}{extra}")
+    host.write_mode("blank", [])
+    host.write_mode("rag", ["emb", "doc"])
+    host.write_mode("code", ["emb", "router"])
+    host.write_mode("chat", ["emb", "big"])
+    host.write_mode("speak", ["emb", "asr", "api"])
+    host.write_inventory()
+    monkeypatch.setenv("GPUMOD_HOME", str(root))
+    monkeypatch.setenv("GPUMOD_STATE_DIR", str(state))
+    monkeypatch.setenv("COLUMNS", "160")
+    try:
+        yield host
+    finally:
+        host.stop_all()
+
+
+@pytest.fixture
+def repo_catalog():
+    from gpumod_tasks.catalog import load_catalog
+
+    return load_catalog(REPO)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.path.insert(0, str(REPO))
