@@ -143,12 +143,14 @@ class Executor:
         if isinstance(step, WaitRelease):
             return self._wait_release(step)
         if isinstance(step, Quiesce):
+            if not self.quiesce:
+                return "unchanged", "skipped (--no-quiesce)"
             until = time.time() + step.seconds
             self.quiesce_until = until
-            if self.quiesce:
+            if step.wait:
                 time.sleep(max(0.0, until - time.time()))
                 return "changed", f"waited {step.seconds:g}s"
-            return "unchanged", "skipped (--no-quiesce)"
+            return "changed", "window recorded"
         if isinstance(step, Wake):
             p = self.cat.presets[step.service]
             driver_wake(self.t.host, p, step.level)

@@ -89,12 +89,17 @@ class WaitRelease(Step):
 
 @dataclass(frozen=True)
 class Quiesce(Step):
+    """After a heavy stop, loads wait ``seconds``; the window is recorded so a later lone
+    ``service.start`` is refused until it has passed. Nothing waits when nothing loads next."""
+
     seconds: float
     freed_mb: int
+    wait: bool = True
     kind = "quiesce"
 
     def describe(self) -> str:
-        return f"quiesce {self.seconds:g}s after freeing {self.freed_mb} MB"
+        verb = "quiesce" if self.wait else "start a quiesce window of"
+        return f"{verb} {self.seconds:g}s after freeing {self.freed_mb} MB"
 
 
 @dataclass(frozen=True)
@@ -284,11 +289,12 @@ def plan_switch(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy) ->
         if sid in leaving:
             steps.append(leaving[sid])
     freed = sum(getattr(s, "frees_mb", 0) for s in leaving.values())
-    if leaving and arriving:
+    if leaving:
+        # verified even when nothing loads next: when the command returns, the VRAM is free
         expected = max(0, seen.gpu_used_mb - freed)
         steps.append(WaitRelease(expected, policy.release_tolerance_mb))
         if policy.quiesce_s > 0 and freed >= policy.quiesce_threshold_mb:
-            steps.append(Quiesce(policy.quiesce_s, freed))
+            steps.append(Quiesce(policy.quiesce_s, freed, wait=bool(arriving)))
     for sid in topo_order(catalog, target):  # dependencies first
         if sid in arriving:
             steps.append(arriving[sid])

@@ -30,9 +30,10 @@ def make_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
 
 def print_error(exc: GpumodError, console: Console | None = None) -> None:
     con = console or Console(stderr=True, highlight=False)
-    con.print(Text(f"error: {exc}", style="bold red"))
+    # soft_wrap: an error line is never broken, so it can be grepped and copied whole
+    con.print(Text(f"error: {exc}", style="bold red"), soft_wrap=True)
     for line in exc.details():
-        con.print(Text(f"  {line}", style="red"))
+        con.print(Text(f"  {line}", style="red"), soft_wrap=True)
 
 
 def vram_bar(segments: list[tuple[str, int]], total_mb: int, width: int = 60, used_mb: int | None = None) -> Text:
