@@ -96,6 +96,16 @@ def probe(host: Host, preset: Preset, timeout: float = 2.0) -> Probe:
         if st in ("unloaded", "downloaded"):
             return Probe(Health.OK, sleeping=True, router_status=st)
         return Probe(Health.BAD, router_status=st, detail=f"router reports model {router_model_name(preset)!r} as {st}")
+    if preset.can_sleep and preset.health_endpoint == "/health":
+        # one request answers both: /is_sleeping only answers 200 from a live server
+        scode, stext = _get(host, preset.port, "/is_sleeping", timeout)
+        if scode == 200:
+            try:
+                return Probe(Health.OK, sleeping=bool(json.loads(stext).get("is_sleeping")))
+            except (ValueError, AttributeError):
+                pass
+        if scode == 0:
+            return Probe(Health.DOWN, detail=stext)
     code, text = _get(host, preset.port, preset.health_endpoint, timeout)
     if code == 0:
         return Probe(Health.DOWN, detail=text)
@@ -103,7 +113,7 @@ def probe(host: Host, preset: Preset, timeout: float = 2.0) -> Probe:
         return Probe(Health.LOADING, detail=text[:200])
     if code != 200:
         return Probe(Health.BAD, detail=f"GET {preset.health_endpoint} -> {code} {text[:200]}")
-    if preset.can_sleep:
+    if preset.can_sleep and preset.health_endpoint != "/health":
         scode, stext = _get(host, preset.port, "/is_sleeping", timeout)
         if scode == 200:
             try:

@@ -133,6 +133,7 @@ class Supervisor(ServiceManager):
         if not units:
             return {}
         # prints systemctl-show-shaped blocks; one round trip for all units
+        # fork-free (shell builtins only): this runs on every observation, for every unit
         script = r'''
 root=$1; shift
 for u in "$@"; do
@@ -140,13 +141,17 @@ for u in "$@"; do
   [ -f "$root/units/$u.sh" ] || load=not-found
   pid=0; active=inactive; sub=dead; result=success
   if [ -f "$pidf" ]; then
-    pid=$(cat "$pidf" 2>/dev/null || echo 0)
-    st=$(sed -e 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
-    if [ -n "$pid" ] && [ "$pid" != 0 ] && [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]; then
+    read -r pid < "$pidf" || pid=0
+    st=
+    if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+      read -r line < "/proc/$pid/stat" 2>/dev/null && { st=${line##*) }; st=${st%% *}; }
+    fi
+    if [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]; then
       active=active; sub=running
     else
-      pid=0
-      if [ -f "$rc" ] && [ ! -f "$root/run/$u.stopped" ] && [ "$(cat "$rc")" != 0 ]; then
+      pid=0; code=0
+      [ -f "$rc" ] && read -r code < "$rc"
+      if [ -f "$rc" ] && [ ! -f "$root/run/$u.stopped" ] && [ "$code" != 0 ]; then
         active=failed; sub=failed; result=exit-code
       fi
     fi

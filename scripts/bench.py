@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Benchmark gpumod's own overhead on the simulated GPU host, with the stand-ins' delays known.
+
+    .venv/bin/python scripts/bench.py [--runs 5]
+
+Measures, in one run (compare ratios, not absolute numbers, on a noisy machine):
+  1. sleep/wake switch code -> rag: engine overhead = switch duration - the stand-ins' inherent
+     delays (release lag + L1 wake time); and the whole command's wall time
+  2. no-op switch (already converged), whole command
+  3. `inv status` with 20 running services, whole command (and with 2, to show it stays flat)
+  4. VRAM-release detection: how long after the release lag the poll noticed, as % of the lag
+It uses a throwaway catalog on free ports and its own state dir; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LOAD_S, WAKE_L1_S, LAG_S = 0.5, 0.3, 1.0
+ROUTER_REAP_S = 0.05  # the router stand-in reaps an unloaded child 50 ms after /models/unload, then the lag starts
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def setup(root: Path) -> None:
+    (root / "presets" / "bench").mkdir(parents=True)
+    (root / "modes").mkdir()
+    (root / "inventory").mkdir()
+    shutil.copytree(REPO / "templates", root / "templates")
+    ports = free_ports(24)
+    presets = {"emb": ("vllm", 2500, "l1"), "doc": ("vllm", 5000, "l1"), "coder": ("llamacpp", 12000, "router")}
+    for i in range(20):
+        presets[f"s{i:02d}"] = ("vllm", 300, "l1")
+    for (sid, (driver, vram, sleep)), port in zip(presets.items(), ports):
+        (root / "presets" / "bench" / f"{sid}.yaml").write_text(
+            f"id: {sid}\nname: {sid}\ndriver: {driver}\nport: {port}\nvram_mb: {vram}\nmodel_size_mb: 100\n"
+            f"supports_sleep: true\nsleep_mode: {sleep}\nsleep_vram_mb: {0 if driver == 'llamacpp' else 100}\n")
+    modes = {"rag": ["emb", "doc"], "code": ["emb", "coder"], "twenty": [f"s{i:02d}" for i in range(20)],
+             "two": ["s00", "s01"], "blank": []}
+    for mid, svcs in modes.items():
+        (root / "modes" / f"{mid}.yaml").write_text(f"id: {mid}\nname: {mid}\nservices: [{', '.join(svcs)}]\n")
+    (root / "inventory" / "hosts.yaml").write_text(
+        "hosts:\n  local:\n    connection: local\n    sim: true\n    gpu: {name: NVIDIA GeForce RTX 4090, total_mb: 24564}\n"
+        f"    sim_timings: {{load_s: {LOAD_S}, wake_l1_s: {WAKE_L1_S}, wake_l2_s: 0.8, release_lag_s: {LAG_S}}}\n")
+
+
+def inv(*args: str) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "inv"), *args], capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"inv {' '.join(args)} failed: {r.stderr}")
+    return dt, r.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="gpumod-bench-"))
+    os.environ.update(GPUMOD_HOME=str(tmp / "home"), GPUMOD_STATE_DIR=str(tmp / "state"), COLUMNS="120")
+    setup(tmp / "home")
+    try:
+        inv("mode.switch", "--name", "rag")
+        inv("mode.switch", "--name", "code")
+        overheads, walls, detect = [], [], []
+        for _ in range(a.runs):
+            wall, out = inv("mode.switch", "--name", "rag", "--json")
+            rep = json.loads(out)
+            steps = {s["kind"]: s for s in rep["steps"]}
+            inherent = ROUTER_REAP_S + LAG_S + WAKE_L1_S
+            overheads.append(rep["duration_s"] - inherent)
+            walls.append(wall)
+            detect.append(steps["wait-release"]["seconds"] - ROUTER_REAP_S - LAG_S)
+            inv("mode.switch", "--name", "code")
+        noop = [inv("mode.switch", "--name", "code")[0] for _ in range(a.runs)]
+        inv("mode.switch", "--name", "two")
+        st2 = [inv("status")[0] for _ in range(a.runs)]
+        inv("mode.switch", "--name", "twenty")
+        st20 = [inv("status")[0] for _ in range(a.runs)]
+        lst = [inv("--list")[0] for _ in range(a.runs)]
+        med = statistics.median
+        print(f"stand-in delays: load {LOAD_S}s, L1 wake {WAKE_L1_S}s, release lag {LAG_S}s; {a.runs} runs each, medians")
+        print(f"code -> rag (sleep router, wait release, wake L1): engine overhead {med(overheads) * 1000:.0f} ms "
+              f"(max {max(overheads) * 1000:.0f} ms); whole command {med(walls):.3f} s")
+        print(f"release detected {med(detect) * 1000:.0f} ms after the {LAG_S:.1f} s lag "
+              f"({med(detect) / LAG_S * 100:.1f}% of the lag; max {max(detect) / LAG_S * 100:.1f}%)")
+        print(f"no-op switch (converged), whole command: {med(noop):.3f} s")
+        print(f"inv status, whole command: 2 services {med(st2):.3f} s, 20 services {med(st20):.3f} s "
+              f"(ratio {med(st20) / med(st2):.2f})")
+        print(f"inv --list, whole command: {med(lst):.3f} s")
+    finally:
+        subprocess.run([str(REPO / ".venv" / "bin" / "inv"), "sim.reset"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
