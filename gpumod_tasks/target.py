@@ -99,30 +99,56 @@ class Target:
                          sim_pythonpath=self.sim_lib_dir(), sim_module="gpumod_sim.server")
 
     def ensure_sim(self) -> list[str]:
-        """Create the simulated GPU (ledger + nvidia-smi shim) if missing. Returns what changed."""
+        """Create the simulated GPU (ledger + nvidia-smi shim + preflight) if missing or stale.
+        Returns what changed. Remote boxes get the stdlib-only simulator copied to them; a stamp
+        makes the unchanged case one round trip."""
         changed: list[str] = []
         if not self.sim:
             return changed
-        ledger = f"{self.sim_dir}/gpu0.json"
-        name = self.spec.gpu_name or "NVIDIA GeForce RTX 4090"
-        lag = self.spec.sim_settings.release_lag_s
         pkg = Path(__file__).resolve().parent / "sim"
         if isinstance(self.host, LocalHost):
             python, path, mod = sys.executable, str(pkg.parent.parent), "gpumod_tasks.sim"
-        else:
-            python, path, mod = "python3", self.sim_lib_dir(), "gpumod_sim"
-            for f in ("__init__.py", "ledger.py", "nvidia_smi.py", "http.py", "server.py"):
-                if self.host.write_file(f"{self.sim_lib_dir()}/gpumod_sim/{f}", (pkg / f).read_text()):
+            self._write_helpers(changed, python, path, mod)
+            return self._ensure_ledger(changed, python, path, mod)
+        import hashlib
+
+        python, path, mod = "python3", self.sim_lib_dir(), "gpumod_sim"
+        files = {f: (pkg / f).read_text() for f in ("__init__.py", "ledger.py", "nvidia_smi.py", "http.py", "server.py")}
+        helpers = self._shim_text(python, path, mod) + PREFLIGHT_SCRIPT
+        stamp = hashlib.sha256(("".join(files[k] for k in sorted(files)) + helpers).encode()).hexdigest()
+        stamp_file = f"{self.sim_lib_dir()}/gpumod_sim/STAMP"
+        if (self.host.read_file(stamp_file) or "").strip() != stamp:
+            for f, text in files.items():
+                if self.host.write_file(f"{self.sim_lib_dir()}/gpumod_sim/{f}", text):
                     changed.append(f"sim lib {f}")
-        shim = (
-            f"#!{python} -S\n# gpumod simulated nvidia-smi (generated)\nimport os, sys\n"
-            f"sys.path.insert(0, {path!r})\nos.environ.setdefault('GPUMOD_SIM_DIR', {self.sim_dir!r})\n"
-            f"from {mod}.nvidia_smi import main\nsys.exit(main())\n"
-        )
-        if self.host.write_file(self.shim_path, shim, mode=0o755):
+            self._write_helpers(changed, python, path, mod)
+            self.host.write_file(stamp_file, stamp + "\n")
+        return self._ensure_ledger(changed, python, path, mod)
+
+    def _shim_text(self, python: str, path: str, mod: str) -> str:
+        if isinstance(self.host, LocalHost):
+            return (
+                f"#!{python} -S\n# gpumod simulated nvidia-smi (generated)\nimport os, sys\n"
+                f"sys.path.insert(0, {path!r})\nos.environ.setdefault('GPUMOD_SIM_DIR', {self.sim_dir!r})\n"
+                f"from {mod}.nvidia_smi import main\nsys.exit(main())\n"
+            )
+        # the box's python3 is wherever PATH finds it: a shebang cannot say, sh can
+        code = f"import sys; sys.path.insert(0, {path!r}); from {mod}.nvidia_smi import main; sys.exit(main())"
+        return (f"#!/bin/sh\n# gpumod simulated nvidia-smi (generated)\n"
+                f": ${{GPUMOD_SIM_DIR:={self.sim_dir}}}\nexport GPUMOD_SIM_DIR\n"
+                f"exec python3 -S -c {shlex.quote(code)} \"$@\"\n")
+
+    def _write_helpers(self, changed: list[str], python: str, path: str, mod: str) -> None:
+        if self.host.write_file(self.shim_path, self._shim_text(python, path, mod), mode=0o755):
             changed.append("nvidia-smi shim")
         if self.host.write_file(preflight_path(self.state_dir), PREFLIGHT_SCRIPT, mode=0o755):
             changed.append("preflight script")
+
+    def _ensure_ledger(self, changed: list[str], python: str, path: str, mod: str) -> list[str]:
+        ledger = f"{self.sim_dir}/gpu0.json"
+        name = self.spec.gpu_name or "NVIDIA GeForce RTX 4090"
+        lag = float(self.spec.sim_settings.release_lag_s)
+        want = (name, self.gpu_total_hint, lag)
         if isinstance(self.host, LocalHost):
             from .sim.ledger import Ledger
 
@@ -131,16 +157,15 @@ class Target:
                 have = (d.get("name"), d.get("total_mb"), d.get("release_lag_s"))
             except (OSError, ValueError):
                 have = None
-            if have != (name, self.gpu_total_hint, float(lag)):
+            if have != want:
                 Ledger.create(ledger, name=name, total_mb=self.gpu_total_hint, release_lag_s=lag)
                 changed.append(f"simulated GPU {name} ({self.gpu_total_hint} MB)")
             return changed
         create = (
-            "import sys; sys.path.insert(0, sys.argv[1]); "
-            f"from {mod}.ledger import Ledger; import os; p=sys.argv[2]; "
-            "import json\n"
-            "try:\n d=json.load(open(p))\nexcept Exception:\n d=None\n"
-            "want=(sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))\n"
+            "import sys, json; sys.path.insert(0, sys.argv[1])\n"
+            f"from {mod}.ledger import Ledger\np = sys.argv[2]\n"
+            "try:\n d = json.load(open(p))\nexcept Exception:\n d = None\n"
+            "want = (sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))\n"
             "if d is None or (d.get('name'), d.get('total_mb'), d.get('release_lag_s')) != want:\n"
             " Ledger.create(p, name=want[0], total_mb=want[1], release_lag_s=want[2]); print('created')\n"
         )

@@ -26,7 +26,13 @@ def _free_port() -> int:
 class SshHost(Host):
     def __init__(self, spec: Any, config: Any = None, connect_kwargs: dict[str, Any] | None = None):
         super().__init__(spec)
+        import logging
+
         from fabric import Config, Connection
+
+        # paramiko logs every refused forward ("Secsh channel open FAILED"); a probe of a stopped
+        # service is expected to be refused, and gpumod reports it in its own words.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
         from paramiko.client import RejectPolicy
 
         cfg = config if config is not None else Config()
@@ -40,7 +46,16 @@ class SshHost(Host):
             config=cfg,
             connect_kwargs=kwargs,
         )
-        # Unknown host keys are refused: never auto-add, never silently skip checking.
+        # Unknown host keys are refused: never auto-add, never silently skip checking. Fabric does
+        # not load known_hosts by itself, so load the user's (and the system's) here.
+        import contextlib as _cl
+        import os as _os
+
+        with _cl.suppress(OSError):
+            self.conn.client.load_system_host_keys()
+        with _cl.suppress(OSError):
+            if _os.path.exists("/etc/ssh/ssh_known_hosts"):
+                self.conn.client.load_host_keys("/etc/ssh/ssh_known_hosts")
         self.conn.client.set_missing_host_key_policy(RejectPolicy())
         self._forwards: dict[int, int] = {}
         self._stack = contextlib.ExitStack()
@@ -106,12 +121,26 @@ class SshHost(Host):
         return None if r.exit_code == 44 else r.stdout
 
     def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
-        # compare and write in one round trip: the script exits 45 when the content is unchanged
-        script = (
-            'set -e; p="$1"; d=$(dirname "$p"); mkdir -p "$d"; t=$(mktemp "$d/.gpumod.XXXXXX"); cat > "$t"; '
-            'if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; chmod "$2" "$t"; mv -f "$t" "$p"'
-        )
-        r = self.run(["sh", "-c", script, "sh", self.expand(path), f"{mode:o}"], sudo=sudo, input=content, ok=(0, 45))
+        # Content goes over SFTP (a command's stdin is never closed by Invoke's runner, so `cat >`
+        # would wait forever); then one script compares and renames atomically in the target dir.
+        import io
+        import uuid
+
+        path = self.expand(path)
+        if self.read_file(path, sudo=sudo) == content:  # one round trip when nothing changed
+            return False
+        d = path.rsplit("/", 1)[0] or "/"
+        tmp = f"/tmp/.gpumod.{uuid.uuid4().hex}" if sudo and not self.is_root else f"{d}/.gpumod.{uuid.uuid4().hex}"
+        self.run(["mkdir", "-p", "--", d], sudo=sudo)
+        self._ensure_open()
+        try:
+            self.conn.put(io.BytesIO(content.encode()), remote=tmp)
+        except Exception as exc:  # paramiko/SFTP errors
+            raise HostUnreachable(self.name, f"cannot upload {path}: {exc}") from exc
+        self.round_trips += 1
+        script = ('p=$1; t=$2; if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
+                  'chmod "$3" "$t" && mv -f "$t" "$p"')
+        r = self.run(["sh", "-c", script, "sh", path, tmp, f"{mode:o}"], sudo=sudo, ok=(0, 45))
         return r.exit_code == 0
 
     def base_url(self, port: int) -> str:
@@ -120,6 +149,15 @@ class SshHost(Host):
                 self._ensure_open()
                 local = _free_port()
                 self._stack.enter_context(self.conn.forward_local(local_port=local, remote_port=port, remote_host="127.0.0.1"))
+                # Fabric's tunnel thread binds the local port a moment after the context is entered
+                import time as _t
+
+                deadline = _t.monotonic() + 2.0
+                while _t.monotonic() < deadline:
+                    with socket.socket() as probe_sock:
+                        if probe_sock.connect_ex(("127.0.0.1", local)) == 0:
+                            break
+                    _t.sleep(0.005)
                 self._forwards[port] = local
             return f"http://127.0.0.1:{self._forwards[port]}"
 
