@@ -98,14 +98,11 @@ def probe(host: Host, preset: Preset, timeout: float = 2.0) -> Probe:
         return Probe(Health.BAD, router_status=st, detail=f"router reports model {router_model_name(preset)!r} as {st}")
     if preset.can_sleep and preset.health_endpoint == "/health":
         # one request answers both: /is_sleeping only answers 200 from a live server
-        scode, stext = _get(host, preset.port, "/is_sleeping", timeout)
-        if scode == 200:
-            try:
-                return Probe(Health.OK, sleeping=bool(json.loads(stext).get("is_sleeping")))
-            except (ValueError, AttributeError):
-                pass
+        scode, found = _sleep_probe(host, preset, timeout)
+        if found is not None:
+            return found
         if scode == 0:
-            return Probe(Health.DOWN, detail=stext)
+            return Probe(Health.DOWN, detail="connection refused")
     code, text = _get(host, preset.port, preset.health_endpoint, timeout)
     if code == 0:
         return Probe(Health.DOWN, detail=text)
@@ -114,13 +111,21 @@ def probe(host: Host, preset: Preset, timeout: float = 2.0) -> Probe:
     if code != 200:
         return Probe(Health.BAD, detail=f"GET {preset.health_endpoint} -> {code} {text[:200]}")
     if preset.can_sleep and preset.health_endpoint != "/health":
-        scode, stext = _get(host, preset.port, "/is_sleeping", timeout)
-        if scode == 200:
-            try:
-                return Probe(Health.OK, sleeping=bool(json.loads(stext).get("is_sleeping")))
-            except (ValueError, AttributeError):
-                pass
+        _, found = _sleep_probe(host, preset, timeout)
+        if found is not None:
+            return found
     return Probe(Health.OK)
+
+
+def _sleep_probe(host: Host, preset: Preset, timeout: float) -> tuple[int, Probe | None]:
+    """``GET /is_sleeping``: a Probe when it answered 200 with the expected body."""
+    code, text = _get(host, preset.port, "/is_sleeping", timeout)
+    if code == 200:
+        try:
+            return code, Probe(Health.OK, sleeping=bool(json.loads(text).get("is_sleeping")))
+        except (ValueError, AttributeError):
+            pass
+    return code, None
 
 
 def _post(host: Host, preset: Preset, path: str, *, json_body: Any = None, params: Any = None, timeout: float = 600) -> Any:
