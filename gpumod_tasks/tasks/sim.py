@@ -10,6 +10,15 @@ def _sim_only(t):
         raise Exit(f"host {t.spec.name} has a real NVIDIA GPU; sim tasks only act on simulated hosts", code=2)
 
 
+def _stop_units(t, include_failed):
+    """Stop every catalog unit that runs (and, if asked, clear failed ones); return those stopped."""
+    units = [p.unit for p in t.catalog.presets.values()]
+    hit = [u for u, s in t.manager.states(units).items() if s.is_running or (include_failed and s.is_failed)]
+    for u in hit:
+        t.manager.stop(u)
+    return hit
+
+
 @task
 def up(c):
     """Create the simulated GPU (ledger + nvidia-smi shim) and install every service's stand-in unit."""
@@ -35,11 +44,7 @@ def down(c):
 
     def run(t, con):
         _sim_only(t)
-        units = [p.unit for p in t.catalog.presets.values()]
-        states = t.manager.states(units)
-        stopped = [u for u, s in states.items() if s.is_running]
-        for u in stopped:
-            t.manager.stop(u)
+        stopped = _stop_units(t, include_failed=False)
         con.print(f"stopped {len(stopped)} services")
         return f"{len(stopped)} stopped"
 
@@ -54,10 +59,7 @@ def reset(c):
 
     def run(t, con):
         _sim_only(t)
-        units = [p.unit for p in t.catalog.presets.values()]
-        for u, s in t.manager.states(units).items():
-            if s.is_running or s.is_failed:
-                t.manager.stop(u)
+        _stop_units(t, include_failed=True)
         t.host.remove_file(mode_file(t.state_dir))
         t.host.run(["sh", "-c", 'rm -f "$1"/gpu*.json', "sh", t.sim_dir])
         t.ensure_sim()
