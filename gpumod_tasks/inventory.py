@@ -31,7 +31,8 @@ class SimSettings:
 @dataclass(frozen=True)
 class HostSpec:
     name: str
-    connection: str = "local"  # local | ssh
+    connection: str = "local"  # local | ssh | nsenter
+    nsenter: str = ""  # nsenter: PID (or a file holding it) of the namespace's init, e.g. a container's systemd
     ssh_host: str = ""
     ssh_user: str = ""
     ssh_port: int | None = None
@@ -61,7 +62,8 @@ class HostSpec:
 
     @property
     def is_local(self) -> bool:
-        return self.connection == "local"
+        """Commands run on this machine (plain local, or inside a local namespace via nsenter)."""
+        return self.connection in ("local", "nsenter")
 
     def resolved_state_dir(self, home: str = "~") -> str:
         if self.state_dir:
@@ -125,7 +127,8 @@ class Inventory:
 
 
 HOST_SCHEMA: dict[str, Field] = {
-    "connection": Field("str", choices=("local", "ssh")),
+    "connection": Field("str", choices=("local", "ssh", "nsenter")),
+    "nsenter": Field("str"),
     "ssh": Field("str"),
     "identity": Field("str"),
     "scope": Field("str", choices=("system", "user")),
@@ -153,7 +156,7 @@ HOST_SCHEMA: dict[str, Field] = {
 
 def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec:
     kw: dict[str, Any] = {"name": name}
-    conn = v.get("connection", "ssh" if "ssh" in v else "local")
+    conn = v.get("connection", "ssh" if "ssh" in v else "nsenter" if "nsenter" in v else "local")
     kw["connection"] = conn
     if "ssh" in v:
         m = SSH_TARGET_RE.match(v["ssh"])
@@ -165,6 +168,11 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
                 kw["ssh_port"] = int(m.group("port"))
     elif conn == "ssh":
         kw["ssh_host"] = name
+    if conn == "nsenter":
+        if not v.get("nsenter"):
+            ck.add(node, "connection", f"hosts.{name}.nsenter", "connection nsenter needs nsenter: PID or a pid file")
+        else:
+            kw["nsenter"] = str(v["nsenter"])
     simple = ("identity", "scope", "state_dir", "unit_dir", "gpu_backend", "service_manager", "reserve_mb",
               "quiesce_s", "quiesce_threshold_mb", "release_timeout_s", "release_tolerance_mb", "keep_warm",
               "procfs", "default_mode", "warm_modes", "oom_protect", "vars")

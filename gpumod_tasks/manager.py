@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .facts.units import UnitState, parse_systemctl_show, systemctl_show_argv
+from .facts.units import UnitState, parse_systemctl_show, systemctl_show_argv, user_scoped
 from .host.base import Host
 
 
@@ -60,8 +60,8 @@ class Systemd(ServiceManager):
         self.user = user
 
     def _ctl(self, *args: str, ok: Sequence[int] = (0,)) -> str:
-        argv = ["systemctl", *(["--user"] if self.user else []), *args]
-        return self.host.run(argv, sudo=not self.user, ok=ok, what=" ".join(argv)).stdout
+        argv = user_scoped(["systemctl", *args], self.user)
+        return self.host.run(argv, sudo=not self.user, ok=ok, what=" ".join(["systemctl", *args])).stdout
 
     def states(self, units: Sequence[str]) -> dict[str, UnitState]:
         if not units:
@@ -85,7 +85,8 @@ class Systemd(ServiceManager):
         self._ctl("daemon-reload")
 
     def logs(self, unit: str, lines: int = 30) -> str:
-        argv = ["journalctl", *(["--user"] if self.user else []), "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"]
+        # a user unit's journal lives under the user's own stream: --user-unit, not --user -u
+        argv = ["journalctl", *(["--user-unit", unit] if self.user else ["-u", unit]), "-n", str(lines), "--no-pager", "-o", "cat"]
         return self.host.run(argv, sudo=not self.user, ok=(0, 1)).stdout
 
 

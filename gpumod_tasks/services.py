@@ -42,6 +42,13 @@ def service_action(t: Target, action: str, service_id: str, *, level: int | None
                 return f"{service_id} woken"
             _one_step(t, Start(service_id, "service.start", policy_for(t).ram_needed_mb(p)), rec.mode)
             return f"{service_id} started"
+        if action == "restart":
+            # a fresh process (a sleeping one too): stop, then start with the usual preflight and gate
+            if o.state is not SvcState.STOPPED:
+                _one_step(t, Stop(service_id, "service.restart", o.vram_mb), rec.mode)
+            _one_step(t, Start(service_id, "service.restart", policy_for(t).ram_needed_mb(p)), rec.mode)
+            _remember_level(t, service_id, None)
+            return f"{service_id} restarted"
         if action == "stop":
             if o.state in (SvcState.STOPPED,):
                 return f"{service_id} is already stopped"

@@ -41,7 +41,7 @@ class Target:
         if self.spec.sim is not None:
             return self.spec.sim
         # the driver's own proc entry is the canonical "is there an NVIDIA driver" check
-        if isinstance(self.host, LocalHost):
+        if self.host.is_this_machine:
             return not Path("/proc/driver/nvidia/version").exists()
         r = self.host.run(["test", "-e", "/proc/driver/nvidia/version"], ok=(0, 1))
         return r.exit_code != 0
@@ -57,7 +57,7 @@ class Target:
 
     def _systemd_usable(self) -> bool:
         # sd_booted(): /run/systemd/system exists only when systemd is PID 1
-        if isinstance(self.host, LocalHost):
+        if self.host.is_this_machine:
             return Path("/run/systemd/system").is_dir()
         return self.host.run(["test", "-d", "/run/systemd/system"], ok=(0, 1)).exit_code == 0
 
@@ -137,6 +137,13 @@ class Target:
         return (f"#!/bin/sh\n# gpumod simulated nvidia-smi (generated)\n"
                 f": ${{GPUMOD_SIM_DIR:={self.sim_dir}}}\nexport GPUMOD_SIM_DIR\n"
                 f"exec python3 -S -c {shlex.quote(code)} \"$@\"\n")
+
+    def ensure_helpers(self) -> list[str]:
+        """Install the box-side helpers every unit needs (the preflight): plain sh, no gpumod."""
+        sudo = not self.sim and self.spec.scope == "system"
+        if self.host.write_file(preflight_path(self.state_dir), PREFLIGHT_SCRIPT, mode=0o755, sudo=sudo):
+            return ["preflight script"]
+        return []
 
     def _write_helpers(self, changed: list[str], python: str, path: str, mod: str) -> None:
         if self.host.write_file(self.shim_path, self._shim_text(python, path, mod), mode=0o755):

@@ -37,10 +37,21 @@ def rendered(t: Target) -> dict[str, tuple[str, object]]:
     return out
 
 
-def installed_text(t: Target, unit: str) -> str | None:
+_MARK = "\x1e@@gpumod-unit@@"
+
+
+def installed_texts(t: Target, units: list[str]) -> dict[str, str | None]:
+    """The installed text of many units in one round trip (None: not installed)."""
     if isinstance(t.manager, Supervisor):
-        return t.manager.spec_text(unit)
-    return t.host.read_file(f"{unit_dir(t)}/{unit}")
+        return {u: t.manager.spec_text(u) for u in units}
+    script = ('cd "$1" 2>/dev/null || exit 0; shift; for u in "$@"; do '
+              f'if [ -f "$u" ]; then printf \'{_MARK} %s\\n\' "$u"; cat -- "$u"; fi; done')
+    r = t.host.run(["sh", "-c", script, "sh", unit_dir(t), *units], sudo=t.spec.scope == "system" and not t.host.is_root)
+    out: dict[str, str | None] = dict.fromkeys(units)
+    for chunk in r.stdout.split(_MARK + " ")[1:]:
+        name, _, text = chunk.partition("\n")
+        out[name] = text
+    return out
 
 
 def installed_units(t: Target) -> list[str]:
@@ -54,9 +65,12 @@ def install_all(t: Target, check: bool = False) -> InstallReport:
     rep = InstallReport()
     want = rendered(t)
     sup = isinstance(t.manager, Supervisor)
+    if not check:
+        t.ensure_helpers()
+    have = installed_texts(t, list(want))
     for unit, (text, spec) in want.items():
         new = t.manager.script(unit, spec) if sup else text  # type: ignore[attr-defined]
-        old = installed_text(t, unit)
+        old = have.get(unit)
         if old == new:
             rep.unchanged.append(unit)
             continue

@@ -143,3 +143,53 @@ def repo_catalog():
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class SystemdBox:
+    """A simulated GPU host whose services are real systemd units in a private systemd."""
+
+    sim: SimHost
+    sd: object  # nshost.PrivateSystemd
+    state: Path
+    unit_dir: str
+
+    def inv(self, *argv: str) -> tuple[int, str, str]:
+        return run_cli(["-H", "box", *argv])
+
+    def unit(self, sid: str) -> str:
+        return f"gpumod-{sid}.service"
+
+
+def box_inventory(name: str, pidfile: Path, state: Path, unit_dir: str, extra: dict | None = None, sim: bool = True) -> str:
+    lines = [f"  {name}:", "    connection: nsenter", f"    nsenter: {pidfile}", f"    sim: {str(sim).lower()}",
+             "    service_manager: systemd", f"    unit_dir: {unit_dir}", f"    state_dir: {state}",
+             "    gpu: {name: NVIDIA GeForce RTX 4090, total_mb: 24564}",
+             "    sim_timings: {load_s: 0.2, wake_l1_s: 0.05, wake_l2_s: 0.2, release_lag_s: 0.25}",
+             "    release_timeout_s: 10"]
+    lines += [f"    {k}: {v}" for k, v in (extra or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def systemd_box(sim_host: SimHost, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SystemdBox]:
+    """Boot a private systemd (PID 1 of its own PID+mount namespace) for one test."""
+    from nshost import PrivateSystemd, unavailable_reason
+
+    why = unavailable_reason()
+    if why:
+        pytest.skip(f"private systemd unavailable: {why}")
+    marker = request.node.get_closest_marker("box")
+    opts = dict(marker.kwargs) if marker else {}
+    user = opts.pop("scope", "system") == "user"
+    sd = PrivateSystemd(log=tmp_path / "systemd.log", pidfile=tmp_path / "box.pid").boot()
+    state = tmp_path / "box-state"
+    unit_dir = "/run/user/0/systemd/user" if user else "/run/systemd/system"
+    if user:
+        sd.systemctl("start", "user@0.service")
+        opts["scope"] = "user"
+    sim_host.write_inventory(box_inventory("box", tmp_path / "box.pid", state, unit_dir, opts))
+    try:
+        yield SystemdBox(sim=sim_host, sd=sd, state=state, unit_dir=unit_dir)
+    finally:
+        sd.shutdown()

@@ -32,8 +32,20 @@ class UnitState:
         return self.active == "failed"
 
 
+# `systemctl --user` finds the user manager through $XDG_RUNTIME_DIR, which a non-login command
+# (sudo, nsenter, `ssh host cmd` without pam_systemd) may lack: default it to /run/user/UID.
+USER_BUS = ["sh", "-c", 'XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/run/user/$(id -u)}" exec "$@"', "sh"]
+
+
+def user_scoped(argv: Sequence[str], user: bool) -> list[str]:
+    """``systemctl ARGS`` or ``journalctl ARGS`` for the system or the user manager."""
+    if not user:
+        return list(argv)
+    return [*USER_BUS, argv[0], "--user", *argv[1:]]
+
+
 def systemctl_show_argv(units: Sequence[str], user: bool = False) -> list[str]:
-    return ["systemctl", *(["--user"] if user else []), "show", "--no-pager", "-p", ",".join(PROPS), "--", *units]
+    return user_scoped(["systemctl", "show", "--no-pager", "-p", ",".join(PROPS), "--", *units], user)
 
 
 def parse_systemctl_show(text: str, units: Sequence[str]) -> dict[str, UnitState]:

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 
 def connect(spec: HostSpec, *, fabric_config: Any = None, connect_kwargs: dict[str, Any] | None = None) -> Host:
     """A Host for an inventory entry. Fabric is imported only here, for SSH targets."""
+    if spec.connection == "nsenter":
+        from .nsenter import NsenterHost
+
+        return NsenterHost(spec)
     if spec.is_local:
         return LocalHost(spec)
     from .ssh import SshHost

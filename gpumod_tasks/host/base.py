@@ -43,6 +43,9 @@ def shell_join(argv: Sequence[str]) -> str:
 class Host(ABC):
     """A target box. Subclasses implement ``_run``, file I/O and ``base_url``."""
 
+    #: commands, files and /run are this very machine's (so facts may be read directly)
+    is_this_machine = False
+
     def __init__(self, spec: HostSpec):
         self.spec = spec
         self.name = spec.name

@@ -13,6 +13,8 @@ from .base import CommandResult, Host
 
 
 class LocalHost(Host):
+    is_this_machine = True
+
     @property
     def is_root(self) -> bool:
         return os.geteuid() == 0

@@ -66,6 +66,12 @@ def stop(c, service_id):
     _action(c, "stop", service_id)
 
 
+@task(help={"service-id": "Service to restart (a fresh process; preflight and health gate as on start)."})
+def restart(c, service_id):
+    """Restart one service: stop it, then start it and wait for its health gate."""
+    _action(c, "restart", service_id)
+
+
 @task(help={"service-id": "Service to put to sleep.", "level": "Sleep level (1 or 2; default: the preset's)."})
 def sleep(c, service_id, level=None):
     """Put one sleep-capable service to sleep (vLLM L1/L2, or unload from its llama.cpp router)."""
@@ -114,5 +120,5 @@ def logs(c, service_id, lines=50):
 
 ns = Collection("service")
 ns.add_task(list_, name="list")
-for t in (show, start, stop, sleep, wake, status, logs):
+for t in (show, start, stop, restart, sleep, wake, status, logs):
     ns.add_task(t)

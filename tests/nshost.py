@@ -1,0 +1,123 @@
+"""Test hosts built on this machine: a private systemd as PID 1 of a PID+mount namespace.
+
+``PrivateSystemd.boot()`` follows the recipe of the developers' brief: the two tmpfiles bind mounts
+keep systemd-tmpfiles from emptying the machine's /tmp (the namespace shares the disk).  Units go to
+``/run/systemd/system`` inside it, which is a tmpfs of its own and vanishes with it.  Commands enter
+it with ``nsenter -t PID -m -p``; HTTP is shared with this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BOOT = ("mount --bind /dev/null /usr/lib/tmpfiles.d/tmp.conf; "
+        "mount --bind /dev/null /usr/lib/tmpfiles.d/x11.conf; "
+        "exec /lib/systemd/systemd --system --unit=basic.target")
+
+
+def unavailable_reason() -> str | None:
+    """Why a private systemd cannot boot here (None when it can)."""
+    if os.geteuid() != 0:
+        return "needs root (unshare --pid --mount)"
+    for tool in ("unshare", "nsenter", "systemctl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not os.path.exists("/lib/systemd/systemd"):
+        return "/lib/systemd/systemd is not installed"
+    for f in ("/usr/lib/tmpfiles.d/tmp.conf", "/usr/lib/tmpfiles.d/x11.conf"):
+        if not os.path.exists(f):
+            return f"{f} is missing (the bind mount that protects /tmp needs it)"
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@dataclass
+class PrivateSystemd:
+    log: Path
+    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NAME) to boot it in a network namespace
+    outer: subprocess.Popen | None = None
+    pid: int = 0  # systemd's pid as seen from this machine
+    pidfile: Path | None = None
+    started: list[str] = field(default_factory=list)
+
+    def boot(self, timeout: float = 60) -> PrivateSystemd:
+        argv = [*self.prefix, "unshare", "--pid", "--fork", "--mount", "--mount-proc", "--kill-child", "sh", "-c", BOOT]
+        with open(self.log, "wb") as fh:
+            self.outer = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.pid:
+            if self.outer.poll() is not None:
+                raise RuntimeError(f"private systemd exited at once ({self.outer.returncode}): {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("private systemd: no systemd process appeared")
+            # the unshare process (maybe below ip-netns-exec, which execs) forks the namespace's PID 1
+            for kid in _children(self.outer.pid):
+                if Path(f"/proc/{kid}/comm").read_text().strip() == "systemd":
+                    self.pid = kid
+            time.sleep(0.05)
+        while True:
+            r = self.run(["systemctl", "is-system-running"], check=False)
+            state = r.stdout.strip()
+            if state in ("running", "degraded"):
+                break
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"private systemd did not come up (state {state!r}): {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        if self.pidfile:
+            self.pidfile.write_text(f"{self.pid}\n")
+        return self
+
+    def run(self, argv: list[str], check: bool = True, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        r = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-p", "--", *argv], capture_output=True, text=True,
+                           input=input, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip() or r.stdout.strip()}")
+        return r
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(["systemctl", *args], check=check)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        r = self.systemctl("show", unit, "-p", ",".join(props))
+        return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    def wait_for(self, unit: str, prop: str, want: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.show(unit, prop).get(prop, "")
+            if got == want or time.monotonic() > deadline:
+                return got
+            time.sleep(0.1)
+
+    def shutdown(self) -> None:
+        if not self.pid or self.outer is None:
+            return
+        # a system manager exits on `systemctl exit` when it runs in a container (its own PID namespace)
+        self.run(["systemctl", "exit"], check=False, timeout=10)
+        try:
+            self.outer.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.outer is not None and self.outer.poll() is None:
+            try:
+                os.killpg(self.outer.pid, signal.SIGKILL)  # --kill-child takes the namespace down with it
+            except OSError:
+                pass
+            self.outer.wait(timeout=10)
