@@ -75,7 +75,9 @@ def router_model_name(preset: Preset) -> str:
 
 def real_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
     uv = {**host.vars, **preset.unit_vars}
-    bind = str(uv.get("bind", "127.0.0.1"))
+    # the listen address comes from the preset alone: a host-wide var must never expose every
+    # server (and vLLM's dev endpoints) on 0.0.0.0 by accident
+    bind = str(preset.unit_vars.get("bind", "127.0.0.1"))
     env: list[tuple[str, str]] = []
     if preset.driver is Driver.VLLM:
         argv = [str(uv.get("vllm_bin", "vllm")), "serve", preset.model_path or preset.model_id, "--host", bind, "--port", str(preset.port),
@@ -125,7 +127,10 @@ def real_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
         argv = docker_argv(preset)
     else:  # pragma: no cover
         raise RenderError(f"unknown driver {preset.driver}")
-    return ExecSpec(argv=tuple(argv), env=_common_env(preset, host), pre=(_preflight(preset, host, facts),))
+    # the driver's safety variables win over anything the preset sets
+    merged = dict(_common_env(preset, host))
+    merged.update(env)
+    return ExecSpec(argv=tuple(argv), env=tuple(merged.items()), pre=(_preflight(preset, host, facts),))
 
 
 def docker_argv(preset: Preset) -> list[str]:

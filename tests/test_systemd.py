@@ -206,3 +206,33 @@ def test_user_scope_through_the_user_manager(systemd_box):
     code, out, err = box.inv("mode.switch", "--name", "blank")
     assert code == 0, err
     assert states(box)["emb"] == "sleeping"
+
+
+def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
+    """A real (not simulated) FastAPI unit whose command and env hold spaces, quotes, % and $:
+    the process started by systemd reports exactly what the preset said."""
+    box = systemd_box
+    out = tmp_path / "seen.json"
+    words = ["two words", 'say "hi"', "100%", "$HOME and ${X}", "it's", "back\\slash", "%n"]
+    env = {"SPACED": "a b  c", "QUOTED": 'x "y" \'z\'', "PCT": "50%d", "DOLLAR": "$PATH ${Y}", "BS": "c:\\dir"}
+    code = ("import sys, os, json; json.dump({'argv': sys.argv[1:], 'env': {k: os.environ.get(k) for k in "
+            f"{sorted(env)!r}}}}}, open({str(out)!r}, 'w'))")
+    from yaml_helpers import dump
+
+    box.sim.write_preset("speech", "echo", dump({
+        "id": "echo", "name": "echo", "driver": "fastapi", "port": 1, "vram_mb": 1, "model_size_mb": 1,
+        "env": env, "unit_vars": {"command": ["/usr/bin/python3", "-c", code, *words]},
+    }))
+    inv = "hosts:\n" + box_inventory("real", tmp_path / "box.pid", tmp_path / "real-state", "/run/systemd/system", sim=False)
+    (box.sim.root / "inventory" / "hosts.yaml").write_text(inv)
+    code_, o, e = run_cli(["-H", "real", "template.install-all"])
+    assert code_ == 0, e
+    box.sd.systemctl("start", "gpumod-echo.service")
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    journal = box.sd.run(["journalctl", "-u", "gpumod-echo.service", "--no-pager", "-o", "cat"]).stdout
+    assert out.exists(), journal
+    seen = json.loads(out.read_text())
+    assert seen["argv"] == words
+    assert seen["env"] == env

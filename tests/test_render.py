@@ -1,0 +1,128 @@
+"""Unit rendering without a host: command lines per driver, safety refusals, systemd quoting."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from gpumod_tasks.catalog.model import DockerSpec, Driver, Preset, SleepMode
+from gpumod_tasks.errors import RenderError
+from gpumod_tasks.inventory import HostSpec
+from gpumod_tasks.render import (
+    HostFacts,
+    docker_argv,
+    gpu_memory_utilization,
+    real_exec,
+    render_unit,
+    systemd_env,
+    systemd_word,
+)
+from conftest import REPO
+
+HOST = HostSpec(name="box", sim=False, gpu_total_mb=24564)
+FACTS = HostFacts(gpu_total_mb=24564, sim=False, state_dir="/var/lib/gpumod")
+
+
+def preset(**kw) -> Preset:
+    base = dict(id="svc", name="Svc", driver=Driver.VLLM, port=8000, vram_mb=12000, model_id="org/model",
+                model_size_mb=5000, file="presets/x/svc.yaml")
+    base.update(kw)
+    return Preset(**base)
+
+
+def unit_lines(p: Preset, host: HostSpec = HOST) -> list[str]:
+    return render_unit(p, host, FACTS, str(REPO)).splitlines()
+
+
+def test_gpu_memory_utilization_never_below_the_presets_megabytes():
+    # 12000 / 24564 = 0.48852...; rounded *up* to 3 decimals
+    assert gpu_memory_utilization(12000, 24564) == 0.489
+    assert gpu_memory_utilization(12000, 24564) * 24564 >= 12000
+    assert gpu_memory_utilization(30000, 24564) == 0.99
+    with pytest.raises(RenderError, match="gpu.total_mb"):
+        gpu_memory_utilization(1000, 0)
+
+
+def test_vllm_sleep_flags_only_with_sleep_support_and_loopback_bind():
+    sleepy = real_exec(preset(supports_sleep=True, sleep_mode=SleepMode.L1, context_size=16384), HOST, FACTS)
+    assert sleepy.argv[:3] == ("vllm", "serve", "org/model")
+    a = list(sleepy.argv)
+    assert a[a.index("--host") + 1] == "127.0.0.1" and a[a.index("--port") + 1] == "8000"
+    assert a[a.index("--max-model-len") + 1] == "16384" and a[a.index("--gpu-memory-utilization") + 1] == "0.489"
+    assert "--enable-sleep-mode" in a and ("VLLM_SERVER_DEV_MODE", "1") in sleepy.env
+    plain = real_exec(preset(), HOST, FACTS)
+    assert "--enable-sleep-mode" not in plain.argv and all(k != "VLLM_SERVER_DEV_MODE" for k, _ in plain.env)
+    # a host-wide var cannot open every server to the network; only the preset can
+    wide = HostSpec(name="box", sim=False, gpu_total_mb=24564, vars={"bind": "0.0.0.0"})
+    a = list(real_exec(preset(), wide, FACTS).argv)
+    assert a[a.index("--host") + 1] == "127.0.0.1"
+    a = list(real_exec(preset(unit_vars={"bind": "0.0.0.0"}), HOST, FACTS).argv)
+    assert a[a.index("--host") + 1] == "0.0.0.0"
+
+
+def test_llamacpp_single_and_router_units():
+    single = real_exec(preset(driver=Driver.LLAMACPP, model_path="/m/a.gguf", context_size=8192, unit_vars={"n_gpu_layers": 99}), HOST, FACTS)
+    assert ("GGML_CUDA_NO_PINNED", "1") in single.env
+    a = list(single.argv)
+    assert a[0] == "llama-server" and a[a.index("--model") + 1] == "/m/a.gguf" and a[a.index("--ctx-size") + 1] == "8192"
+    assert a[a.index("--host") + 1] == "127.0.0.1"
+    router = real_exec(preset(driver=Driver.LLAMACPP, sleep_mode=SleepMode.ROUTER, supports_sleep=True, model_path="/models/gguf/x.gguf",
+                              unit_vars={"models_max": 2, "models_preset": "/etc/models.ini"}), HOST, FACTS)
+    a = list(router.argv)
+    assert ("GGML_CUDA_NO_PINNED", "1") in router.env
+    assert a[a.index("--models-dir") + 1] == "/models/gguf" and a[a.index("--models-max") + 1] == "2"
+    assert a[a.index("--models-preset") + 1] == "/etc/models.ini" and "--no-models-autoload" in a and "--model" not in a
+    text = "\n".join(unit_lines(preset(driver=Driver.LLAMACPP, model_path="/m/a.gguf")))
+    assert 'Environment="GGML_CUDA_NO_PINNED=1"' in text
+
+
+def test_fastapi_runs_in_its_venv():
+    p = preset(driver=Driver.FASTAPI, unit_vars={"command": ["python", "-m", "srv", "--port", "{port}"], "venv": "/opt/v"})
+    assert real_exec(p, HOST, FACTS).argv == ("/opt/v/bin/python", "-m", "srv", "--port", "8000")
+    with pytest.raises(RenderError, match="unit_vars.command"):
+        real_exec(preset(driver=Driver.FASTAPI), HOST, FACTS)
+
+
+@pytest.mark.parametrize("spec, refused", [
+    (DockerSpec(image="i", extra_args=("--privileged",)), "--privileged"),
+    (DockerSpec(image="i", network="host"), "network 'host'"),
+    (DockerSpec(image="i", network="macvlan0"), "macvlan"),
+    (DockerSpec(image="i", volumes=("/:/host",)), "mounting /"),
+    (DockerSpec(image="i", volumes=("/etc:/etc:ro",)), "mounting /etc"),
+    (DockerSpec(image="i", volumes=("/var/run/docker.sock:/var/run/docker.sock",)), "docker.sock"),
+])
+def test_docker_refuses_unsafe_settings(spec, refused):
+    with pytest.raises(RenderError) as e:
+        docker_argv(preset(driver=Driver.DOCKER, docker=spec))
+    assert refused in str(e.value) and "presets/x/svc.yaml" in str(e.value)
+
+
+def test_docker_run_line():
+    a = docker_argv(preset(driver=Driver.DOCKER, docker=DockerSpec(image="img:1", ports=("8000:8000",), volumes=("/data/m:/m",),
+                                                                      environment=(("A", "b c"),))))
+    assert a[:5] == ["docker", "run", "--rm", "--name", "gpumod-svc"]
+    assert a[a.index("-p") + 1] == "127.0.0.1:8000:8000"  # published on loopback unless an address is given
+    assert a[a.index("-v") + 1] == "/data/m:/m" and a[a.index("-e") + 1] == "A=b c" and a[-1] == "img:1"
+
+
+def test_every_unit_has_preflight_restart_timeout_and_header():
+    p = preset(startup_timeout=123, env=(("HF_TOKEN_PATH", "/x y"),))
+    lines = unit_lines(p)
+    assert lines[0].startswith("# Generated by gpumod from presets/x/svc.yaml (service svc)")
+    assert "ExecStartPre=/var/lib/gpumod/bin/gpumod-preflight svc 5000 1.1 1024 /proc/meminfo" in lines
+    assert "Restart=on-failure" in lines and "TimeoutStartSec=123" in lines
+    assert 'Environment="CUDA_VISIBLE_DEVICES=0"' in lines and 'Environment="HF_TOKEN_PATH=/x y"' in lines
+    assert "WantedBy=multi-user.target" in lines
+    user = HostSpec(name="box", sim=False, gpu_total_mb=24564, scope="user", vars={"hf_home": "/srv/hf"})
+    lines = unit_lines(p, user)
+    assert "WantedBy=default.target" in lines and 'Environment="HF_HOME=/srv/hf"' in lines
+
+
+def test_systemd_quoting_by_hand():
+    # % is a specifier everywhere; $ expands in ExecStart but not in Environment=; see the real-systemd
+    # round trip in test_systemd.py for the proof that the process receives the words verbatim
+    assert systemd_word("plain/path:1") == "plain/path:1"
+    assert systemd_word("100%") == '"100%%"'
+    assert systemd_word('say "hi" $X') == '"say \\"hi\\" $$X"'
+    assert systemd_env("K", 'a "b" 5% $Y \\') == '"K=a \\"b\\" 5%% $Y \\\\"'
