@@ -24,7 +24,7 @@ from .facts.meminfo import parse_meminfo
 from .manager import Systemd
 from .observe import observe
 from .plan import Plan, Policy, Quiesce, Record, Sleep, Start, Step, Stop, Wake, WaitRelease, describe_state
-from .render import exec_spec, render_unit
+from .render import unit_for
 from .state import ModeRecord, write_mode
 from .target import Target
 
@@ -133,7 +133,15 @@ class Executor:
 
     def _do(self, step: Step, plan: Plan, t0: float) -> tuple[str, str]:
         if isinstance(step, Stop):
-            self.t.manager.stop(self.cat.presets[step.service].unit)
+            p = self.cat.presets[step.service]
+            peers = {q.id for q in self.cat.unit_peers(p)} - {p.id}
+            needed = set(plan.keep) | {s.service for s in plan.steps if isinstance(s, (Start, Wake))}
+            if peers & needed:
+                # a shared llama.cpp router stays up for its other models: unload just this one
+                driver_sleep(self.t.host, p, 0)
+                self.sleep_levels.pop(step.service, None)
+                return "changed", "unloaded from the shared router"
+            self.t.manager.stop(p.unit)
             self.sleep_levels.pop(step.service, None)
             return "changed", ""
         if isinstance(step, Sleep):
@@ -201,9 +209,7 @@ class Executor:
         return f"MemAvailable {avail} MB >= {need} MB"
 
     def ensure_unit(self, p: Preset) -> bool:
-        facts = self.t.render_facts()
-        spec = exec_spec(p, self.t.spec, facts)
-        text = render_unit(p, self.t.spec, facts, self.t.project_root, spec)
+        text, spec = unit_for(self.cat, p, self.t.spec, self.t.render_facts(), self.t.project_root)
         changed = self.t.install_spec(p.unit, text, spec)
         if changed and isinstance(self.t.manager, Systemd):
             self.t.manager.daemon_reload()

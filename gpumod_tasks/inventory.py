@@ -58,6 +58,8 @@ class HostSpec:
     warm_modes: tuple[str, ...] = ()
     oom_protect: tuple[str, ...] = ("sshd.service", "code-server.service")
     sim_settings: SimSettings = field(default_factory=SimSettings)
+    # on a simulated host, drivers whose real server runs anyway (CPU llama.cpp), metered on the ledger
+    sim_real: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -150,6 +152,7 @@ HOST_SCHEMA: dict[str, Field] = {
     "warm_modes": Field("id_list"),
     "oom_protect": Field("str_list"),
     "sim_timings": Field("map"),
+    "sim_real": Field("str_list"),
     "vars": Field("map"),
 }
 
@@ -200,6 +203,11 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
             kw["preflight_factor"] = float(p["factor"])
         if "margin_mb" in p:
             kw["preflight_margin_mb"] = int(p["margin_mb"])
+    if "sim_real" in v:
+        bad = [d for d in v["sim_real"] if d != "llamacpp"]
+        if bad:
+            ck.add(node, "sim_real", f"hosts.{name}.sim_real", f"{', '.join(bad)}: only llamacpp runs for real on a simulated host (it needs no GPU)")
+        kw["sim_real"] = tuple(v["sim_real"])
     if "sim_timings" in v:
         t = v["sim_timings"]
         known = {f for f in SimSettings.__dataclass_fields__}

@@ -118,7 +118,15 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
         record = parse_mode_record(f_rec.result())
         probes = {k: f.result() for k, f in f_probes.items()}
     mem = parse_meminfo(mem_text) if mem_text else None
-    pid_owner = {unit_states[p.unit].main_pid: p.id for p in presets if unit_states[p.unit].main_pid}
+    pid_owner: dict[int, str] = {}
+    for p in presets:
+        pid = unit_states[p.unit].main_pid
+        if not pid:
+            continue
+        # a shared router's VRAM belongs to the model it reports loaded
+        pr = probes.get(p.id)
+        if pid not in pid_owner or (pr is not None and pr.router_status in ("loaded", "loading")):
+            pid_owner[pid] = p.id
     vram: dict[str, int] = {}
     unmapped: dict[int, int] = {}
     if gpu and gpu.gpus:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog.model import Driver, Preset, SleepMode
+from .catalog.model import Catalog, Driver, Preset, SleepMode
 from .errors import RenderError
 from .inventory import HostSpec
 from .manager import ExecSpec
@@ -69,8 +69,23 @@ def _fmt(value: Any, preset: Preset) -> str:
 
 
 def router_model_name(preset: Preset) -> str:
-    """Name of the model inside a llama.cpp router: unit_vars.router_model, else the id."""
-    return str(preset.unit_vars.get("router_model") or preset.id)
+    """Name of the model inside a llama.cpp router: unit_vars.router_model, else what the router
+    itself calls a ``--models-dir`` entry (a file's name without .gguf, or a directory's name),
+    else the id."""
+    if preset.unit_vars.get("router_model"):
+        return str(preset.unit_vars["router_model"])
+    if preset.model_path:
+        name = Path(preset.model_path).name
+        return name[: -len(".gguf")] if name.endswith(".gguf") else name
+    return preset.id
+
+
+def model_file(preset: Preset, host: HostSpec) -> str:
+    """The model path on the box: a host's ``models_dir`` var re-roots the preset's file name."""
+    root = host.vars.get("models_dir")
+    if root and preset.model_path:
+        return f"{str(root).rstrip('/')}/{Path(preset.model_path).name}"
+    return preset.model_path
 
 
 def real_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
@@ -103,7 +118,7 @@ def real_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
             if not uv.get("autoload", False):
                 argv.append("--no-models-autoload")
         else:
-            argv += ["--model", preset.model_path, "--alias", preset.served_model]
+            argv += ["--model", model_file(preset, host), "--alias", preset.served_model]
         if preset.context_size:
             argv += ["--ctx-size", str(preset.context_size)]
         if "n_gpu_layers" in uv:
@@ -175,8 +190,28 @@ def _preflight(preset: Preset, host: HostSpec, facts: HostFacts) -> tuple[str, .
     return (preflight_path(facts.state_dir), preset.id, str(preset.model_size_mb), f"{host.preflight_factor:g}", str(host.preflight_margin_mb), meminfo)
 
 
-def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
+def metered_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
+    """The real server's command line under the simulator's meter (a simulated host's ``sim_real``)."""
+    real = real_exec(preset, host, facts)
+    lag = preset.sim.get("release_lag_s", host.sim_settings.release_lag_s)
+    meter_mod = facts.sim_module.rsplit(".", 1)[0] + ".meter"
+    argv = [facts.python, "-m", meter_mod, "--sim-dir", f"{facts.state_dir}/sim", "--port", str(preset.port),
+            "--release-lag-s", f"{lag:g}"]
+    if preset.sleep_mode is SleepMode.ROUTER:
+        for p in peers or (preset,):
+            argv += ["--model", f"{router_model_name(p)}={p.vram_mb}"]
+    else:
+        argv += ["--vram-mb", str(preset.vram_mb)]
+    env = dict(real.env)
+    if facts.sim_pythonpath:
+        env["PYTHONPATH"] = facts.sim_pythonpath
+    return ExecSpec(argv=(*argv, "--", *real.argv), env=tuple(env.items()), pre=real.pre)
+
+
+def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
     """The stand-in that plays this preset on a simulated GPU host."""
+    if preset.driver.value in host.sim_real:
+        return metered_exec(preset, host, facts, peers)
     t = host.sim_settings
     sim = preset.sim
     flavor = {"vllm": "vllm", "llamacpp": "llamacpp", "fastapi": "fastapi", "docker": "fastapi"}[preset.driver.value]
@@ -190,8 +225,9 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
     if facts.sim_pythonpath:
         env["PYTHONPATH"] = facts.sim_pythonpath
     if preset.driver is Driver.LLAMACPP and preset.sleep_mode is SleepMode.ROUTER:
-        argv += ["--models-max", str(preset.unit_vars.get("models_max", 1)), "--no-models-autoload",
-                 "--sim-model", f"{router_model_name(preset)}={preset.vram_mb}"]
+        argv += ["--models-max", str(preset.unit_vars.get("models_max", 1)), "--no-models-autoload"]
+        for p in peers or (preset,):
+            argv += ["--sim-model", f"{router_model_name(p)}={p.vram_mb}"]
         env["GGML_CUDA_NO_PINNED"] = "1"
     elif preset.driver is Driver.LLAMACPP:
         argv += ["--model", preset.model_path or preset.id, "--alias", preset.served_model, "--vram-mb", str(preset.vram_mb)]
@@ -208,8 +244,9 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
     return ExecSpec(argv=tuple(argv), env=tuple(env.items()), pre=(_preflight(preset, host, facts),))
 
 
-def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
-    return sim_exec(preset, host, facts) if facts.sim else real_exec(preset, host, facts)
+def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
+    """What the unit of ``preset`` runs; ``peers`` are all presets of a shared router (lead first)."""
+    return sim_exec(preset, host, facts, peers) if facts.sim else real_exec(preset, host, facts)
 
 
 # -- systemd quoting ----------------------------------------------------------------------------
@@ -240,11 +277,20 @@ def template_dirs(project_root: str) -> list[str]:
     return [str(Path(project_root) / "templates")]
 
 
-def render_unit(preset: Preset, host: HostSpec, facts: HostFacts, project_root: str, spec: ExecSpec | None = None) -> str:
+def unit_for(catalog: Catalog, preset: Preset, host: HostSpec, facts: HostFacts, project_root: str) -> tuple[str, ExecSpec]:
+    """Unit text and ExecSpec of the unit that serves ``preset`` (a shared router's lead renders it)."""
+    peers = catalog.unit_peers(preset)
+    lead = peers[0]
+    spec = exec_spec(lead, host, facts, peers)
+    return render_unit(lead, host, facts, project_root, spec, peers), spec
+
+
+def render_unit(preset: Preset, host: HostSpec, facts: HostFacts, project_root: str, spec: ExecSpec | None = None,
+                peers: tuple[Preset, ...] = ()) -> str:
     """The full systemd unit text for a preset on a host."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    spec = spec or exec_spec(preset, host, facts)
+    spec = spec or exec_spec(preset, host, facts, peers)
     env = Environment(loader=FileSystemLoader(template_dirs(project_root)), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.filters["systemd_command"] = systemd_command
@@ -253,6 +299,7 @@ def render_unit(preset: Preset, host: HostSpec, facts: HostFacts, project_root: 
     deps = [f"gpumod-{d}.service" for d in preset.depends_on]
     return env.get_template(name).render(
         preset=preset, host=host, facts=facts, spec=spec, deps=deps, simulated=facts.sim,
+        router_models=[p.id for p in peers] if preset.router else [],
         user_scope=host.scope == "user", generator="gpumod",
     )
 

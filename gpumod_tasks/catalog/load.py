@@ -51,6 +51,7 @@ PRESET_SCHEMA: dict[str, Field] = {
     "compat": Field("str_map"),
     "docker": Field("map"),
     "sim": Field("map"),
+    "router": Field("id"),
 }
 
 DOCKER_SCHEMA: dict[str, Field] = {
@@ -230,6 +231,8 @@ def _preset(doc: Any, rel: str, category: str, problems: list[Problem]) -> Prese
         ck.add(doc, None, "docker", "driver docker needs a docker: mapping with an image")
     if driver is not Driver.DOCKER and "docker" in v:
         ck.add(doc, "docker", "docker", f"only valid with driver docker (this preset is {driver.value})")
+    if "router" in v and (driver is not Driver.LLAMACPP or sleep_mode is not SleepMode.ROUTER):
+        ck.add(doc, "router", "router", "only llama.cpp presets with sleep_mode: router can share a router")
     if v.get("sleep_vram_mb", 0) > v["vram_mb"]:
         ck.add(doc, "sleep_vram_mb", "sleep_vram_mb", f"{v['sleep_vram_mb']} exceeds vram_mb {v['vram_mb']}")
     if ck.problems:
@@ -260,6 +263,7 @@ def _preset(doc: Any, rel: str, category: str, problems: list[Problem]) -> Prese
         compat=v.get("compat", ()),
         docker=docker,
         sim=sim,
+        router=v.get("router", ""),
         file=rel,
     )
 
@@ -323,6 +327,20 @@ def _cross_check(
         ck = Checker(rel)
         ck.add(doc, "depends_on", "depends_on", "dependency cycle: " + " -> ".join([*cycle, first]))
         problems.extend(ck.problems)
+    # presets sharing a router are one unit: one port, one set of unit settings
+    routers: dict[str, Preset] = {}
+    for pid in sorted(presets):
+        preset = presets[pid]
+        if not preset.router:
+            continue
+        lead = routers.setdefault(preset.router, preset)
+        rel, doc = preset_nodes[pid]
+        ck = Checker(rel)
+        if preset.port != lead.port:
+            ck.add(doc, "port", "port", f"router {preset.router!r} listens on {lead.port} (preset {lead.id!r}); every model of a router shares its port")
+        if preset.id in {p.router for p in presets.values()}:
+            ck.add(doc, "id", "id", f"{preset.id!r} is also the name of a router; use another name")
+        problems.extend(ck.problems)
     # modes: known services, no port clash, dependencies present
     for mid, mode in modes.items():
         rel, doc = mode_nodes[mid]
@@ -334,7 +352,8 @@ def _cross_check(
                 ck.add(raw, None, f"services[{i}]", f"unknown service {ms.id!r}", index=i)
                 continue
             port = presets[ms.id].port
-            if port in ports:
+            same_router = port in ports and presets[ms.id].router and presets[ports[port]].router == presets[ms.id].router
+            if port in ports and not same_router:
                 ck.add(raw, None, f"services[{i}]", f"port {port} of {ms.id!r} is already used by {ports[port]!r} in this mode", index=i)
             else:
                 ports[port] = ms.id

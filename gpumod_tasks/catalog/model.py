@@ -68,11 +68,12 @@ class Preset:
     compat: tuple[tuple[str, str], ...] = ()
     docker: DockerSpec | None = None
     sim: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+    router: str = ""  # llama.cpp: presets naming the same router are models of one router unit
     file: str = ""
 
     @property
     def unit(self) -> str:
-        return f"gpumod-{self.id}.service"
+        return f"gpumod-router-{self.router}.service" if self.router else f"gpumod-{self.id}.service"
 
     @property
     def can_sleep(self) -> bool:
@@ -115,6 +116,13 @@ class Catalog:
     presets: dict[str, Preset]
     modes: dict[str, Mode]
     root: str = ""
+
+    def unit_peers(self, preset: Preset) -> tuple[Preset, ...]:
+        """The presets served by the same unit (a shared llama.cpp router), this one included,
+        sorted by id; the first is the one the unit is rendered from."""
+        if not preset.router:
+            return (preset,)
+        return tuple(sorted((p for p in self.presets.values() if p.router == preset.router), key=lambda p: p.id))
 
     def preset(self, service_id: str) -> Preset:
         from ..errors import UnknownName

@@ -8,13 +8,12 @@ from invoke import Collection, Exit, task
 @task(help={"service-id": "Service whose unit to print."})
 def render(c, service_id):
     """Print the systemd unit rendered for one service on the target host."""
-    from ..render import exec_spec, render_unit
+    from ..render import unit_for
     from ..runtime import for_each_host
 
     def run(t, con):
         p = t.catalog.preset(service_id)
-        facts = t.render_facts()
-        print(render_unit(p, t.spec, facts, t.project_root, exec_spec(p, t.spec, facts)), end="")
+        print(unit_for(t.catalog, p, t.spec, t.render_facts(), t.project_root)[0], end="")
         return "ok"
 
     for_each_host(c, run, header=False)
