@@ -29,7 +29,8 @@ def observed_dict(t: Target, seen: Observed) -> dict[str, Any]:
         "last_switch": rec.last_switch or None,
         "services": [{"id": sid, "state": o.state.value, "sleep_level": o.sleep_level, "port": cat.presets[sid].port,
                       "vram_mb": o.vram_mb, "pid": o.unit.main_pid or None, "unit": cat.presets[sid].unit,
-                      "health": o.probe.health.value if o.probe else None, "in_mode": sid in _mode_ids(t, rec.mode)}
+                      "health": o.probe.health.value if o.probe else None, "in_mode": sid in _mode_ids(t, rec.mode),
+                      "router_status": (o.probe.router_status or None) if o.probe else None}
                      for sid, o in seen.services.items()],
         "other_gpu_processes": {str(k): v for k, v in seen.unmapped_pids.items()},
         "observed_in_s": round(seen.took_s, 3),

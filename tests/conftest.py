@@ -193,3 +193,24 @@ def systemd_box(sim_host: SimHost, tmp_path: Path, request: pytest.FixtureReques
         yield SystemdBox(sim=sim_host, sd=sd, state=state, unit_dir=unit_dir)
     finally:
         sd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """The real llama-server, built once from the pinned llama-cpp-python sdist and cached under
+    ~/.cache/gpumod (a fresh machine builds it here, ~6-7 minutes on 2 cores). A failed build fails
+    the tests that need it; it is never skipped."""
+    from gpumod_tasks.llamacpp.build import build_llama_server
+
+    built = build_llama_server(progress=lambda m: print(f"[llama-server build] {m}", file=sys.stderr, flush=True))
+    return built.path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory of three tiny GGUFs (random weights, ~470 KB each)."""
+    from gpumod_tasks.llamacpp.gguf_tiny import write_models_dir
+
+    d = tmp_path_factory.mktemp("gguf")
+    write_models_dir(d, ["alpha", "beta", "gamma"])
+    return d

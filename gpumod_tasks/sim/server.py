@@ -350,23 +350,26 @@ class Router:
         self.lock = threading.RLock()
         self.models: dict[str, RouterModel] = {}
         self.models_max = args.models_max
-        for name, mb in self._discover():
-            self.models[name] = RouterModel(name, mb, "models_dir", ["llama-server", "--model", name, "--port", "0"])
+        for name, mb, path in self._discover():
+            # as the real router shows a child's argv: router-only flags stripped, host/port/alias/model set
+            argv = ["llama-server", "--host", "127.0.0.1", "--port", "0", "--alias", name, "--model", path]
+            self.models[name] = RouterModel(name, mb, "models_dir", argv, preset=f"[{name}]\nmodel = {path}\n\n")
         for spec in args.sim_model or []:
             name, _, mb = spec.partition("=")
             self.models[name] = RouterModel(name, int(mb or 0), "preset", ["llama-server", "--alias", name])
 
-    def _discover(self) -> list[tuple[str, int]]:
+    def _discover(self) -> list[tuple[str, int, str]]:
         out = []
         d = self.args.models_dir
         if d and Path(d).is_dir():
             for p in sorted(Path(d).iterdir()):
                 if p.is_file() and p.suffix == ".gguf" and "mmproj" not in p.name:
-                    out.append((p.stem, _gguf_vram(p)))
+                    out.append((p.stem, _gguf_vram(p), str(p)))
                 elif p.is_dir():
-                    files = [f for f in p.glob("*.gguf") if "mmproj" not in f.name]
+                    files = sorted(f for f in p.glob("*.gguf") if "mmproj" not in f.name)
                     if files:
-                        out.append((p.name, sum(_gguf_vram(f) for f in files)))
+                        main = next((f for f in files if "-00001-of-" in f.name), files[0])
+                        out.append((p.name, sum(_gguf_vram(f) for f in files), str(main)))
         return out
 
     def running(self) -> list[RouterModel]:
@@ -482,15 +485,19 @@ def router_app(args: argparse.Namespace, router: Router) -> App:
         return Response(200, {"role": "router", "max_instances": router.models_max, "models_autoload": not args.no_models_autoload})
 
     def _name(req: Request) -> str | None:
-        try:
-            body = req.json() or {}
-        except json.JSONDecodeError:
-            return None
+        body = req.json() or {}
         return body.get("model") if isinstance(body, dict) else None
+
+    def _parse_error(exc: json.JSONDecodeError) -> Response:
+        # the real router lets nlohmann's parse error escape: 500 server_error, not 400
+        return Response(500, _llama_err(500, f"[json.exception.parse_error.101] parse error: {exc}", "server_error"))
 
     @app.route("POST", "/models/load")
     def load(req: Request) -> Response:
-        name = _name(req)
+        try:
+            name = _name(req)
+        except json.JSONDecodeError as exc:
+            return _parse_error(exc)
         if not name:
             return Response(404, _llama_err(404, "model is not found", "not_found_error"))
         code, body = router.load(name)
@@ -498,7 +505,10 @@ def router_app(args: argparse.Namespace, router: Router) -> App:
 
     @app.route("POST", "/models/unload")
     def unload(req: Request) -> Response:
-        name = _name(req)
+        try:
+            name = _name(req)
+        except json.JSONDecodeError as exc:
+            return _parse_error(exc)
         code, body = router.unload(name or "")
         return Response(code, body)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from invoke import Collection, Exit, task
 
 
@@ -69,6 +71,41 @@ def reset(c):
     for_each_host(c, run)
 
 
+@task(help={"jobs": "Parallel compile jobs (default: all cores)."})
+def llama_server(c, jobs=None):
+    """Build the real llama.cpp `llama-server` (CPU only) from the pinned llama-cpp-python source; print its path.
+
+    Cached under ~/.cache/gpumod/llama-server/VERSION (or $GPUMOD_CACHE): the first build takes
+    minutes, later calls are instant. Point a host at it with `vars: {llama_server_bin: PATH}` and
+    `sim_real: [llamacpp]` to run the bundled llama.cpp presets for real on the simulated GPU.
+    """
+    from ..llamacpp.build import BuildError, build_llama_server
+
+    try:
+        b = build_llama_server(jobs=int(jobs) if jobs else None, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except BuildError as exc:
+        raise Exit(f"llama-server build failed: {exc}", code=1) from None
+    print(b.path)
+    print("cached" if b.cached else f"built in {b.seconds:.0f} s", file=sys.stderr)
+
+
+@task(help={"dir": "Directory to write the models into.", "names": "Comma-separated model names (default: the bundled llama.cpp presets' file names)."})
+def tiny_gguf(c, dir, names=None):
+    """Write tiny random-weight llama GGUFs (~470 KB each) for a real llama-server to load."""
+    from ..llamacpp.gguf_tiny import write_tiny_gguf
+    from ..render import router_model_name
+    from ..runtime import catalog
+
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+    else:
+        wanted = [router_model_name(p) for p in catalog().presets.values() if p.driver.value == "llamacpp"]
+    for i, n in enumerate(wanted):
+        print(write_tiny_gguf(f"{dir}/{n}.gguf", seed=i))
+
+
 ns = Collection("sim")
+ns.add_task(llama_server)
+ns.add_task(tiny_gguf)
 for t in (up, down, reset):
     ns.add_task(t)
