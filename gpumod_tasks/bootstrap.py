@@ -6,6 +6,7 @@ from typing import Any
 
 from .errors import GpumodError, PlanRefused
 from .observe import SvcState, observe
+from .protect import install_oom_protection, install_sysctl
 from .services import service_action
 from .switch import switch
 from .target import Target
@@ -30,8 +31,21 @@ def bootstrap(t: Target, con: Any, *, warm_modes: list[str], default_mode: str |
     g = t.gpu().primary
     step(f"GPU: {g.name}, {g.total_mb} MB ({'simulated' if t.sim else 'driver reachable'})", sim_changes)
 
-    con.print("[bold]directories and units[/bold]")
-    t.host.makedirs(t.state_dir)
+    if t.manager.kind == "systemd":
+        r = t.host.run(["systemctl", "--version"], ok=(0, 1, 127))
+        if r.exit_code != 0:
+            raise GpumodError(f"[{t.spec.name}] systemctl does not answer: {r.stderr.strip()}")
+
+    con.print("[bold]directories and protections[/bold]")
+    t.host.makedirs(t.state_dir, sudo=t.spec.scope == "system" and not t.sim)
+    step(f"state dir {t.state_dir}", False)
+    for op in (install_sysctl, install_oom_protection):
+        res = op(t)
+        changed += res.changed
+        step(f"{res.name}: {len(res.changed)} changed, {len(res.unchanged)} unchanged"
+             + (f" ({'; '.join(res.notes)})" if res.notes else ""), res.changed)
+
+    con.print("[bold]units[/bold]")
     rep = install_all(t)
     changed += rep.changed + rep.removed
     step(f"units: {len(rep.changed)} changed, {len(rep.unchanged)} unchanged, {len(rep.removed)} removed", rep.changed or rep.removed)

@@ -63,8 +63,65 @@ def check_units(t: Target) -> CheckResult:
     return CheckResult("units", True, f"units OK: {len(rep.unchanged)} installed units match their presets")
 
 
+def check_sysctl(t: Target) -> CheckResult:
+    from .protect import SYSCTL_FILE, parse_sysctl_dropin, rooted
+
+    want = t.spec.min_free_kbytes
+    where = ""
+    if t.root_prefix != "/":
+        # a staging root is never applied live: check what is installed there
+        path = rooted(t, SYSCTL_FILE)
+        have = parse_sysctl_dropin(t.host.read_file(path) or "")
+        where = f" in {path} (root prefix {t.root_prefix}: not applied live)"
+        if have is None:
+            return CheckResult("sysctl", False, f"sysctl PROBLEM: no vm.min_free_kbytes drop-in at {path}",
+                               "inv host.sysctl")
+    else:
+        path = f"{t.spec.procfs.rstrip('/')}/sys/vm/min_free_kbytes"
+        text = t.host.read_file(path)
+        if text is None or not text.strip().isdigit():
+            return CheckResult("sysctl", False, f"sysctl PROBLEM: cannot read {path}", "check the host's procfs setting")
+        have = int(text.strip())
+    if have >= want:
+        return CheckResult("sysctl", True, f"sysctl OK: vm.min_free_kbytes={have} kB (>= recommended {want} kB){where}")
+    return CheckResult("sysctl", False, f"sysctl PROBLEM: vm.min_free_kbytes={have} kB (< recommended {want} kB){where}: "
+                       "a model load can freeze the host when the kernel runs out of free pages",
+                       "inv host.sysctl   (or: sudo scripts/install-gpumod-sysctl.sh)")
+
+
+def check_oom_protection(t: Target) -> CheckResult:
+    from .protect import oom_dropin_path, parse_dropin
+
+    want = {"MemoryMin": t.spec.oom_memory_min, "OOMScoreAdjust": str(t.spec.oom_score_adj)}
+    problems = []
+    for unit in t.spec.oom_protect:
+        path = oom_dropin_path(t, unit)
+        text = t.host.read_file(path)
+        if text is None:
+            problems.append(f"{path} missing")
+            continue
+        have = parse_dropin(text)
+        for k, v in want.items():
+            if have.get(k) != v:
+                problems.append(f"{path}: {k}={have.get(k, '(unset)')}, want {v}")
+    if problems:
+        return CheckResult("oom-protection", False, "oom-protection PROBLEM: " + "; ".join(problems),
+                           "inv host.oom-protection   (or: sudo scripts/oom-protection/install.sh)")
+    return CheckResult("oom-protection", True, "oom-protection OK: drop-ins installed and directives correct")
+
+
+def check_venv(t: Target, service_id: str) -> CheckResult:
+    from .venv import check_venv as run_check
+
+    return run_check(t, service_id)
+
+
 def check_all(t: Target) -> list[CheckResult]:
-    return [check_gpu(t), check_presets(t), check_units(t)]
+    out = [check_gpu(t), check_sysctl(t), check_oom_protection(t), check_presets(t), check_units(t)]
+    for p in t.catalog.presets.values():
+        if p.compat and p.unit_vars.get("venv") and not t.sim:
+            out.append(check_venv(t, p.id))
+    return out
 
 
 def print_result(con: Any, r: CheckResult) -> None:

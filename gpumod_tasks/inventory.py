@@ -57,6 +57,12 @@ class HostSpec:
     default_mode: str = ""
     warm_modes: tuple[str, ...] = ()
     oom_protect: tuple[str, ...] = ("sshd.service", "code-server.service")
+    oom_memory_min: str = "512M"
+    oom_score_adj: int = -900
+    min_free_kbytes: int = 1048576
+    # install protections under another root (tests, images): nothing live is touched then.
+    # "" = auto: "/" on a real GPU host, <state_dir>/sim/root on a simulated one
+    root_prefix: str = ""
     sim_settings: SimSettings = field(default_factory=SimSettings)
     # on a simulated host, drivers whose real server runs anyway (CPU llama.cpp), metered on the ledger
     sim_real: tuple[str, ...] = ()
@@ -151,6 +157,10 @@ HOST_SCHEMA: dict[str, Field] = {
     "default_mode": Field("id"),
     "warm_modes": Field("id_list"),
     "oom_protect": Field("str_list"),
+    "oom_memory_min": Field("str"),
+    "oom_score_adj": Field("int", minimum=-1000),
+    "min_free_kbytes": Field("int", minimum=0),
+    "root_prefix": Field("str"),
     "sim_timings": Field("map"),
     "sim_real": Field("str_list"),
     "vars": Field("map"),
@@ -178,7 +188,8 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
             kw["nsenter"] = str(v["nsenter"])
     simple = ("identity", "scope", "state_dir", "unit_dir", "gpu_backend", "service_manager", "reserve_mb",
               "quiesce_s", "quiesce_threshold_mb", "release_timeout_s", "release_tolerance_mb", "keep_warm",
-              "procfs", "default_mode", "warm_modes", "oom_protect", "vars")
+              "procfs", "default_mode", "warm_modes", "oom_protect", "oom_memory_min", "oom_score_adj",
+              "min_free_kbytes", "root_prefix", "vars")
     for key in simple:
         if key in v:
             kw[key] = v[key]

@@ -62,6 +62,14 @@ class Target:
         return self.host.run(["test", "-d", "/run/systemd/system"], ok=(0, 1)).exit_code == 0
 
     @property
+    def root_prefix(self) -> str:
+        """Where host protections are installed: "/" is live; anything else is a staging root (a
+        simulated host keeps its own, so trying gpumod never edits the machine's /etc)."""
+        if self.spec.root_prefix:
+            return self.host.expand(self.spec.root_prefix)
+        return f"{self.sim_dir}/root" if self.sim else "/"
+
+    @property
     def sim_dir(self) -> str:
         return f"{self.state_dir}/sim"
 

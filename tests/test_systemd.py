@@ -236,3 +236,22 @@ def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
     seen = json.loads(out.read_text())
     assert seen["argv"] == words
     assert seen["env"] == env
+
+
+@pytest.mark.box(default_mode="rag", warm_modes="[rag, chat]")
+def test_bootstrap_twice_under_systemd(systemd_box):
+    box = systemd_box
+    code, out, err = box.inv("host.bootstrap")
+    assert code == 0, err + out
+    assert "service manager: systemd" in out and "units: 6 changed" in out
+    assert "big: started, healthy, asleep" in out  # warm-up of chat's L2 service, one at a time
+    for sid in ("emb", "doc"):
+        assert box.sd.show(box.unit(sid), "ActiveState")["ActiveState"] == "active"
+    code, out, err = box.inv("host.bootstrap")
+    assert code == 0, err
+    assert "everything already in place, nothing changed" in out
+    assert not [ln for ln in out.splitlines() if ln.strip().startswith("changed")], out
+    st = states(box)
+    assert st["emb"] == st["doc"] == "running" and st["big"] == "sleeping"
+    code, out, err = box.inv("doctor.all")
+    assert code == 0, out

@@ -35,6 +35,34 @@ def presets(c):
 
 
 @task
+def sysctl(c):
+    """Kernel memory reserve: vm.min_free_kbytes at least the recommended 1048576 kB."""
+    _check(c, "sysctl")
+
+
+@task(name="oom-protection")
+def oom_protection(c):
+    """OOM drop-ins installed for the host's protected units, with the right directives."""
+    _check(c, "oom_protection")
+
+
+@task(help={"service-id": "Service whose venv to check against its preset's compat: constraints."})
+def venv(c, service_id):
+    """A service's venv satisfies its preset's compat: constraints (silent when it does)."""
+    from .. import doctor
+    from ..runtime import for_each_host
+
+    def run(t, con):
+        res = doctor.check_venv(t, service_id)
+        if not res.ok:
+            doctor.print_result(con, res)
+            raise Exit(code=1)
+        return "ok"
+
+    for_each_host(c, run, header=False)
+
+
+@task
 def units(c):
     """Installed units equal freshly rendered ones."""
     _check(c, "units")
@@ -57,6 +85,7 @@ def all_(c):
 
 
 ns = Collection("doctor")
-for t in (gpu, presets, units):
+for t in (gpu, sysctl, presets, units, venv):
     ns.add_task(t)
+ns.add_task(oom_protection, name="oom-protection")
 ns.add_task(all_, name="all")

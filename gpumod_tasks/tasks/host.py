@@ -21,5 +21,46 @@ def bootstrap(c, mode=None, default_mode=None, no_warmup=False):
     for_each_host(c, run)
 
 
+def _protection(c, which):
+    from .. import protect
+    from ..runtime import for_each_host
+
+    def run(t, con):
+        res = getattr(protect, f"install_{which}")(t)
+        for path in res.changed:
+            con.print(f"[yellow]changed[/yellow] {path}")
+        for path in res.unchanged:
+            con.print(f"[green]ok[/green]      {path}")
+        for note in res.notes:
+            con.print(f"[dim]{note}[/dim]")
+        summary = f"{len(res.changed)} changed, {len(res.unchanged)} unchanged"
+        con.print(summary)
+        return summary
+
+    for_each_host(c, run)
+
+
+@task
+def sysctl(c):
+    """Kernel memory reserve: vm.min_free_kbytes = 1048576 as a sysctl.d drop-in, applied with sysctl --system.
+
+    Idempotent (a second run changes nothing); runs scripts/install-gpumod-sysctl.sh on the box.
+    A host's root_prefix installs under another root and touches nothing live.
+    """
+    _protection(c, "sysctl")
+
+
+@task(name="oom-protection")
+def oom_protection(c):
+    """Memory floor and low OOM score for the host's oom_protect units (sshd, code-server) via drop-ins.
+
+    gpumod's own model units run with a high OOM score instead. Idempotent; runs
+    scripts/oom-protection/install.sh on the box.
+    """
+    _protection(c, "oom_protection")
+
+
 ns = Collection("host")
 ns.add_task(bootstrap)
+ns.add_task(sysctl)
+ns.add_task(oom_protection, name="oom-protection")
