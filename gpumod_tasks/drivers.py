@@ -148,9 +148,17 @@ def sleep(host: Host, preset: Preset, level: int) -> None:
     _post(host, preset, "/sleep", params={"level": level})
 
 
+def _router_post(host: Host, preset: Preset, path: str, timeout: float) -> Any:
+    import httpx
+
+    try:
+        return host.http.post(host.base_url(preset.port) + path, json={"model": router_model_name(preset)}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise HostError(host.name, f"{preset.id}: POST {path} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def _unload(host: Host, preset: Preset) -> None:
-    url = host.base_url(preset.port) + "/models/unload"
-    r = host.http.post(url, json={"model": router_model_name(preset)}, timeout=30)
+    r = _router_post(host, preset, "/models/unload", 30)
     if r.status_code == 400 and "not running" in r.text:
         return  # already unloaded: converged
     if r.status_code >= 400:
@@ -160,7 +168,7 @@ def _unload(host: Host, preset: Preset) -> None:
 def wake(host: Host, preset: Preset, level: int) -> None:
     """Wake a sleeping service; returns when the server says it is awake (router: ``loaded``)."""
     if preset.sleep_mode is SleepMode.ROUTER:
-        r = host.http.post(host.base_url(preset.port) + "/models/load", json={"model": router_model_name(preset)}, timeout=60)
+        r = _router_post(host, preset, "/models/load", 60)
         if r.status_code == 400 and "already running" in r.text:
             return
         if r.status_code >= 400:

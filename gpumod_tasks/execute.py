@@ -128,7 +128,9 @@ class Executor:
                 seen = observe(self.t)
                 report.state_lines = ["now on the GPU host:"] + ["  " + ln for ln in describe_state(seen)] + report.state_lines
             except GpumodError as exc:  # pragma: no cover - host gone too
-                report.state_lines.append(f"could not re-observe the host: {exc}")
+                report.state_lines.append(f"state of the GPU host unknown: cannot observe it ({exc}); the failed step may "
+                                          "have been half done. Re-run the same switch once the host is reachable: it plans "
+                                          "against what really runs and converges.")
         return report
 
     def _do(self, step: Step, plan: Plan, t0: float) -> tuple[str, str]:

@@ -91,7 +91,8 @@ class HostSpec:
             return self.name
         port = f":{self.ssh_port}" if self.ssh_port else ""
         user = f"{self.ssh_user}@" if self.ssh_user else ""
-        return f"{self.name} ({user}{self.ssh_host}{port})" if self.name != self.ssh_host else f"{user}{self.ssh_host}{port}"
+        target = f"{user}{self.ssh_host}{port}"
+        return target if self.name in (self.ssh_host, target) else f"{self.name} ({target})"
 
 
 @dataclass(frozen=True)

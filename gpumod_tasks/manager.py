@@ -39,6 +39,10 @@ class ServiceManager(ABC):
     def states(self, units: Sequence[str]) -> dict[str, UnitState]: ...
 
     @abstractmethod
+    def state_argv(self, units: Sequence[str]) -> list[str]:
+        """The command whose output ``parse_systemctl_show`` reads (batched into fact round trips)."""
+
+    @abstractmethod
     def start(self, unit: str) -> None: ...
 
     @abstractmethod
@@ -63,10 +67,13 @@ class Systemd(ServiceManager):
         argv = user_scoped(["systemctl", *args], self.user)
         return self.host.run(argv, sudo=not self.user, ok=ok, what=" ".join(["systemctl", *args])).stdout
 
+    def state_argv(self, units: Sequence[str]) -> list[str]:
+        return systemctl_show_argv(units, self.user)
+
     def states(self, units: Sequence[str]) -> dict[str, UnitState]:
         if not units:
             return {}
-        r = self.host.run(systemctl_show_argv(units, self.user), what="systemctl show")
+        r = self.host.run(self.state_argv(units), what="systemctl show")
         return parse_systemctl_show(r.stdout, units)
 
     def start(self, unit: str) -> None:
@@ -133,6 +140,10 @@ class Supervisor(ServiceManager):
     def states(self, units: Sequence[str]) -> dict[str, UnitState]:
         if not units:
             return {}
+        r = self.host.run(self.state_argv(units), what="supervisor state")
+        return parse_systemctl_show(r.stdout, units)
+
+    def state_argv(self, units: Sequence[str]) -> list[str]:
         # prints systemctl-show-shaped blocks; one round trip for all units
         # fork-free (shell builtins only): this runs on every observation, for every unit
         script = r'''
@@ -160,8 +171,7 @@ for u in "$@"; do
   printf 'Id=%s\nLoadState=%s\nActiveState=%s\nSubState=%s\nMainPID=%s\nResult=%s\n\n' "$u" "$load" "$active" "$sub" "$pid" "$result"
 done
 '''
-        r = self.host.run(["sh", "-c", script, "sh", self.root, *units], what="supervisor state")
-        return parse_systemctl_show(r.stdout, units)
+        return ["sh", "-c", script, "sh", self.root, *units]
 
     def start(self, unit: str) -> None:
         p = self._paths(unit)

@@ -16,8 +16,9 @@ from .catalog.model import Preset
 from .drivers import Health, Probe, probe
 from .errors import GpumodError
 from .facts.gpu import GpuFacts
+from .facts.batch import run_batch
 from .facts.meminfo import MemInfo, parse_meminfo
-from .facts.units import UnitState
+from .facts.units import UnitState, parse_systemctl_show
 from .state import ModeRecord, mode_file, parse_mode_record
 from .target import Target
 
@@ -100,22 +101,41 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     host = target.host
     manager = target.manager  # resolve before threads (may run a command)
     sim = target.sim
+    meminfo_path = f"{target.spec.procfs.rstrip('/')}/meminfo"
+    gpu: GpuFacts | None = None
+    gpu_error = ""
     with ThreadPoolExecutor(max_workers=min(32, 4 + len(presets))) as pool:
-        f_units = pool.submit(manager.states, units)
-        f_gpu = pool.submit(target.gpu) if with_gpu else None
-        f_mem = pool.submit(host.read_file, f"{target.spec.procfs.rstrip('/')}/meminfo")
-        f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
         f_probes = {p.id: pool.submit(probe, host, p) for p in presets}
-        unit_states = f_units.result()
-        gpu: GpuFacts | None = None
-        gpu_error = ""
-        if f_gpu is not None:
-            try:
-                gpu = f_gpu.result()
-            except GpumodError as exc:
-                gpu_error = str(exc)
-        mem_text = f_mem.result()
-        record = parse_mode_record(f_rec.result())
+        if host.is_this_machine:
+            # local commands are cheap and independent: run them side by side
+            f_units = pool.submit(manager.states, units)
+            f_gpu = pool.submit(target.gpu) if with_gpu else None
+            f_mem = pool.submit(host.read_file, meminfo_path)
+            f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
+            unit_states = f_units.result()
+            if f_gpu is not None:
+                try:
+                    gpu = f_gpu.result()
+                except GpumodError as exc:
+                    gpu_error = str(exc)
+            mem_text = f_mem.result()
+            rec_text = f_rec.result()
+        else:
+            # a remote box: every fact in one round trip, each parsed as usual
+            facts: dict[str, list[str]] = {"units": manager.state_argv(units), "meminfo": ["cat", "--", meminfo_path],
+                                           "mode": ["cat", "--", mode_file(target.state_dir)]}
+            if with_gpu:
+                facts["gpu"] = target.gpu_fact_argv()
+            out = run_batch(host, facts)
+            unit_states = parse_systemctl_show(out["units"].stdout, units)
+            if with_gpu:
+                try:
+                    gpu = target.parse_gpu_fact(out["gpu"].exit_code, out["gpu"].stdout)
+                except GpumodError as exc:
+                    gpu_error = str(exc)
+            mem_text = out["meminfo"].stdout if out["meminfo"].exit_code == 0 else None
+            rec_text = out["mode"].stdout if out["mode"].exit_code == 0 else None
+        record = parse_mode_record(rec_text)
         probes = {k: f.result() for k, f in f_probes.items()}
     mem = parse_meminfo(mem_text) if mem_text else None
     pid_owner: dict[int, str] = {}

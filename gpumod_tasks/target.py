@@ -212,6 +212,15 @@ class Target:
         errors.append(f"nvidia-smi: exit {r.exit_code}: {r.stderr.strip() or r.stdout.strip()}")
         raise GpuProbeError(f"[{self.spec.name}] no GPU backend answered: " + "; ".join(errors))
 
+    def gpu_fact_argv(self) -> list[str]:
+        """The GPU fact as one command (nvidia-smi's CSV, or the simulator's shim), for batching."""
+        return ["sh", "-c", nvidia_smi_script(self.shim_path if self.sim else "nvidia-smi")]
+
+    def parse_gpu_fact(self, exit_code: int, stdout: str) -> GpuFacts:
+        if exit_code == 0:
+            return parse_nvidia_smi(stdout, backend=SIM_BACKEND if self.sim else "nvidia-smi")
+        return self.gpu()  # the shim may need creating, or the error needs its words: ask directly
+
     def _sim_gpu(self) -> GpuFacts:
         ok = (0, 1, 2, 9, 126, 127)
         if isinstance(self.host, LocalHost):

@@ -3,6 +3,28 @@
 # pytest's exit code 5 ("no tests collected") is a failure here, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The tests use real parts: systemd (unshare/nsenter), Debian's sshd in network namespaces
+# (iproute2), and a llama-server compiled from source (cmake, g++). Install what is missing.
+need=""
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"
+command -v ssh-keygen >/dev/null || need="$need openssh-client"
+command -v ip >/dev/null || need="$need iproute2"
+command -v cmake >/dev/null || need="$need cmake"
+command -v g++ >/dev/null || need="$need g++"
+if [ -n "$need" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing:$need" >&2
+    # never start the installed daemons on this machine (the tests start their own sshd)
+    policy=/usr/sbin/policy-rc.d; made_policy=no
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=yes; fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+    rc=$?
+    [ "$made_policy" = yes ] && rm -f "$policy"
+    [ $rc -eq 0 ] || { echo "could not install:$need" >&2; exit 1; }
+  else
+    echo "missing:$need (install them, as root: apt-get install$need)" >&2
+  fi
+fi
 if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed ]; then
   python3 -m venv .venv || exit 1
   .venv/bin/pip install --quiet --upgrade pip || exit 1

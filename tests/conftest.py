@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import signal
+import subprocess
 import socket
 import sys
 import time
@@ -214,3 +215,58 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("gguf")
     write_models_dir(d, ["alpha", "beta", "gamma"])
     return d
+
+
+@dataclass
+class SshLab:
+    """Remote test hosts over real SSH: each its own network namespace with a private systemd and
+    Debian's sshd; the controller reaches them with an ssh_config (-S) naming a key and a
+    known_hosts file of the test's own."""
+
+    sim: SimHost
+    boxes: list
+    ssh_config: Path
+    known_hosts: Path
+
+    def inv(self, *argv: str) -> tuple[int, str, str]:
+        return run_cli(["-S", str(self.ssh_config), *argv])
+
+
+def ssh_inventory(boxes: list, tmp_path: Path, extra: dict | None = None) -> str:
+    lines = ["hosts:"]
+    for i, b in enumerate(boxes, 1):
+        lines += [f"  box{i}:", f"    ssh: root@{b.addr}", "    sim: true", "    service_manager: systemd",
+                  "    unit_dir: /run/systemd/system", f"    state_dir: {tmp_path}/box{i}-state",
+                  "    gpu: {name: NVIDIA GeForce RTX 4090, total_mb: 24564}",
+                  "    sim_timings: {load_s: 0.2, wake_l1_s: 0.05, wake_l2_s: 0.2, release_lag_s: 0.25}",
+                  "    release_timeout_s: 10", "    default_mode: rag", "    warm_modes: [rag]"]
+        lines += [f"    {k}: {v}" for k, v in (extra or {}).items()]
+    lines += ["groups:", "  lab: [" + ", ".join(f"box{i}" for i in range(1, len(boxes) + 1)) + "]"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def ssh_lab(sim_host: SimHost, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SshLab]:
+    from nshost import SshBox, unavailable_reason
+
+    why = unavailable_reason() or (None if shutil.which("sshd") or os.path.exists("/usr/sbin/sshd") else
+                                   "openssh-server is not installed (scripts/test.sh installs it)")
+    if why:
+        pytest.skip(f"SSH test hosts unavailable: {why}")
+    marker = request.node.get_closest_marker("boxes")
+    n = marker.args[0] if marker else 1
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    known = tmp_path / "known_hosts"
+    known.touch()
+    boxes = []
+    try:
+        for i in range(1, n + 1):
+            boxes.append(SshBox(tmp_path / f"box{i}", i).up(key, known))
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text(f"Host 10.213.*\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {known}\n")
+        (sim_host.root / "inventory" / "hosts.yaml").write_text(ssh_inventory(boxes, tmp_path))
+        yield SshLab(sim=sim_host, boxes=boxes, ssh_config=cfg, known_hosts=known)
+    finally:
+        for b in boxes:
+            b.down()

@@ -121,3 +121,98 @@ class PrivateSystemd:
             except OSError:
                 pass
             self.outer.wait(timeout=10)
+
+
+@dataclass
+class NetnsLink:
+    """A network namespace joined to this machine by a veth pair: this side ADDR.1, inside ADDR.2."""
+
+    name: str
+    index: int  # 1..250: the /24 used is 10.213.INDEX.0
+
+    @property
+    def host_addr(self) -> str:
+        return f"10.213.{self.index}.1"
+
+    @property
+    def box_addr(self) -> str:
+        return f"10.213.{self.index}.2"
+
+    def create(self) -> NetnsLink:
+        self.destroy()
+        outer, inner = f"gpm{self.index}h", f"gpm{self.index}b"
+        for argv in (["ip", "netns", "add", self.name],
+                     ["ip", "link", "add", outer, "type", "veth", "peer", "name", inner],
+                     ["ip", "link", "set", inner, "netns", self.name],
+                     ["ip", "addr", "add", f"{self.host_addr}/24", "dev", outer],
+                     ["ip", "link", "set", outer, "up"],
+                     ["ip", "netns", "exec", self.name, "ip", "addr", "add", f"{self.box_addr}/24", "dev", inner],
+                     ["ip", "netns", "exec", self.name, "ip", "link", "set", inner, "up"],
+                     ["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"]):
+            subprocess.run(argv, check=True, capture_output=True, text=True)
+        return self
+
+    def destroy(self) -> None:
+        subprocess.run(["ip", "link", "del", f"gpm{self.index}h"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+SSHD_CONFIG = """\
+Port 22
+ListenAddress {addr}
+HostKey {dir}/host_ed25519
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {dir}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+
+@dataclass
+class SshBox:
+    """A remote test host: its own network namespace, a private systemd as PID 1 inside, Debian's
+    sshd as a unit of that systemd, reached from here over real SSH at ``addr``."""
+
+    workdir: Path
+    index: int
+    link: NetnsLink | None = None
+    sd: PrivateSystemd | None = None
+
+    @property
+    def addr(self) -> str:
+        assert self.link is not None
+        return self.link.box_addr
+
+    def up(self, client_key: Path, known_hosts: Path) -> SshBox:
+        d = self.workdir
+        d.mkdir(parents=True, exist_ok=True)
+        self.link = NetnsLink(f"gpumod-test{self.index}", self.index).create()
+        self.sd = PrivateSystemd(log=d / "systemd.log", prefix=("ip", "netns", "exec", self.link.name)).boot()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_ed25519")], check=True)
+        (d / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
+        (d / "sshd_config").write_text(SSHD_CONFIG.format(addr=self.addr, dir=d))
+        # sshd refuses to start without its privilege-separation directory (a tmpfs /run here)
+        self.sd.run(["mkdir", "-p", "/run/sshd"])
+        self.sd.run(["systemd-run", "--unit", "gpumod-test-sshd", "--property", "Type=simple",
+                     "/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")])
+        deadline = time.monotonic() + 20
+        while True:
+            r = subprocess.run(["ssh-keyscan", "-T", "2", "-t", "ed25519", self.addr], capture_output=True, text=True)
+            if r.returncode == 0 and r.stdout.strip():
+                with open(known_hosts, "a") as fh:
+                    fh.write(r.stdout)
+                return self
+            if time.monotonic() > deadline:
+                log = self.sd.run(["journalctl", "-u", "gpumod-test-sshd", "--no-pager"], check=False).stdout
+                raise RuntimeError(f"sshd in {self.link.name} did not answer: {log[-2000:]}")
+            time.sleep(0.1)
+
+    def down(self) -> None:
+        if self.sd is not None:
+            self.sd.shutdown()
+        if self.link is not None:
+            self.link.destroy()

@@ -7,7 +7,9 @@ remote shell happens in exactly one place (``shell_join``).
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
     import httpx
 
     from ..inventory import HostSpec
+
+
+#: GPUMOD_TRACE=1 prints every command sent to a host, with its time (and so the round trips)
+TRACE = bool(os.environ.get("GPUMOD_TRACE"))
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,15 @@ class Host(ABC):
         if sudo and not self.is_root:
             argv = ["sudo", "-n", "--", *argv]
         self.round_trips += 1
-        result = self._run(argv, input=input, timeout=timeout, env=env)
+        if TRACE:
+            import time
+
+            t0 = time.perf_counter()
+            result = self._run(argv, input=input, timeout=timeout, env=env)
+            sys.stderr.write(f"[trace {self.name}] #{self.round_trips} {time.perf_counter() - t0:.3f}s rc={result.exit_code} "
+                             f"{shell_join(argv)[:160]}\n")
+        else:
+            result = self._run(argv, input=input, timeout=timeout, env=env)
         if result.exit_code not in tuple(ok):
             raise CommandFailed(result, what)
         return result

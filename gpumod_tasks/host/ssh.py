@@ -2,25 +2,20 @@
 
 Imported only when a remote host is targeted (Fabric and paramiko cost a few hundred ms to
 import).  One ``Connection`` is held per run; HTTP to services that bind 127.0.0.1 on the box goes
-through local port-forwards opened once per remote port and reused.
+through SSH direct-tcpip channels on that connection (``ssh_channels.py``), and commands run on a
+few warm remote shells instead of one sshd session each.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
+import shlex
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import HostError, HostUnreachable
 from .base import CommandResult, Host, shell_join
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SshHost(Host):
@@ -47,17 +42,25 @@ class SshHost(Host):
             connect_kwargs=kwargs,
         )
         # Unknown host keys are refused: never auto-add, never silently skip checking. Fabric does
-        # not load known_hosts by itself, so load the user's (and the system's) here.
+        # not load known_hosts by itself, so load the files ssh_config names for this host
+        # (UserKnownHostsFile), else the user's, and the system's.
         import contextlib as _cl
         import os as _os
 
-        with _cl.suppress(OSError):
-            self.conn.client.load_system_host_keys()
+        user_files = str(self.conn.ssh_config.get("userknownhostsfile", "")).split()
+        if user_files:
+            for f in user_files:
+                with _cl.suppress(OSError):
+                    self.conn.client.load_host_keys(_os.path.expanduser(f))
+        else:
+            with _cl.suppress(OSError):
+                self.conn.client.load_system_host_keys()
         with _cl.suppress(OSError):
             if _os.path.exists("/etc/ssh/ssh_known_hosts"):
                 self.conn.client.load_host_keys("/etc/ssh/ssh_known_hosts")
         self.conn.client.set_missing_host_key_policy(RejectPolicy())
-        self._forwards: dict[int, int] = {}
+        self._pool: Any = None
+        self._was_open = False
         self._stack = contextlib.ExitStack()
         self._fwd_lock = threading.Lock()
         self._home: str | None = None
@@ -66,6 +69,9 @@ class SshHost(Host):
     def _ensure_open(self) -> None:
         if self.conn.is_connected:
             return
+        if self._was_open:
+            # never reconnect behind the caller's back: the host lock lived on that session
+            raise HostUnreachable(self.name, f"the SSH connection to {self.spec.ssh_host} was lost")
         import paramiko
 
         try:
@@ -76,93 +82,115 @@ class SshHost(Host):
                 raise HostUnreachable(
                     self.name,
                     f"host key of {self.spec.ssh_host} is not known; refusing to connect. "
-                    f"Trust it first with: ssh-keyscan{port} {self.spec.ssh_host} >> ~/.ssh/known_hosts "
+                    f"Trust it first with: ssh-keyscan{port} {self.spec.ssh_host} >> {self._known_hosts_file()} "
                     f"(after checking its fingerprint)",
                 ) from exc
             raise HostUnreachable(self.name, f"SSH connection failed: {exc}") from exc
         except OSError as exc:
             raise HostUnreachable(self.name, f"cannot reach {self.spec.ssh_host}: {exc}") from exc
+        self._was_open = True
+
+    def _known_hosts_file(self) -> str:
+        files = str(self.conn.ssh_config.get("userknownhostsfile", "")).split()
+        return files[0] if files else "~/.ssh/known_hosts"
+
+    def _transport(self) -> Any:
+        self._ensure_open()
+        return self.conn.client.get_transport()
 
     def _run(self, argv: Sequence[str], *, input: str | None, timeout: float | None, env: dict[str, str] | None) -> CommandResult:
-        import io
+        from .ssh_channels import ShellDead, ShellPool
 
         self._ensure_open()
-        cmd = shell_join(argv)
+        words = list(argv)
         if env:
-            cmd = shell_join(["env", *[f"{k}={v}" for k, v in env.items()]]) + " " + cmd
+            words = ["env", *[f"{k}={v}" for k, v in env.items()], *words]
+        with self._fwd_lock:
+            if self._pool is None:
+                self._pool = ShellPool(self._transport)
+        line = shell_join(words)
+        if input is not None:
+            words = ["sh", "-c", f"printf %s {shlex.quote(input)} | {line}"]
         try:
-            r = self.conn.run(
-                cmd,
-                hide=True,
-                warn=True,
-                in_stream=io.StringIO(input) if input is not None else False,
-                timeout=timeout,
-            )
-        except Exception as exc:  # paramiko/socket errors mid-command: the connection is gone
-            if type(exc).__name__ == "CommandTimedOut":
-                raise HostError(self.name, f"command timed out after {timeout}s: {cmd[:200]}") from exc
-            raise HostUnreachable(self.name, f"connection lost while running {cmd[:120]!r}: {exc}") from exc
-        return CommandResult(self.name, tuple(argv), r.exited, r.stdout, r.stderr)
+            rc, out, err = self._pool.run(words, timeout)
+        except TimeoutError:
+            raise HostError(self.name, f"command timed out after {timeout}s: {line[:200]}") from None
+        except (ShellDead, EOFError, OSError) as exc:
+            raise HostUnreachable(self.name, f"connection lost while running {line[:120]!r}: {exc}") from exc
+        except Exception as exc:  # paramiko errors: the connection is gone
+            raise HostUnreachable(self.name, f"connection lost while running {line[:120]!r}: {exc}") from exc
+        return CommandResult(self.name, tuple(argv), rc, out, err)
+
+    def _whoami(self) -> None:
+        r = self.run(["sh", "-c", 'id -u; printf %s "$HOME"'])
+        uid, _, home = r.stdout.partition("\n")
+        self._root = uid.strip() == "0"
+        self._home = home.strip() or ("/root" if self._root else "~")
 
     @property
     def is_root(self) -> bool:
         if self._root is None:
-            self._root = self.run(["id", "-u"]).stdout.strip() == "0"
-        return self._root
+            self._whoami()
+        return bool(self._root)
 
     @property
     def home(self) -> str:
         if self._home is None:
-            self._home = self.run(["sh", "-c", 'printf %s "$HOME"']).stdout.strip() or "/root"
-        return self._home
+            self._whoami()
+        return str(self._home)
 
     def read_file(self, path: str, *, sudo: bool = False) -> str | None:
         r = self.run(["sh", "-c", 'if [ -e "$1" ]; then cat -- "$1"; else exit 44; fi', "sh", self.expand(path)], sudo=sudo, ok=(0, 44))
         return None if r.exit_code == 44 else r.stdout
 
     def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
-        # Content goes over SFTP (a command's stdin is never closed by Invoke's runner, so `cat >`
-        # would wait forever); then one script compares and renames atomically in the target dir.
+        # Content goes over SFTP next to the target (or to /tmp when sudo is needed), then one
+        # script compares and renames atomically: two round trips, whether or not it changed.
         import io
         import uuid
 
         path = self.expand(path)
-        if self.read_file(path, sudo=sudo) == content:  # one round trip when nothing changed
-            return False
         d = path.rsplit("/", 1)[0] or "/"
-        tmp = f"/tmp/.gpumod.{uuid.uuid4().hex}" if sudo and not self.is_root else f"{d}/.gpumod.{uuid.uuid4().hex}"
-        self.run(["mkdir", "-p", "--", d], sudo=sudo)
+        via_tmp = sudo and not self.is_root
+        tmp = f"/tmp/.gpumod.{uuid.uuid4().hex}" if via_tmp else f"{d}/.gpumod.{uuid.uuid4().hex}"
         self._ensure_open()
-        try:
-            self.conn.put(io.BytesIO(content.encode()), remote=tmp)
-        except Exception as exc:  # paramiko/SFTP errors
-            raise HostUnreachable(self.name, f"cannot upload {path}: {exc}") from exc
+        for attempt in (1, 2):
+            try:
+                self.conn.put(io.BytesIO(content.encode()), remote=tmp)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise HostUnreachable(self.name, f"cannot upload {path}: {d} cannot be created") from None
+                self.run(["mkdir", "-p", "--", d], sudo=sudo)  # first file in a new directory
+            except Exception as exc:  # paramiko/SFTP errors: the connection is gone
+                raise HostUnreachable(self.name, f"connection lost while uploading {path}: {exc}") from exc
         self.round_trips += 1
-        script = ('p=$1; t=$2; if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
+        script = ('p=$1; t=$2; mkdir -p -- "$(dirname -- "$p")" || exit 1; '
+                  'if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
                   'chmod "$3" "$t" && mv -f "$t" "$p"')
         r = self.run(["sh", "-c", script, "sh", path, tmp, f"{mode:o}"], sudo=sudo, ok=(0, 45))
         return r.exit_code == 0
 
     def base_url(self, port: int) -> str:
-        with self._fwd_lock:
-            if port not in self._forwards:
-                self._ensure_open()
-                local = _free_port()
-                self._stack.enter_context(self.conn.forward_local(local_port=local, remote_port=port, remote_host="127.0.0.1"))
-                # Fabric's tunnel thread binds the local port a moment after the context is entered
-                import time as _t
+        # the address as the box sees it: every connection is a direct-tcpip channel (ssh -L)
+        return f"http://127.0.0.1:{port}"
 
-                deadline = _t.monotonic() + 2.0
-                while _t.monotonic() < deadline:
-                    with socket.socket() as probe_sock:
-                        if probe_sock.connect_ex(("127.0.0.1", local)) == 0:
-                            break
-                    _t.sleep(0.005)
-                self._forwards[port] = local
-            return f"http://127.0.0.1:{self._forwards[port]}"
+    @property
+    def http(self) -> Any:
+        with self._http_lock:
+            if self._http is None:
+                import httpx
+
+                from .ssh_channels import http_client_over
+
+                self._http = http_client_over(self._transport, httpx.Timeout(5.0, connect=2.0),
+                                              httpx.Limits(max_connections=64, max_keepalive_connections=32))
+            return self._http
 
     def close(self) -> None:
         super().close()
+        if self._pool is not None:
+            self._pool.close()
         with contextlib.suppress(Exception):
             self._stack.close()
         with contextlib.suppress(Exception):

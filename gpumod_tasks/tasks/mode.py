@@ -135,7 +135,8 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
             out = do_switch(t, name, wait_lock=not no_wait, quiesce=not no_quiesce, rollback=rollback,
                             on_event=prog.event, on_wait=lambda msg: con.print(f"[yellow]{msg}[/yellow]"))
         if json_:
-            print(json.dumps(out.report.as_dict(), indent=1))
+            # commands sent to the host during this run (observe, lock, steps): what a switch costs over SSH
+            print(json.dumps({**out.report.as_dict(), "round_trips": t.host.round_trips}, indent=1))
         elif out.plan.converged:
             con.print(f"[green]already in mode {name}[/green]: nothing to do (kept: {', '.join(out.plan.keep) or '-'})")
         else:
