@@ -9,7 +9,9 @@ Measures, in one run (compare ratios, not absolute numbers, on a noisy machine):
   2. no-op switch (already converged), whole command
   3. `inv status` with 20 running services, whole command (and with 2, to show it stays flat)
   4. VRAM-release detection: how long after the release lag the poll noticed, as % of the lag
-It uses a throwaway catalog on free ports and its own state dir; nothing else is touched.
+With --ssh, the same again against a remote test box over real SSH (a network namespace with a
+private systemd and Debian's sshd, as the tests build; needs root), plus the round trips of a
+switch. It uses a throwaway catalog on free ports and its own state dirs; nothing else is touched.
 """
 
 from __future__ import annotations
@@ -65,53 +67,91 @@ def setup(root: Path) -> None:
         f"    sim_timings: {{load_s: {LOAD_S}, wake_l1_s: {WAKE_L1_S}, wake_l2_s: 0.8, release_lag_s: {LAG_S}}}\n")
 
 
+PREFIX: list[str] = []
+
+
 def inv(*args: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    r = subprocess.run([str(REPO / ".venv" / "bin" / "inv"), *args], capture_output=True, text=True)
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "inv"), *PREFIX, *args], capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"inv {' '.join(args)} failed: {r.stderr}")
     return dt, r.stdout
 
 
+def measure(runs: int, label: str) -> None:
+    inv("mode.switch", "--name", "rag")
+    inv("mode.switch", "--name", "code")
+    overheads, walls, detect, trips = [], [], [], []
+    for _ in range(runs):
+        wall, out = inv("mode.switch", "--name", "rag", "--json")
+        rep = json.loads(out)
+        steps = {s["kind"]: s for s in rep["steps"]}
+        inherent = ROUTER_REAP_S + LAG_S + WAKE_L1_S
+        overheads.append(rep["duration_s"] - inherent)
+        walls.append(wall)
+        trips.append(rep["round_trips"])
+        detect.append(steps["wait-release"]["seconds"] - ROUTER_REAP_S - LAG_S)
+        inv("mode.switch", "--name", "code")
+    noop = [inv("mode.switch", "--name", "code")[0] for _ in range(runs)]
+    inv("mode.switch", "--name", "two")
+    st2 = [inv("status")[0] for _ in range(runs)]
+    inv("mode.switch", "--name", "twenty")
+    st20 = [inv("status")[0] for _ in range(runs)]
+    lst = [inv("--list")[0] for _ in range(runs)]
+    inv("mode.switch", "--name", "blank")
+    med = statistics.median
+    print(f"== {label}: stand-in delays: load {LOAD_S}s, L1 wake {WAKE_L1_S}s, release lag {LAG_S}s; {runs} runs each, medians")
+    print(f"code -> rag (sleep router, wait release, wake L1): engine overhead {med(overheads) * 1000:.0f} ms "
+          f"(max {max(overheads) * 1000:.0f} ms); whole command {med(walls):.3f} s; round trips {med(trips):.0f} "
+          f"(min {min(trips)}, max {max(trips)})")
+    print(f"release detected {med(detect) * 1000:.0f} ms after the {LAG_S:.1f} s lag "
+          f"({med(detect) / LAG_S * 100:.1f}% of the lag; max {max(detect) / LAG_S * 100:.1f}%)")
+    print(f"no-op switch (converged), whole command: {med(noop):.3f} s")
+    print(f"inv status, whole command: 2 services {med(st2):.3f} s, 20 services {med(st20):.3f} s "
+          f"(ratio {med(st20) / med(st2):.2f})")
+    print(f"inv --list, whole command: {med(lst):.3f} s")
+
+
+def ssh_box(tmp: Path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from nshost import SshBox
+
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    known = tmp / "known_hosts"
+    known.touch()
+    box = SshBox(tmp / "box", 200).up(key, known)
+    cfg = tmp / "ssh_config"
+    cfg.write_text(f"Host 10.213.*\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {known}\n")
+    with open(tmp / "home" / "inventory" / "hosts.yaml", "a") as fh:
+        fh.write(f"  box:\n    ssh: root@{box.addr}\n    sim: true\n    service_manager: systemd\n"
+                 f"    unit_dir: /run/systemd/system\n    state_dir: {tmp}/box-state\n"
+                 "    gpu: {name: NVIDIA GeForce RTX 4090, total_mb: 24564}\n"
+                 f"    sim_timings: {{load_s: {LOAD_S}, wake_l1_s: {WAKE_L1_S}, wake_l2_s: 0.8, release_lag_s: {LAG_S}}}\n")
+    return box, cfg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--ssh", action="store_true", help="also measure against an SSH test box (root)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gpumod-bench-"))
     os.environ.update(GPUMOD_HOME=str(tmp / "home"), GPUMOD_STATE_DIR=str(tmp / "state"), COLUMNS="120")
     setup(tmp / "home")
+    box = None
     try:
-        inv("mode.switch", "--name", "rag")
-        inv("mode.switch", "--name", "code")
-        overheads, walls, detect = [], [], []
-        for _ in range(a.runs):
-            wall, out = inv("mode.switch", "--name", "rag", "--json")
-            rep = json.loads(out)
-            steps = {s["kind"]: s for s in rep["steps"]}
-            inherent = ROUTER_REAP_S + LAG_S + WAKE_L1_S
-            overheads.append(rep["duration_s"] - inherent)
-            walls.append(wall)
-            detect.append(steps["wait-release"]["seconds"] - ROUTER_REAP_S - LAG_S)
-            inv("mode.switch", "--name", "code")
-        noop = [inv("mode.switch", "--name", "code")[0] for _ in range(a.runs)]
-        inv("mode.switch", "--name", "two")
-        st2 = [inv("status")[0] for _ in range(a.runs)]
-        inv("mode.switch", "--name", "twenty")
-        st20 = [inv("status")[0] for _ in range(a.runs)]
-        lst = [inv("--list")[0] for _ in range(a.runs)]
-        med = statistics.median
-        print(f"stand-in delays: load {LOAD_S}s, L1 wake {WAKE_L1_S}s, release lag {LAG_S}s; {a.runs} runs each, medians")
-        print(f"code -> rag (sleep router, wait release, wake L1): engine overhead {med(overheads) * 1000:.0f} ms "
-              f"(max {max(overheads) * 1000:.0f} ms); whole command {med(walls):.3f} s")
-        print(f"release detected {med(detect) * 1000:.0f} ms after the {LAG_S:.1f} s lag "
-              f"({med(detect) / LAG_S * 100:.1f}% of the lag; max {max(detect) / LAG_S * 100:.1f}%)")
-        print(f"no-op switch (converged), whole command: {med(noop):.3f} s")
-        print(f"inv status, whole command: 2 services {med(st2):.3f} s, 20 services {med(st20):.3f} s "
-              f"(ratio {med(st20) / med(st2):.2f})")
-        print(f"inv --list, whole command: {med(lst):.3f} s")
+        measure(a.runs, "local (simulated host, supervisor)")
+        if a.ssh:
+            box, cfg = ssh_box(tmp)
+            PREFIX[:] = ["-S", str(cfg), "-H", "box"]
+            measure(a.runs, f"over SSH to {box.addr} (network namespace, private systemd, sshd)")
     finally:
+        PREFIX[:] = []
         subprocess.run([str(REPO / ".venv" / "bin" / "inv"), "sim.reset"], capture_output=True)
+        if box is not None:
+            box.down()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
