@@ -151,24 +151,25 @@ root=$1; shift
 for u in "$@"; do
   pidf="$root/run/$u.pid"; rc="$root/run/$u.rc"; load=loaded
   [ -f "$root/units/$u.sh" ] || load=not-found
-  pid=0; active=inactive; sub=dead; result=success
+  pid=0; active=inactive; sub=dead; result=success; start=0
   if [ -f "$pidf" ]; then
     read -r pid < "$pidf" || pid=0
     st=
     if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
-      read -r line < "/proc/$pid/stat" 2>/dev/null && { st=${line##*) }; st=${st%% *}; }
+      # field 3 is the state, field 22 the start time in clock ticks since boot (USER_HZ = 100)
+      read -r line < "/proc/$pid/stat" 2>/dev/null && { rest=${line##*) }; st=${rest%% *}; set -- $rest; shift 19; start=${1:-0}; }
     fi
     if [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]; then
       active=active; sub=running
     else
-      pid=0; code=0
+      pid=0; code=0; start=0
       [ -f "$rc" ] && read -r code < "$rc"
       if [ -f "$rc" ] && [ ! -f "$root/run/$u.stopped" ] && [ "$code" != 0 ]; then
         active=failed; sub=failed; result=exit-code
       fi
     fi
   fi
-  printf 'Id=%s\nLoadState=%s\nActiveState=%s\nSubState=%s\nMainPID=%s\nResult=%s\n\n' "$u" "$load" "$active" "$sub" "$pid" "$result"
+  printf 'Id=%s\nLoadState=%s\nActiveState=%s\nSubState=%s\nMainPID=%s\nResult=%s\nExecMainStartTimestampMonotonic=%s0000\n\n' "$u" "$load" "$active" "$sub" "$pid" "$result" "$start"
 done
 '''
         return ["sh", "-c", script, "sh", self.root, *units]

@@ -136,8 +136,9 @@ def print_plan(con: Console, plan: Plan) -> None:
 
 def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None = None) -> Table:
     t = Table(title_justify="left")
-    for col in ("service", "state", "port", "VRAM MB", "driver", "detail"):
-        t.add_column(col, justify="right" if col in ("port", "VRAM MB") else "left")
+    cols = ["service", "state", "port", "VRAM MB", "driver", *(["uptime"] if uptimes is not None else []), "detail"]
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("port", "VRAM MB", "uptime") else "left")
     for sid, o in seen.services.items():
         p = cat.presets[sid]
         state = o.state.value + (f" L{o.sleep_level}" if o.sleep_level else " (unloaded)" if o.sleep_level == 0 else "")
@@ -150,23 +151,43 @@ def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None 
             detail = "port answered by another process"
         if o.unit.main_pid:
             detail = (detail + f" pid {o.unit.main_pid}").strip()
-        t.add_row(sid, Text(state, style=STATE_STYLE.get(o.state.value, "")), str(p.port), str(o.vram_mb or ""), p.driver.value, detail)
+        row = [sid, Text(state, style=STATE_STYLE.get(o.state.value, "")), str(p.port), str(o.vram_mb or ""), p.driver.value]
+        if uptimes is not None:
+            row.append(human_duration(uptimes[sid]) if sid in uptimes else "-")
+        t.add_row(*row, detail)
     return t
 
 
-def gpu_panel(con: Console, cat: Catalog, seen: Observed) -> None:
+def human_duration(s: float) -> str:
+    s = int(max(0, s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def gpu_renderables(seen: Observed) -> list[Any]:
     if seen.gpu is None or not seen.gpu.gpus:
-        con.print(f"[red]GPU unavailable:[/red] {seen.gpu_error}")
-        return
+        return [Text.from_markup(f"[red]GPU unavailable:[/red] {seen.gpu_error}")]
     g = seen.gpu.primary
     segs = [(sid, o.vram_mb) for sid, o in seen.services.items() if o.vram_mb]
-    con.print(f"[bold]{g.name}[/bold]  {g.used_mb} / {g.total_mb} MB used, {g.free_mb} MB free  "
-              f"[dim](backend: {seen.gpu.backend})[/dim]")
-    con.print(vram_bar(segs, g.total_mb or 0, used_mb=g.used_mb))
+    out: list[Any] = [Text.from_markup(f"[bold]{g.name}[/bold]  {g.used_mb} / {g.total_mb} MB used, {g.free_mb} MB free  "
+                                       f"[dim](backend: {seen.gpu.backend})[/dim]"),
+                      vram_bar(segs, g.total_mb or 0, used_mb=g.used_mb)]
     if segs:
-        con.print(legend(segs))
+        out.append(legend(segs))
     if seen.unmapped_pids:
-        con.print(f"[yellow]other GPU processes:[/yellow] " + ", ".join(f"pid {p}: {mb} MB" for p, mb in seen.unmapped_pids.items()))
+        out.append(Text.from_markup("[yellow]other GPU processes:[/yellow] "
+                                    + ", ".join(f"pid {p}: {mb} MB" for p, mb in seen.unmapped_pids.items())))
+    return out
+
+
+def gpu_panel(con: Console, cat: Catalog, seen: Observed) -> None:
+    for r in gpu_renderables(seen):
+        con.print(r)
 
 
 class SwitchProgress:
