@@ -160,15 +160,18 @@ def from_hub(repo_id: str) -> tuple[ModelInfo, str]:
     except ImportError:
         raise ModelInfoError(f"{repo_id!r} is not a local path; looking it up on the hub needs huggingface_hub: "
                              "pip install 'gpumod[models]'") from None
-    note = ""
+    from huggingface_hub import constants
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    note = "offline (HF_HUB_OFFLINE): used the local cache" if offline else ""
     got: dict[str, str] = {}
     for name in ("config.json", "model.safetensors.index.json"):
         try:
-            got[name] = hf_hub_download(repo_id, name)
+            got[name] = hf_hub_download(repo_id, name, local_files_only=offline)
         except Exception as exc:  # noqa: BLE001 - offline, gated, missing: fall back to the cache
             try:
                 got[name] = hf_hub_download(repo_id, name, local_files_only=True)
-                note = "the hub is unreachable: used the local cache"
+                note = note or "the hub is unreachable: used the local cache"
             except Exception:  # noqa: BLE001
                 if name == "config.json":
                     raise ModelInfoError(f"{repo_id}: the hub is unreachable ({type(exc).__name__}) and config.json "

@@ -150,3 +150,32 @@ def test_model_info_hf_dir_and_preset(tmp_path, sim_host):
     # a path that is neither: a clear error, exit 2
     code, out, err = run_cli(["model.info", str(tmp_path / "nothing-here")])
     assert code == 2 and "no such file or directory" in err
+
+
+def test_model_info_hub_id_offline_uses_the_local_cache(tmp_path, sim_host, monkeypatch):
+    """No network here: with the hub unreachable (offline mode), a hub id is read from the
+    huggingface_hub cache when it is there, and a clear error names what is missing when not."""
+    from conftest import run_cli
+
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    code, out, err = run_cli(["model.info", "acme/tiny-lm", "--json"])
+    assert code == 2 and "acme/tiny-lm: the hub is unreachable" in err and "not in the local cache" in err
+    # the cache layout huggingface_hub itself writes: refs/main -> snapshots/<revision>/
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = cache / "models--acme--tiny-lm" / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (cache / "models--acme--tiny-lm" / "refs").mkdir()
+    (cache / "models--acme--tiny-lm" / "refs" / "main").write_text(rev)
+    (snap / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 4,
+                                                  "num_attention_heads": 8, "num_key_value_heads": 2, "hidden_size": 512,
+                                                  "max_position_embeddings": 4096, "torch_dtype": "float16"}))
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 200 * 1024 * 1024}, "weight_map": {}}))
+    code, out, err = run_cli(["model.info", "acme/tiny-lm", "--context", "4096", "--json"])
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["kind"] == "hub" and d["note"] == "offline (HF_HUB_OFFLINE): used the local cache"
+    # KV per 1K = 2 x 4 x 2 x 64 x 2 B x 1024 = 2 MB; weights 200 MB (fp16: 100 M params)
+    assert d["kv_mb_per_1k"] == 2.0 and d["weight_mb"] == 200 and d["params"] == 100 * 1024 * 1024
+    assert d["estimate_mb"] == 200 + 2 * 4 + 512

@@ -38,6 +38,8 @@ def test_bootstrap_switch_status_doctor_over_ssh(ssh_lab):
     assert st["router"] == "running" and st["doc"] == "sleeping" and st["emb"] == "running"
     code, out, err = lab.inv("-H", "box1", "doctor.all")
     assert code == 0, out
+    code, out, err = lab.inv("-H", "box1", "status", "--watch", "--count", "2", "--interval", "0.2")
+    assert code == 0 and "mode: code" in out and "router" in out, err
     # drift over SSH: stopped behind gpumod's back, the same switch brings it back
     box.sd.systemctl("stop", "gpumod-emb.service")
     code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "code", "--json")
