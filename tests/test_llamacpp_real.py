@@ -67,9 +67,13 @@ def test_real_router_switch_between_modes_sharing_it(real_box, llama_server_bin)
     st = json.loads(out)
     assert st["gpu"]["used_mb"] == 2500 + 19100  # the meter charged the preset's figure for the loaded model
 
+    t0 = time.perf_counter()
     code, out, err = inv("mode.switch", "--name", "code-lite", "--json")
+    wall = time.perf_counter() - t0
     assert code == 0, err
     rep = json.loads(out)
+    print(f"\nreal router switch code -> code-lite: {rep['duration_s']:.3f} s switch, {wall:.3f} s in-process command; "
+          f"wake of qwen-coder {rep['summary']['Woken'][0]['seconds']:.3f} s")
     assert [s["service"] for s in rep["summary"]["Slept"]] == ["glm-code"]  # POST /models/unload
     assert [s["service"] for s in rep["summary"]["Woken"]] == ["qwen-coder"]  # POST /models/load, then "loaded"
     assert router_view() == {"devstral-small-2-24b": "unloaded", "qwen2.5-coder-7b-instruct-q4_k_m": "loaded"}
