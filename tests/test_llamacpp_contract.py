@@ -184,6 +184,7 @@ def test_models_max_evicts_the_least_recently_used_idle_model(router):
     assert router.chat("alpha").status_code == 200  # alpha is now more recent than beta
     assert router.load("gamma").status_code == 200
     router.wait_status("gamma", "loaded")
+    router.wait_status("beta", "unloaded", timeout=15)  # the evicted child is reaped, then shows unloaded
     st = router.status()
     assert st == {"alpha": "loaded", "beta": "unloaded", "gamma": "loaded"}
     assert router.http.get("/props").json()["max_instances"] == 2
