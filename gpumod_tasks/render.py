@@ -221,6 +221,9 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pres
             "--wake-l1-s", f"{sim.get('wake_l1_s', t.wake_l1_s):g}",
             "--wake-l2-s", f"{sim.get('wake_l2_s', t.wake_l2_s):g}",
             "--release-lag-s", f"{sim.get('release_lag_s', t.release_lag_s):g}"]
+    for key in ("infer_s", "stream_delay_s"):  # per-request delays, for queueing and streaming demos
+        if sim.get(key):
+            argv += [f"--{key.replace('_', '-')}", f"{sim[key]:g}"]
     env: dict[str, str] = dict(_common_env(preset, host))
     if facts.sim_pythonpath:
         env["PYTHONPATH"] = facts.sim_pythonpath

@@ -48,7 +48,10 @@ def make_plan(target: Target, mode_id: str, policy: Policy | None = None) -> tup
 
 
 def switch(target: Target, mode_id: str, *, dry_run: bool = False, wait_lock: bool = True, quiesce: bool = True,
-           rollback: bool = False, on_event: Event | None = None, on_wait: object = None) -> SwitchOutcome:
+           rollback: bool = False, on_event: Event | None = None, on_wait: object = None,
+           on_plan: object = None) -> SwitchOutcome:
+    """``on_plan(plan)`` is called with the lock held, before anything changes (the router daemon
+    marks the services that will leave and drains their requests there)."""
     policy = policy_for(target)
     if dry_run:
         plan, seen = make_plan(target, mode_id, policy)
@@ -57,6 +60,8 @@ def switch(target: Target, mode_id: str, *, dry_run: bool = False, wait_lock: bo
     with host_lock(target.host, target.state_dir, what=f"mode.switch --name {mode_id}", wait=wait_lock,
                    on_wait=on_wait if callable(on_wait) else None):
         plan, seen = make_plan(target, mode_id, policy)
+        if callable(on_plan):
+            on_plan(plan)
         started = time.time()
         ex = Executor(target, policy, on_event=on_event, quiesce=quiesce, release_timeout_s=target.spec.release_timeout_s)
         report = ex.run(plan, seen.record)

@@ -69,6 +69,8 @@ SIM_SCHEMA: dict[str, Field] = {
     "wake_l1_s": Field("number", minimum=0),
     "wake_l2_s": Field("number", minimum=0),
     "release_lag_s": Field("number", minimum=0),
+    "infer_s": Field("number", minimum=0),
+    "stream_delay_s": Field("number", minimum=0),
 }
 
 MODE_SCHEMA: dict[str, Field] = {

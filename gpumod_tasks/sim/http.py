@@ -80,6 +80,9 @@ class App:
 
 def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
     class H(BaseHTTPRequestHandler):
+        # headers and body are separate writes: without TCP_NODELAY, Nagle plus the client's delayed
+        # ACK adds ~40 ms to every keep-alive response (real servers set it too)
+        disable_nagle_algorithm = True
         protocol_version = "HTTP/1.1"
         server_version = "gpumod-sim"
 
