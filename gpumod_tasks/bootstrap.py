@@ -79,6 +79,16 @@ def bootstrap(t: Target, con: Any, *, warm_modes: list[str], default_mode: str |
     step(f"mode {target_mode}" + (f" ({len(out.plan.steps)} steps)" if did else " already in place"), did)
     if did:
         changed.append(f"mode {target_mode}")
+    # last: the daemon adopts the host as bootstrap left it
+    if t.spec.router_daemon and t.manager.kind == "systemd":
+        from .render import DAEMON_UNIT
+
+        st = t.manager.states([DAEMON_UNIT])[DAEMON_UNIT]
+        if not st.is_running:
+            t.manager.start(DAEMON_UNIT)
+            changed.append("router daemon started")
+        step(f"router daemon {DAEMON_UNIT} on port {t.spec.router_daemon.get('port')}", not st.is_running)
+
     msg = f"{len(changed)} changes" if changed else "everything already in place, nothing changed"
     con.print(f"[bold]{msg}[/bold]")
     return msg

@@ -64,6 +64,8 @@ class HostSpec:
     # "" = auto: "/" on a real GPU host, <state_dir>/sim/root on a simulated one
     root_prefix: str = ""
     sim_settings: SimSettings = field(default_factory=SimSettings)
+    # the router daemon as a unit on this host (template.install-all): port and bind, or None for off
+    router_daemon: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     # on a simulated host, drivers whose real server runs anyway (CPU llama.cpp), metered on the ledger
     sim_real: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
@@ -164,6 +166,7 @@ HOST_SCHEMA: dict[str, Field] = {
     "root_prefix": Field("str"),
     "sim_timings": Field("map"),
     "sim_real": Field("str_list"),
+    "router_daemon": Field("any"),
     "vars": Field("map"),
 }
 
@@ -215,6 +218,14 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
             kw["preflight_factor"] = float(p["factor"])
         if "margin_mb" in p:
             kw["preflight_margin_mb"] = int(p["margin_mb"])
+    if "router_daemon" in v:
+        rd = v["router_daemon"]
+        if rd is True:
+            kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1"}
+        elif isinstance(rd, dict) and set(rd) <= {"port", "bind", "api_key_file"}:
+            kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1", **dict(rd)}
+        elif rd not in (False, None):
+            ck.add(node, "router_daemon", f"hosts.{name}.router_daemon", "expected true, false or a mapping of port, bind, api_key_file")
     if "sim_real" in v:
         bad = [d for d in v["sim_real"] if d != "llamacpp"]
         if bad:

@@ -92,3 +92,7 @@ def make_program(namespace: Collection | None = None) -> Gpumod:
 
 def main() -> None:
     make_program().run()
+
+
+if __name__ == "__main__":
+    main()

@@ -307,6 +307,35 @@ def render_unit(preset: Preset, host: HostSpec, facts: HostFacts, project_root: 
     )
 
 
+DAEMON_UNIT = "gpumod.service"
+
+
+def render_daemon_unit(host: HostSpec, facts: HostFacts, project_root: str, *, local: bool) -> str:
+    """The router daemon's unit: ``python -m gpumod_tasks.program router.serve`` on the box."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    rd = host.router_daemon or {}
+    python = sys.executable if local else str(host.vars.get("gpumod_python", "python3"))
+    argv = (python, "-m", "gpumod_tasks.program", "router.serve", "--port", str(rd.get("port", 8787)),
+            "--bind", str(rd.get("bind", "127.0.0.1")), "--as-host", host.name)
+    env: list[tuple[str, str]] = []
+    home = project_root if local else host.vars.get("gpumod_home")
+    if home:
+        env.append(("GPUMOD_HOME", str(home)))
+    if local:
+        from .paths import inventory_path
+
+        env.append(("PYTHONPATH", str(Path(__file__).resolve().parent.parent)))
+        env.append(("GPUMOD_INVENTORY", str(Path(inventory_path(project_root)).resolve())))
+    if rd.get("api_key_file"):
+        env.append(("GPUMOD_ROUTER_API_KEY_FILE", str(rd["api_key_file"])))
+    tpl = Environment(loader=FileSystemLoader(template_dirs(project_root)), undefined=StrictUndefined,
+                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    tpl.filters["systemd_command"] = systemd_command
+    tpl.filters["systemd_env"] = lambda kv: systemd_env(kv[0], kv[1])
+    return tpl.get_template("systemd/gpumod.service.j2").render(host=host, argv=argv, env=env, user_scope=host.scope == "user")
+
+
 def local_sim_facts(state_dir: str, gpu_total_mb: int) -> HostFacts:
     """Facts for a simulated host on this machine: the stand-in runs from this installation."""
     pkg_root = str(Path(__file__).resolve().parent.parent)

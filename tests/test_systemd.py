@@ -255,3 +255,41 @@ def test_bootstrap_twice_under_systemd(systemd_box):
     assert st["emb"] == st["doc"] == "running" and st["big"] == "sleeping"
     code, out, err = box.inv("doctor.all")
     assert code == 0, out
+
+
+def test_router_daemon_as_a_unit(systemd_box, tmp_path):
+    """router_daemon: in the inventory installs gpumod.service; bootstrap starts it; it answers."""
+    import httpx
+
+    from conftest import free_ports
+
+    box = systemd_box
+    port = free_ports(1)[0]
+    inv = box.sim.root / "inventory" / "hosts.yaml"
+    inv.write_text(inv.read_text() + f"    router_daemon: {{port: {port}}}\n    default_mode: rag\n")
+    code, out, err = box.inv("host.bootstrap", "--no-warmup")
+    assert code == 0, err + out
+    assert f"router daemon gpumod.service on port {port}" in out
+    unit = box.sd.run(["cat", "/run/systemd/system/gpumod.service"]).stdout
+    assert f"-m gpumod_tasks.program router.serve --port {port} --bind 127.0.0.1" in unit
+    assert box.sd.wait_for("gpumod.service", "ActiveState", "active") == "active"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/models", timeout=2, trust_env=False)
+            if r.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, box.sd.run(["journalctl", "-u", "gpumod.service", "--no-pager"], check=False).stdout
+        time.sleep(0.2)
+    assert r.json()["mode"] == "rag"
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30, trust_env=False,
+                   json={"model": "big", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.json()["model"] == "big"
+    # switched through the daemon under systemd: the chat mode's units run
+    assert box.sd.show("gpumod-big.service", "ActiveState")["ActiveState"] == "active"
+    # turned off in the inventory: install-all removes the unit
+    inv.write_text(inv.read_text().replace(f"    router_daemon: {{port: {port}}}\n", ""))
+    code, out, err = box.inv("template.install-all")
+    assert code == 0 and "removed gpumod.service" in out, err + out
