@@ -48,12 +48,12 @@ def latencies(url: str, n: int) -> list[float]:
     return out
 
 
-async def throughput(url: str, n: int, clients: int = 16) -> float:
+async def throughput(url: str, n: int, clients: int = 16, model: str = "m") -> float:
     """Requests/s with ``clients`` concurrent keep-alive clients (aiohttp: a light load generator,
     so the 2 cores go to the servers more than to the client)."""
     import aiohttp
 
-    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}]}' % model.encode()
     per = n // clients
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as s:
         async def worker() -> None:
@@ -82,9 +82,12 @@ def main() -> None:
     (home / "modes").mkdir()
     (home / "inventory").mkdir()
     shutil.copytree(REPO / "templates", home / "templates")
-    port, rport = free_port(), free_port()
+    port, rport, sport = free_port(), free_port(), free_port()
     (home / "presets" / "b" / "m.yaml").write_text(f"id: m\nname: m\ndriver: vllm\nport: {port}\nvram_mb: 1000\n")
-    (home / "modes" / "one.yaml").write_text("id: one\nname: one\nservices: [m]\n")
+    # the same with 20 ms per request, like a small model answering: where the router's own cost stops mattering
+    (home / "presets" / "b" / "slow.yaml").write_text(f"id: slow\nname: slow\ndriver: vllm\nport: {sport}\nvram_mb: 1000\n"
+                                                      "sim: {infer_s: 0.02}\n")
+    (home / "modes" / "one.yaml").write_text("id: one\nname: one\nservices: [m, slow]\n")
     (home / "inventory" / "hosts.yaml").write_text(
         "hosts:\n  local:\n    sim: true\n    gpu: {name: NVIDIA GeForce RTX 4090, total_mb: 24564}\n"
         "    sim_timings: {load_s: 0.1, wake_l1_s: 0.05, wake_l2_s: 0.1, release_lag_s: 0.1}\n")
@@ -123,6 +126,11 @@ def main() -> None:
         print(f"added by the router: p50 {(p50r - p50d) * 1000:.2f} ms, p99 {(p99r - p99d) * 1000:.2f} ms")
         print(f"throughput (16 clients, median of 3 interleaved rounds): direct {td:.0f} req/s, router {tr:.0f} req/s, "
               f"ratio {ratio:.2f} (per round: {', '.join(f'{r / d:.2f}' for d, r in rounds)})")
+        sdirect = f"http://127.0.0.1:{sport}/v1/chat/completions"
+        srounds = [(asyncio.run(throughput(sdirect, 800, model="slow")), asyncio.run(throughput(routed, 800, model="slow")))
+                   for _ in range(3)]
+        print(f"throughput with 20 ms per request upstream (16 clients): direct {statistics.median(d for d, _ in srounds):.0f} req/s, "
+              f"router {statistics.median(r for _, r in srounds):.0f} req/s, ratio {statistics.median(r / d for d, r in srounds):.2f}")
     finally:
         router.terminate()
         router.wait(10)

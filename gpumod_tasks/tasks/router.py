@@ -62,7 +62,7 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
                        Options(request_timeout_s=float(request_timeout), concurrency=int(concurrency),
                                restart_unhealthy=bool(restart_unhealthy)), metrics)
     app = create_app(mgr, metrics, api_key=key)
-    uvicorn.run(app, host=bind, port=int(port), log_level="warning", access_log=False)
+    uvicorn.run(app, host=bind, port=int(port), log_level="warning", access_log=False, proxy_headers=False)
 
 
 ns = Collection("router")
