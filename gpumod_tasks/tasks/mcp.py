@@ -11,8 +11,10 @@ from invoke import Collection, Exit, task
     "port": "With --http: port (default 8765).",
 })
 def serve(c, http=False, host="127.0.0.1", port=8765):
-    """Serve the MCP tools (gpu_mode_switch, gpu_mode_status, gpu_mode_verify, simulate_mode,
-    service_list, service_status, model_info) and the catalog as resources; stdio by default.
+    """Serve gpumod to agents over MCP (stdio by default, --http for streamable HTTP).
+
+    Tools: gpu_mode_switch, gpu_mode_status, gpu_mode_verify, simulate_mode, service_list,
+    service_status, model_info; the catalog as resources (gpumod://modes, gpumod://presets).
 
     With -H the tools act on that remote host; a switch takes the same host lock as the CLI.
     """
