@@ -162,7 +162,7 @@ Port 22
 ListenAddress {addr}
 HostKey {dir}/host_ed25519
 PidFile {dir}/sshd.pid
-AuthorizedKeysFile {dir}/authorized_keys
+AuthorizedKeysFile {dir}/authorized_keys .ssh/authorized_keys
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -181,6 +181,7 @@ class SshBox:
     index: int
     link: NetnsLink | None = None
     sd: PrivateSystemd | None = None
+    homes: list[Path] = field(default_factory=list)
 
     @property
     def addr(self) -> str:
@@ -211,8 +212,41 @@ class SshBox:
                 raise RuntimeError(f"sshd in {self.link.name} did not answer: {log[-2000:]}")
             time.sleep(0.1)
 
+    def add_user(self, name: str, uid: int = 1500, sudo: bool = True) -> Path:
+        """A non-root login on this box only: copies of /etc/passwd, group, shadow (and a sudoers
+        with passwordless sudo) bind-mounted over the originals inside the box's own mount
+        namespace; this machine's /etc is never written. Returns the user's home."""
+        assert self.sd is not None
+        import tempfile
+
+        d = self.workdir / "etc"
+        d.mkdir(exist_ok=True)
+        # the test's own tmp dirs are root-only (0700): the user's home must be reachable by it
+        home = Path(tempfile.mkdtemp(prefix=f"gpumod-test-home-{name}-"))
+        self.homes.append(home)
+        os.chmod(home, 0o755)
+        (home / ".ssh").mkdir()
+        (home / ".ssh" / "authorized_keys").write_text((self.workdir / "authorized_keys").read_text())
+        for path in (home, home / ".ssh", home / ".ssh" / "authorized_keys"):
+            os.chown(path, uid, uid)
+        entries = {"passwd": f"{name}:x:{uid}:{uid}:gpumod test user:{home}:/bin/sh\n",
+                   "group": f"{name}:x:{uid}:\n",
+                   "shadow": f"{name}:*:19000:0:99999:7:::\n"}  # '*': no password, not locked (keys work)
+        for f, line in entries.items():
+            src = Path(f"/etc/{f}")
+            (d / f).write_text(src.read_text() + line)
+            os.chmod(d / f, src.stat().st_mode & 0o777)
+            self.sd.run(["mount", "--bind", str(d / f), f"/etc/{f}"])
+        if sudo:
+            (d / "sudoers").write_text(f"Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n{name} ALL=(ALL) NOPASSWD: ALL\n")
+            os.chmod(d / "sudoers", 0o440)
+            self.sd.run(["mount", "--bind", str(d / "sudoers"), "/etc/sudoers"])
+        return home
+
     def down(self) -> None:
         if self.sd is not None:
             self.sd.shutdown()
+        for h in self.homes:
+            shutil.rmtree(h, ignore_errors=True)
         if self.link is not None:
             self.link.destroy()

@@ -123,3 +123,27 @@ def test_connection_lost_mid_switch_names_host_and_step_and_rerun_converges(ssh_
     code, out, err = lab.inv("-H", "box1", "mode.status", "--json")
     st = {s["id"]: s["state"] for s in json.loads(out)["services"]}
     assert st["router"] == "running" and st["emb"] == "running" and json.loads(out)["mode"] == "code"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("sudo"), reason="sudo is not installed (scripts/test.sh installs it)")
+def test_non_root_user_with_system_scope_uses_sudo(ssh_lab, tmp_path):
+    lab = ssh_lab
+    box = lab.boxes[0]
+    home = box.add_user("gpu")
+    inv = lab.sim.root / "inventory" / "hosts.yaml"
+    text = inv.read_text().replace(f"ssh: root@{box.addr}", f"ssh: gpu@{box.addr}")
+    text = text.replace(f"state_dir: {tmp_path}/box1-state", f"state_dir: {home}/state")
+    inv.write_text(text)
+    code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "rag")
+    assert code == 0, err + out + box.sd.run(["journalctl", "-u", "gpumod-test-sshd", "--no-pager"], check=False).stdout[-1500:]
+    assert "host box1 (gpu@10.213.1.2)" in out
+    # units were written to the system unit dir and started through `sudo -n systemctl`
+    assert box.sd.systemctl("is-active", "gpumod-emb.service", check=False).stdout.strip() == "active"
+    owner = box.sd.run(["stat", "-c", "%U", "/run/systemd/system/gpumod-emb.service"]).stdout.strip()
+    assert owner == "root"
+    code, out, err = lab.inv("-H", "box1", "service.logs", "--service-id", "emb")
+    assert code == 0 and "gpumod-preflight: emb ok" in out, err + out
+    # without sudo rights the error says so (sudo -n never prompts)
+    (box.workdir / "etc" / "sudoers").write_text("Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n")
+    code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "code")
+    assert code != 0 and "sudo" in (err + out).lower()

@@ -165,9 +165,12 @@ class SshHost(Host):
             except Exception as exc:  # paramiko/SFTP errors: the connection is gone
                 raise HostUnreachable(self.name, f"connection lost while uploading {path}: {exc}") from exc
         self.round_trips += 1
+        # through sudo the uploaded file belongs to the login user: hand it to root before it lands
+        # in a root directory (a unit file the user could edit would be a privilege escalation)
+        owner = 'chown 0:0 "$t" && ' if via_tmp else ""
         script = ('p=$1; t=$2; mkdir -p -- "$(dirname -- "$p")" || exit 1; '
                   'if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
-                  'chmod "$3" "$t" && mv -f "$t" "$p"')
+                  f'{owner}chmod "$3" "$t" && mv -f "$t" "$p"')
         r = self.run(["sh", "-c", script, "sh", path, tmp, f"{mode:o}"], sudo=sudo, ok=(0, 45))
         return r.exit_code == 0
 
