@@ -147,3 +147,30 @@ def test_non_root_user_with_system_scope_uses_sudo(ssh_lab, tmp_path):
     (box.workdir / "etc" / "sudoers").write_text("Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n")
     code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "code")
     assert code != 0 and "sudo" in (err + out).lower()
+
+
+def test_mcp_server_drives_a_remote_host(ssh_lab):
+    import os
+
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    lab = ssh_lab
+    params = StdioServerParameters(command=sys.executable,
+                                   args=["-c", "import sys; from gpumod_tasks.program import main; sys.exit(main())",
+                                         "-S", str(lab.ssh_config), "-H", "box1", "mcp.serve"],
+                                   env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=str(REPO))
+
+    async def run():
+        async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            sw = await s.call_tool("gpu_mode_switch", {"mode": "rag"})
+            st = await s.call_tool("gpu_mode_status", {})
+            return sw, st
+
+    sw, st = anyio.run(run)
+    assert not sw.is_error, sw.content
+    status = st.structured_content
+    assert status["host"] == "box1" and status["mode"] == "rag" and status["gpu"]["used_mb"] == 7500
+    assert lab.boxes[0].sd.systemctl("is-active", "gpumod-doc.service", check=False).stdout.strip() == "active"
