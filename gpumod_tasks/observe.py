@@ -150,11 +150,13 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     vram: dict[str, int] = {}
     unmapped: dict[int, int] = {}
     if gpu and gpu.gpus:
+        # GPU processes that are not a unit's main pid (vLLM's engine core, router children): one
+        # round trip for all of them
+        strays = sorted({pid for g in gpu.gpus for pid in g.per_pid if pid not in pid_owner})
+        by_cgroup = _owners_by_cgroup(target, strays, pid_owner) if strays else {}
         for g in gpu.gpus:
             for pid, mb in g.per_pid.items():
-                owner = pid_owner.get(pid)
-                if owner is None:
-                    owner = _owner_by_cgroup(target, pid, pid_owner)
+                owner = pid_owner.get(pid) or by_cgroup.get(pid)
                 if owner is None:
                     unmapped[pid] = mb or 0
                 else:
@@ -169,24 +171,31 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped)
 
 
-def _owner_by_cgroup(target: Target, pid: int, pid_owner: dict[int, str]) -> str | None:
-    """Map a GPU process that is not a unit's main process (vLLM's engine core, a router child) to
-    its service: its systemd cgroup names the unit; else walk up its parents to a MainPID."""
+def _owners_by_cgroup(target: Target, pids: list[int], pid_owner: dict[int, str]) -> dict[int, str]:
+    """Map GPU processes that are not a unit's main process to their service: a process's systemd
+    cgroup names the unit; else walk up its parents (at most 8) to a unit's MainPID. One command."""
     script = (
-        'p=$1; i=0; while [ "$p" -gt 1 ] 2>/dev/null && [ $i -lt 8 ]; do '
-        'echo "$p $(grep -o "gpumod-[a-z0-9._-]*\\.service" /proc/$p/cgroup 2>/dev/null | head -1)"; '
-        "p=$(sed -e 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f2); i=$((i+1)); done"
+        'for p0 in "$@"; do p=$p0; i=0; while [ "$p" -gt 1 ] 2>/dev/null && [ $i -lt 8 ]; do '
+        'echo "$p0 $p $(grep -o "gpumod-[a-z0-9._-]*\\.service" /proc/$p/cgroup 2>/dev/null | head -1)"; '
+        "p=$(sed -e 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f2); i=$((i+1)); done; done"
     )
     try:
-        r = target.host.run(["sh", "-c", script, "sh", str(pid)], ok=(0, 1))
+        r = target.host.run(["sh", "-c", script, "sh", *map(str, pids)], ok=(0, 1))
     except GpumodError:
-        return None
-    for line in r.stdout.splitlines():
+        return {}
+    return parse_cgroup_walk(r.stdout, pid_owner, {p.unit: p.id for p in target.catalog.presets.values()})
+
+
+def parse_cgroup_walk(text: str, pid_owner: dict[int, str], unit_owner: dict[str, str]) -> dict[int, str]:
+    """Pure: lines ``PID ANCESTOR [UNIT]`` -> {PID: service}; the first hit per PID wins."""
+    out: dict[int, str] = {}
+    for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[1].startswith("gpumod-"):
-            sid = parts[1][len("gpumod-"):-len(".service")]
-            if sid in target.catalog.presets:
-                return sid
-        if parts and parts[0].isdigit() and int(parts[0]) in pid_owner:
-            return pid_owner[int(parts[0])]
-    return None
+        if len(parts) < 2 or not parts[0].isdigit() or int(parts[0]) in out:
+            continue
+        pid = int(parts[0])
+        if len(parts) >= 3 and parts[2] in unit_owner:
+            out[pid] = unit_owner[parts[2]]
+        elif parts[1].isdigit() and int(parts[1]) in pid_owner:
+            out[pid] = pid_owner[int(parts[1])]
+    return out

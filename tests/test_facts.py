@@ -99,3 +99,35 @@ def test_nvml_backend_reads_v2_memory_and_processes():
     assert (p.name, p.uuid, p.total_mb, p.used_mb, p.free_mb) == ("NVIDIA GeForce RTX 4090", "GPU-eeee", 24564, 7500, 17064)
     assert p.per_pid == {10: 2500, 11: 5000, 12: None}
     assert fake.calls == ["init", "shutdown"]
+
+
+def test_cgroup_walk_parser_and_the_real_script(tmp_path):
+    """GPU processes that are not a unit's main pid map to their service: by the systemd cgroup in
+    /proc/PID/cgroup, or by walking up to a unit's MainPID; one command for all of them."""
+    import os
+    import subprocess
+    from types import SimpleNamespace
+
+    from gpumod_tasks.host.local import LocalHost
+    from gpumod_tasks.inventory import HostSpec
+    from gpumod_tasks.observe import _owners_by_cgroup, parse_cgroup_walk
+
+    text = "101 101 gpumod-vllm-chat.service\n101 50\n202 202\n202 77\n303 303\n303 1\n"
+    assert parse_cgroup_walk(text, {77: "emb"}, {"gpumod-vllm-chat.service": "vllm-chat"}) == {101: "vllm-chat", 202: "emb"}
+    # for real: a grandchild of this process is found by walking up to this process's pid
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        for _ in range(100):
+            kids = open(f"/proc/{child.pid}/task/{child.pid}/children").read().split()
+            if kids:
+                break
+            import time
+
+            time.sleep(0.02)
+        grandchild = int(kids[0])
+        t = SimpleNamespace(host=LocalHost(HostSpec(name="t")), catalog=SimpleNamespace(presets={}))
+        found = _owners_by_cgroup(t, [grandchild, 999999], {os.getpid(): "me"})
+        assert found == {grandchild: "me"}
+    finally:
+        child.kill()
+        child.wait()
