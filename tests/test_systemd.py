@@ -289,6 +289,14 @@ def test_router_daemon_as_a_unit(systemd_box, tmp_path):
     assert r.status_code == 200 and r.json()["model"] == "big"
     # switched through the daemon under systemd: the chat mode's units run
     assert box.sd.show("gpumod-big.service", "ActiveState")["ActiveState"] == "active"
+    # `systemctl reload gpumod` (SIGHUP) re-reads the catalog without restarting anything unchanged
+    pid = box.sd.show("gpumod.service", "MainPID")["MainPID"]
+    big_pid = box.sd.show("gpumod-big.service", "MainPID")["MainPID"]
+    box.sd.systemctl("reload", "gpumod.service")
+    time.sleep(1.0)
+    assert box.sd.show("gpumod.service", "MainPID")["MainPID"] == pid
+    assert box.sd.show("gpumod-big.service", "MainPID")["MainPID"] == big_pid
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5, trust_env=False).status_code == 200
     # turned off in the inventory: install-all removes the unit
     inv.write_text(inv.read_text().replace(f"    router_daemon: {{port: {port}}}\n", ""))
     code, out, err = box.inv("template.install-all")

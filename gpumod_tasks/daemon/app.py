@@ -193,6 +193,13 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
             connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30), auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600), skip_auto_headers=("User-Agent",))
         await manager.start()
+        loop = asyncio.get_running_loop()
+        try:  # `systemctl reload`-style: SIGHUP re-reads the catalog like POST /reload
+            import signal
+
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(manager.reload()))
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or no signals
+            pass
         try:
             yield
         finally:
