@@ -79,7 +79,10 @@ def switch(target: Target, mode_id: str, *, dry_run: bool = False, wait_lock: bo
             rb = outcome.rollback
             lines.append(f"rollback to {plan.previous_mode}: " + ("done" if rb.ok else f"FAILED: {rb.error}"))
             lines += ["after rollback:"] + ["  " + ln for ln in rb.state_lines if not ln.startswith("now")] if not rb.ok else []
-        raise SwitchFailed(f"switch to {mode_id} on {target.spec.name} {report.error}", lines, report.as_dict())
+        err = SwitchFailed(f"switch to {mode_id} on {target.spec.name} {report.error}", lines, report.as_dict())
+        if report.error.startswith("interrupted"):
+            err.exit_code = 130  # Ctrl-C: the shell's convention, after the state report
+        raise err
     return outcome
 
 

@@ -173,3 +173,27 @@ def test_service_tasks_and_quiesce_refusal(sim_host):
     code, out, err = h.inv("service.start", "--service-id", "asr")
     assert code == 1 and "quiescing after a heavy stop" in err and "s remain" in err
     assert h.inv("service.start", "--service-id", "asr", "--no-quiesce")[0] == 0
+
+
+def test_ctrl_c_mid_switch_reports_state_and_rerun_converges(sim_host):
+    h = sim_host
+    doc = next((h.root / "presets").rglob("doc.yaml"))
+    doc.write_text(doc.read_text() + "sim: {load_s: 3}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from gpumod_tasks.program import main; sys.exit(main())",
+                          "mode.switch", "--name", "rag"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 20
+    run_dir = h.state / "supervisor" / "run"
+    while not (run_dir / "gpumod-doc.service.pid").exists():  # doc is starting (3 s load)
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, (p.returncode, err)
+    assert "interrupted at step 'start doc" in err and "now on the GPU host" in err
+    # the lock died with the process; the same switch converges
+    code, rep, err = switch_json(h, "--name", "rag", "--no-wait")
+    assert code == 0, err
+    d, st = status(h)
+    assert st["emb"] == st["doc"] == "running" and d["mode"] == "rag"
