@@ -41,6 +41,12 @@ class CommandResult:
         return self.exit_code == 0
 
 
+# Files through commands (for hosts whose files are not this machine's): read, and write atomically
+# (a temp file in the target directory, then a rename) with the content on stdin.
+READ_SCRIPT = 'if [ -e "$1" ]; then cat -- "$1"; else exit 44; fi'
+WRITE_SCRIPT = 'set -e; d=$(dirname "$1"); mkdir -p "$d"; t=$(mktemp "$d/.gpumod.XXXXXX"); cat > "$t"; chmod "$2" "$t"; mv -f "$t" "$1"'
+
+
 def shell_join(argv: Sequence[str]) -> str:
     """The single choke point where argv becomes shell text."""
     return " ".join(shlex.quote(str(a)) for a in argv)
@@ -119,6 +125,10 @@ class Host(ABC):
     def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
         """Write atomically (temp file + rename) when content differs; return whether it changed."""
 
+    def _read_by_command(self, path: str, *, sudo: bool = False) -> str | None:
+        r = Host.run(self, ["sh", "-c", READ_SCRIPT, "sh", self.expand(path)], sudo=sudo, ok=(0, 44))
+        return None if r.exit_code == 44 else r.stdout
+
     def remove_file(self, path: str, *, sudo: bool = False) -> bool:
         path = self.expand(path)
         r = self.run(["sh", "-c", 'if [ -e "$1" ]; then rm -f -- "$1" && echo removed; fi', "sh", path], sudo=sudo)
@@ -134,20 +144,22 @@ class Host(ABC):
 
     @property
     def http(self) -> httpx.Client:
+        """One pooled client per run, made on first use by ``_make_http_client``."""
         with self._http_lock:
             if self._http is None:
                 import httpx
 
-                # trust_env=False: a proxy from the environment must never see 127.0.0.1 traffic.
-                # verify=False: only plain HTTP to 127.0.0.1 (or a local SSH forward) goes through
-                # this client, and loading a CA bundle would cost ~20 ms per command for nothing.
-                self._http = httpx.Client(
-                    verify=False,
-                    timeout=httpx.Timeout(5.0, connect=2.0),
-                    trust_env=False,
-                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-                )
+                self._http = self._make_http_client(httpx.Timeout(5.0, connect=2.0),
+                                                    httpx.Limits(max_connections=64, max_keepalive_connections=32))
             return self._http
+
+    def _make_http_client(self, timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
+        import httpx
+
+        # trust_env=False: a proxy from the environment must never see 127.0.0.1 traffic.
+        # verify=False: only plain HTTP to 127.0.0.1 goes through this client, and loading a CA
+        # bundle would cost ~20 ms per command for nothing.
+        return httpx.Client(verify=False, timeout=timeout, trust_env=False, limits=limits)
 
     def close(self) -> None:
         if self._http is not None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import HostError
-from .base import CommandResult, Host
+from .base import WRITE_SCRIPT, CommandResult, Host
 
 
 class LocalHost(Host):
@@ -60,8 +60,7 @@ class LocalHost(Host):
         if self.read_file(str(p), sudo=sudo) == content:
             return False
         if sudo and not self.is_root:
-            script = 'set -e; d=$(dirname "$1"); mkdir -p "$d"; t=$(mktemp "$d/.gpumod.XXXXXX"); cat > "$t"; chmod "$2" "$t"; mv -f "$t" "$1"'
-            self.run(["sh", "-c", script, "sh", str(p), f"{mode:o}"], sudo=True, input=content)
+            self.run(["sh", "-c", WRITE_SCRIPT, "sh", str(p), f"{mode:o}"], sudo=True, input=content)
             return True
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".gpumod.")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 
 from ..errors import HostUnreachable
-from .base import CommandResult, Host
+from .base import WRITE_SCRIPT, CommandResult, Host
 from .local import LocalHost
 
 
@@ -39,15 +39,13 @@ class NsenterHost(LocalHost):
         return CommandResult(r.host, tuple(argv), r.exit_code, r.stdout, r.stderr)
 
     def read_file(self, path: str, *, sudo: bool = False) -> str | None:
-        r = Host.run(self, ["sh", "-c", 'if [ -e "$1" ]; then cat -- "$1"; else exit 3; fi', "sh", self.expand(path)], ok=(0, 3))
-        return r.stdout if r.exit_code == 0 else None
+        return self._read_by_command(path)
 
     def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
         p = self.expand(path)
         if self.read_file(p) == content:
             return False
-        script = 'set -e; d=$(dirname "$1"); mkdir -p "$d"; t=$(mktemp "$d/.gpumod.XXXXXX"); cat > "$t"; chmod "$2" "$t"; mv -f "$t" "$1"'
-        Host.run(self, ["sh", "-c", script, "sh", p, f"{mode:o}"], input=content)
+        Host.run(self, ["sh", "-c", WRITE_SCRIPT, "sh", p, f"{mode:o}"], input=content)
         return True
 
     def remove_file(self, path: str, *, sudo: bool = False) -> bool:

@@ -44,25 +44,23 @@ class SshHost(Host):
         # Unknown host keys are refused: never auto-add, never silently skip checking. Fabric does
         # not load known_hosts by itself, so load the files ssh_config names for this host
         # (UserKnownHostsFile), else the user's, and the system's.
-        import contextlib as _cl
         import os as _os
 
         user_files = str(self.conn.ssh_config.get("userknownhostsfile", "")).split()
         if user_files:
             for f in user_files:
-                with _cl.suppress(OSError):
+                with contextlib.suppress(OSError):
                     self.conn.client.load_host_keys(_os.path.expanduser(f))
         else:
-            with _cl.suppress(OSError):
+            with contextlib.suppress(OSError):
                 self.conn.client.load_system_host_keys()
-        with _cl.suppress(OSError):
+        with contextlib.suppress(OSError):
             if _os.path.exists("/etc/ssh/ssh_known_hosts"):
                 self.conn.client.load_host_keys("/etc/ssh/ssh_known_hosts")
         self.conn.client.set_missing_host_key_policy(RejectPolicy())
         self._pool: Any = None
         self._was_open = False
-        self._stack = contextlib.ExitStack()
-        self._fwd_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
         self._home: str | None = None
         self._root: bool | None = None
 
@@ -105,14 +103,14 @@ class SshHost(Host):
         words = list(argv)
         if env:
             words = ["env", *[f"{k}={v}" for k, v in env.items()], *words]
-        with self._fwd_lock:
+        with self._pool_lock:
             if self._pool is None:
                 self._pool = ShellPool(self._transport)
         line = shell_join(words)
         if input is not None:
-            words = ["sh", "-c", f"printf %s {shlex.quote(input)} | {line}"]
+            line = shell_join(["sh", "-c", f"printf %s {shlex.quote(input)} | {line}"])
         try:
-            rc, out, err = self._pool.run(words, timeout)
+            rc, out, err = self._pool.run(line, timeout)
         except TimeoutError:
             raise HostError(self.name, f"command timed out after {timeout}s: {line[:200]}") from None
         except (ShellDead, EOFError, OSError) as exc:
@@ -140,8 +138,7 @@ class SshHost(Host):
         return str(self._home)
 
     def read_file(self, path: str, *, sudo: bool = False) -> str | None:
-        r = self.run(["sh", "-c", 'if [ -e "$1" ]; then cat -- "$1"; else exit 44; fi', "sh", self.expand(path)], sudo=sudo, ok=(0, 44))
-        return None if r.exit_code == 44 else r.stdout
+        return self._read_by_command(path, sudo=sudo)
 
     def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
         # Content goes over SFTP next to the target (or to /tmp when sudo is needed), then one
@@ -178,23 +175,14 @@ class SshHost(Host):
         # the address as the box sees it: every connection is a direct-tcpip channel (ssh -L)
         return f"http://127.0.0.1:{port}"
 
-    @property
-    def http(self) -> Any:
-        with self._http_lock:
-            if self._http is None:
-                import httpx
+    def _make_http_client(self, timeout: Any, limits: Any) -> Any:
+        from .ssh_channels import http_client_over
 
-                from .ssh_channels import http_client_over
-
-                self._http = http_client_over(self._transport, httpx.Timeout(5.0, connect=2.0),
-                                              httpx.Limits(max_connections=64, max_keepalive_connections=32))
-            return self._http
+        return http_client_over(self._transport, timeout, limits)
 
     def close(self) -> None:
         super().close()
         if self._pool is not None:
             self._pool.close()
-        with contextlib.suppress(Exception):
-            self._stack.close()
         with contextlib.suppress(Exception):
             self.conn.close()

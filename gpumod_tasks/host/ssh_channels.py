@@ -16,12 +16,11 @@ that times out or a broken channel retires its shell; a lost connection raises.
 from __future__ import annotations
 
 import queue
-import shlex
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import httpcore
@@ -182,10 +181,11 @@ class ShellPool:
                 raise
         return self.idle.get()
 
-    def run(self, argv: Sequence[str], timeout: float | None) -> tuple[int, str, str]:
+    def run(self, command: str, timeout: float | None) -> tuple[int, str, str]:
+        """Run one shell command line (already quoted) on a free shell."""
         sh = self._take()
         try:
-            result = sh.run(" ".join(shlex.quote(a) for a in argv), timeout)
+            result = sh.run(command, timeout)
         except BaseException:
             sh.close()  # mid-command state unknown: retire it
             with self.lock:
