@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .catalog.model import Catalog, Preset
 
@@ -40,6 +41,12 @@ class FitResult:
     @property
     def over_by_mb(self) -> int:
         return max(0, self.total_mb - self.budget_mb)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total_mb": self.total_mb, "gpu_mb": self.gpu_mb, "reserve_mb": self.reserve_mb, "fits": self.fits,
+                "headroom_mb": self.headroom_mb, "over_by_mb": self.over_by_mb,
+                "alternatives": [{"kind": a.kind, "description": a.description, "total_mb": a.total_mb, "fits": a.fits}
+                                 for a in self.alternatives]}
 
     def headline(self) -> str:
         reserve = f", reserve {self.reserve_mb} MB" if self.reserve_mb else ""

@@ -80,7 +80,7 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
     @server.tool()
     def gpu_mode_verify(mode: str = "") -> dict[str, Any]:
         """Check that every service of a mode (default: the current one) is running and healthy."""
-        from .observe import SvcState, observe
+        from .observe import observe
 
         with target() as t:
             seen = observe(t)
@@ -89,7 +89,7 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
                 raise ToolError("no mode is recorded on the host; name one")
             known_mode(t.catalog, mode_id)
             m = t.catalog.modes[mode_id]
-            bad = {s: seen.services[s].state.value for s in m.service_ids if seen.services[s].state is not SvcState.RUNNING}
+            bad = seen.not_running(m.service_ids)
             return {"mode": mode_id, "ok": not bad, "problems": bad}
 
     @server.tool()
@@ -107,9 +107,7 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
         with target() as t:
             gpu_mb = t.spec.gpu_total_mb or t.gpu_total_hint
             r = simulate(cat, [cat.presets[i] for i in ids], gpu_mb, t.spec.reserve_mb)
-        return {"mode": mode, "services": ids, "total_mb": r.total_mb, "gpu_mb": r.gpu_mb, "reserve_mb": r.reserve_mb,
-                "fits": r.fits, "alternatives": [{"kind": a.kind, "description": a.description, "total_mb": a.total_mb,
-                                                  "fits": a.fits} for a in r.alternatives]}
+        return {"mode": mode, "services": ids, **r.as_dict()}
 
     @server.tool()
     def service_list() -> list[dict[str, Any]]:

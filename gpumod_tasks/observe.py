@@ -8,6 +8,7 @@ value the planner consumes; nothing here decides anything.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -63,6 +64,10 @@ class Observed:
     @property
     def gpu_total_mb(self) -> int:
         return (self.gpu.primary.total_mb or 0) if self.gpu and self.gpu.gpus else 0
+
+    def not_running(self, ids: Iterable[str]) -> dict[str, str]:
+        """Services of ``ids`` that are not running and healthy, with their state (mode.verify)."""
+        return {s: self.services[s].state.value for s in ids if self.services[s].state is not SvcState.RUNNING}
 
     @property
     def gpu_used_mb(self) -> int:

@@ -78,16 +78,9 @@ def rooted(t: Target, rel: str) -> str:
 
 
 def parse_sysctl_dropin(text: str, key: str = "vm.min_free_kbytes") -> int | None:
-    """Pure: the value of ``key`` in a sysctl.d file (last assignment wins), or None."""
-    val = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        k, sep, v = line.partition("=")
-        if sep and k.strip() == key and v.strip().isdigit():
-            val = int(v.strip())
-    return val
+    """Pure: the value of ``key`` in a sysctl.d file (the last assignment wins, as for sysctl), or None."""
+    value = parse_dropin(text).get(key, "")
+    return int(value) if value.isdigit() else None
 
 
 def oom_dropin_path(t: Target, unit: str) -> str:

@@ -280,6 +280,17 @@ def template_dirs(project_root: str) -> list[str]:
     return [str(Path(project_root) / "templates")]
 
 
+def jinja_env(project_root: str) -> Any:
+    """The unit templates' environment, with the systemd quoting filters."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(template_dirs(project_root)), undefined=StrictUndefined,
+                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters["systemd_command"] = systemd_command
+    env.filters["systemd_env"] = lambda kv: systemd_env(kv[0], kv[1])
+    return env
+
+
 def unit_for(catalog: Catalog, preset: Preset, host: HostSpec, facts: HostFacts, project_root: str) -> tuple[str, ExecSpec]:
     """Unit text and ExecSpec of the unit that serves ``preset`` (a shared router's lead renders it)."""
     peers = catalog.unit_peers(preset)
@@ -291,13 +302,8 @@ def unit_for(catalog: Catalog, preset: Preset, host: HostSpec, facts: HostFacts,
 def render_unit(preset: Preset, host: HostSpec, facts: HostFacts, project_root: str, spec: ExecSpec | None = None,
                 peers: tuple[Preset, ...] = ()) -> str:
     """The full systemd unit text for a preset on a host."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     spec = spec or exec_spec(preset, host, facts, peers)
-    env = Environment(loader=FileSystemLoader(template_dirs(project_root)), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters["systemd_command"] = systemd_command
-    env.filters["systemd_env"] = lambda kv: systemd_env(kv[0], kv[1])
+    env = jinja_env(project_root)
     name = preset.unit_template or f"systemd/{preset.driver.value}.service.j2"
     deps = [f"gpumod-{d}.service" for d in preset.depends_on]
     return env.get_template(name).render(
@@ -312,8 +318,6 @@ DAEMON_UNIT = "gpumod.service"
 
 def render_daemon_unit(host: HostSpec, facts: HostFacts, project_root: str, *, local: bool) -> str:
     """The router daemon's unit: ``python -m gpumod_tasks.program router.serve`` on the box."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     rd = host.router_daemon or {}
     python = sys.executable if local else str(host.vars.get("gpumod_python", "python3"))
     argv = (python, "-m", "gpumod_tasks.program", "router.serve", "--port", str(rd.get("port", 8787)),
@@ -329,11 +333,7 @@ def render_daemon_unit(host: HostSpec, facts: HostFacts, project_root: str, *, l
         env.append(("GPUMOD_INVENTORY", str(Path(inventory_path(project_root)).resolve())))
     if rd.get("api_key_file"):
         env.append(("GPUMOD_ROUTER_API_KEY_FILE", str(rd["api_key_file"])))
-    tpl = Environment(loader=FileSystemLoader(template_dirs(project_root)), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    tpl.filters["systemd_command"] = systemd_command
-    tpl.filters["systemd_env"] = lambda kv: systemd_env(kv[0], kv[1])
-    return tpl.get_template("systemd/gpumod.service.j2").render(host=host, argv=argv, env=env, user_scope=host.scope == "user")
+    return jinja_env(project_root).get_template("systemd/gpumod.service.j2").render(host=host, argv=argv, env=env, user_scope=host.scope == "user")
 
 
 def local_sim_facts(state_dir: str, gpu_total_mb: int) -> HostFacts:

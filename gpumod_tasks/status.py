@@ -8,7 +8,7 @@ from typing import Any
 
 from invoke import Context, Exit
 
-from .observe import Observed, SvcState, observe
+from .observe import Observed, observe
 from .runtime import for_each_host
 from .target import Target
 
@@ -85,7 +85,7 @@ def mode_status(c: Context, as_json: bool) -> None:
                 f"GPU used now: {seen.gpu_used_mb} / {seen.gpu_total_mb} MB")
         con.print(Panel(body, title="current mode", expand=False))
         con.print(status_table(t.catalog, seen))
-        bad = [s for s in ids if seen.services[s].state is not SvcState.RUNNING]
+        bad = list(seen.not_running(ids))
         if bad:
             con.print(f"[yellow]not running as the mode expects:[/yellow] {', '.join(bad)} (re-run mode.switch to converge)")
         return f"mode {rec.mode}"
@@ -101,7 +101,7 @@ def verify(c: Context, name: str | None, as_json: bool) -> None:
         if not mode_id:
             raise Exit("no mode recorded on this host; give --name", code=2)
         mode = t.catalog.mode(mode_id)
-        bad = {s: seen.services[s].state.value for s in mode.service_ids if seen.services[s].state is not SvcState.RUNNING}
+        bad = seen.not_running(mode.service_ids)
         if as_json:
             print(json.dumps({"mode": mode_id, "ok": not bad, "problems": bad}, indent=1))
         elif bad:

@@ -235,12 +235,12 @@ class Target:
                 return parse_nvidia_smi(rg.stdout + MARK + "\n" + ra.stdout, backend=SIM_BACKEND)
             r = rg if rg.exit_code else ra
         else:
-            r = self.host.run(["sh", "-c", nvidia_smi_script(self.shim_path)], ok=ok)
+            r = self.host.run(self.gpu_fact_argv(), ok=ok)
             if r.exit_code == 0:
                 return parse_nvidia_smi(r.stdout, backend=SIM_BACKEND)
         if "No such file" in r.stderr or r.exit_code in (126, 127, 9):
             self.ensure_sim()
-            r = self.host.run(["sh", "-c", nvidia_smi_script(self.shim_path)], ok=ok)
+            r = self.host.run(self.gpu_fact_argv(), ok=ok)
             if r.exit_code == 0:
                 return parse_nvidia_smi(r.stdout, backend=SIM_BACKEND)
         raise GpuProbeError(f"[{self.spec.name}] simulated nvidia-smi failed: {r.stderr.strip()}")

@@ -7,7 +7,6 @@ import os
 import sys
 
 import anyio
-import pytest
 
 from conftest import REPO
 

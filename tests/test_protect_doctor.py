@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO
 
 SYSCTL = REPO / "scripts" / "install-gpumod-sysctl.sh"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 
 from gpumod_tasks.catalog.model import DockerSpec, Driver, Preset, SleepMode

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -31,6 +30,15 @@ class Daemon:
 
     def chat(self, model: str, **kw) -> httpx.Response:
         return self.post("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]}, **kw)
+
+    def chats_at_once(self, model: str, n: int) -> list[httpx.Response]:
+        """``n`` chat requests for ``model`` sent concurrently."""
+        async def burst():
+            async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+                body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+                return await asyncio.gather(*[c.post(self.url + "/v1/chat/completions", json=body) for _ in range(n)])
+
+        return asyncio.run(burst())
 
     def states(self) -> dict[str, str]:
         return {m["id"]: m["state"] for m in self.get("/models").json()["models"]}
@@ -139,12 +147,7 @@ def test_requests_queue_during_a_switch_one_switch_for_all(sim_host, daemon_fact
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
     d = daemon_factory()
 
-    async def burst():
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-            body = {"model": "big", "messages": [{"role": "user", "content": "hi"}]}
-            return await asyncio.gather(*[c.post(d.url + "/v1/chat/completions", json=body) for _ in range(8)])
-
-    rs = asyncio.run(burst())
+    rs = d.chats_at_once("big", 8)
     assert [r.status_code for r in rs] == [200] * 8 and {r.json()["model"] for r in rs} == {"big"}
     m = d.get("/metrics").text
     assert 'gpumod_switch_seconds_count{mode="chat"} 1.0' in m  # one switch served all eight
@@ -183,12 +186,7 @@ def test_concurrency_limit_answers_429(sim_host, daemon_factory):
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
     d = daemon_factory(concurrency=2)
 
-    async def three():
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-            body = {"model": "doc", "messages": [{"role": "user", "content": "hi"}]}
-            return await asyncio.gather(*[c.post(d.url + "/v1/chat/completions", json=body) for _ in range(3)])
-
-    codes = sorted(r.status_code for r in asyncio.run(three()))
+    codes = sorted(r.status_code for r in d.chats_at_once("doc", 3))
     assert codes == [200, 200, 429]
 
 

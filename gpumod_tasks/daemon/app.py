@@ -20,6 +20,15 @@ from .metrics import Metrics
 FORWARDED = (b"content-type", b"accept", b"accept-encoding")
 HOP_BY_HOP_B = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"content-length",
                 b"proxy-authenticate", b"proxy-authorization"}
+# OpenAI's error envelope: {"error": {"message", "type", "code"}}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
+               429: "rate_limit_error", 502: "upstream_error", 503: "unavailable_error", 504: "upstream_timeout"}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "code": status}}
+
+
 INFER_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
@@ -37,9 +46,7 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
 
     def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
         headers = {"Retry-After": str(retry_after)} if retry_after else None
-        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
-                429: "rate_limit_error", 503: "unavailable_error"}.get(status, "server_error")
-        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status, headers=headers)
+        return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
     def authorized(request: Request) -> bool:
         if not api_key:
@@ -107,9 +114,7 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         return JSONResponse({"object": "list", "data": data})
 
     def error_bytes(status: int, message: str) -> bytes:
-        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
-                429: "rate_limit_error", 502: "upstream_error", 503: "unavailable_error", 504: "upstream_timeout"}.get(status, "server_error")
-        return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+        return json.dumps(error_body(status, message)).encode()
 
     async def send_json(send: Any, status: int, body: bytes, retry_after: int | None = None) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

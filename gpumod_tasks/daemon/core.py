@@ -381,8 +381,8 @@ class ModelManager:
             for ms in mode.services:
                 if not ms.sleep_on_idle or not self.ready(ms.id) or self.in_flight[ms.id] or ms.id in self.pending:
                     continue
-                idle = now - self.last_request.get(ms.id, now if ms.id not in self.last_request else 0)
-                self.last_request.setdefault(ms.id, now)
+                # a service never asked for since the daemon started counts from now
+                idle = now - self.last_request.setdefault(ms.id, now)
                 if idle < ms.sleep_on_idle or not self.cat.presets[ms.id].can_sleep:
                     continue
                 async with self.switch_lock:

@@ -92,10 +92,7 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=0, reserve_mb=-1, jso
     except Exception:  # noqa: BLE001 - history is advisory
         pass
     if json_:
-        print(json.dumps({"mode": name, "services": seen, "total_mb": result.total_mb, "gpu_mb": total, "reserve_mb": reserve,
-                          "fits": result.fits, "headroom_mb": result.headroom_mb, "over_by_mb": result.over_by_mb,
-                          "alternatives": [{"kind": a.kind, "description": a.description, "total_mb": a.total_mb, "fits": a.fits}
-                                           for a in result.alternatives]}, indent=1))
+        print(json.dumps({"mode": name, "services": seen, **result.as_dict()}, indent=1))
     else:
         fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip())
     if not result.fits:
