@@ -17,9 +17,28 @@ from gpumod_tasks.render import router_model_name
 pytestmark = pytest.mark.systemd
 
 
+def bundled_catalog_on_free_ports(home):
+    """A copy of the bundled catalog whose ports are free ones (the same preset files otherwise), so
+    that services already running on this machine, say the demo's, cannot collide with the test."""
+    import re
+    import shutil
+
+    from conftest import free_ports
+
+    for d in ("presets", "modes", "templates"):
+        shutil.copytree(REPO / d, home / d)
+    files = sorted((home / "presets").rglob("*.yaml"))
+    ports = sorted({int(re.search(r"^port: (\d+)$", f.read_text(), re.M).group(1)) for f in files})
+    remap = dict(zip(ports, free_ports(len(ports))))  # a shared router's presets keep one port
+    for f in files:
+        f.write_text(re.sub(r"^port: (\d+)$", lambda m: f"port: {remap[int(m.group(1))]}", f.read_text(), flags=re.M))
+    return load_catalog(home)
+
+
 @pytest.fixture
 def real_box(systemd_box, tmp_path, monkeypatch, llama_server_bin):
-    cat = load_catalog(REPO)
+    home = tmp_path / "catalog"
+    cat = bundled_catalog_on_free_ports(home)
     llama = [p for p in cat.presets.values() if p.driver.value == "llamacpp"]
     models = tmp_path / "models"
     for i, p in enumerate(llama):  # the bundled presets' file names, tiny weights
@@ -29,7 +48,7 @@ def real_box(systemd_box, tmp_path, monkeypatch, llama_server_bin):
         "vars": json.dumps({"llama_server_bin": str(llama_server_bin), "models_dir": str(models)}),
     })
     (tmp_path / "hosts.yaml").write_text(inv)
-    monkeypatch.setenv("GPUMOD_HOME", str(REPO))
+    monkeypatch.setenv("GPUMOD_HOME", str(home))
     monkeypatch.setenv("GPUMOD_INVENTORY", str(tmp_path / "hosts.yaml"))
     yield systemd_box, cat
 
@@ -41,7 +60,7 @@ def inv(*argv):
 ROUTER_MODELS = ("devstral-small-2-24b", "qwen2.5-coder-7b-instruct-q4_k_m")  # the `code` router's presets
 
 
-def router_view(port=7070):
+def router_view(port):
     """The router's own statuses of the `code` router's models (the directory holds gemma's file too)."""
     data = httpx.get(f"http://127.0.0.1:{port}/models", timeout=5, trust_env=False).json()["data"]
     return {m["id"]: m["status"]["value"] for m in data if m["id"] in ROUTER_MODELS}
@@ -52,7 +71,8 @@ def test_real_router_switch_between_modes_sharing_it(real_box, llama_server_bin)
     code, out, err = inv("template.install-all")
     assert code == 0, err
     unit = box.sd.run(["cat", "/run/systemd/system/gpumod-router-code.service"]).stdout
-    assert f"-- {llama_server_bin} --host 127.0.0.1 --port 7070 --models-dir" in unit
+    port = cat.presets["glm-code"].port
+    assert f"-- {llama_server_bin} --host 127.0.0.1 --port {port} --models-dir" in unit
     assert "--models-max 1 --no-models-autoload" in unit and 'Environment="GGML_CUDA_NO_PINNED=1"' in unit
 
     code, out, err = inv("mode.switch", "--name", "code", "--json")
@@ -60,7 +80,7 @@ def test_real_router_switch_between_modes_sharing_it(real_box, llama_server_bin)
     rep = json.loads(out)
     assert sorted(s["service"] for s in rep["summary"]["Started"]) == ["glm-code", "vllm-embedding-code"]
     # the real router's own view: the switch returned only once it said "loaded"
-    assert router_view() == {"devstral-small-2-24b": "loaded", "qwen2.5-coder-7b-instruct-q4_k_m": "unloaded"}
+    assert router_view(port) == {"devstral-small-2-24b": "loaded", "qwen2.5-coder-7b-instruct-q4_k_m": "unloaded"}
     main = box.sd.show("gpumod-router-code.service", "MainPID", "ActiveState")
     assert main["ActiveState"] == "active"
     code, out, err = inv("status", "--json")
@@ -76,7 +96,7 @@ def test_real_router_switch_between_modes_sharing_it(real_box, llama_server_bin)
           f"wake of qwen-coder {rep['summary']['Woken'][0]['seconds']:.3f} s")
     assert [s["service"] for s in rep["summary"]["Slept"]] == ["glm-code"]  # POST /models/unload
     assert [s["service"] for s in rep["summary"]["Woken"]] == ["qwen-coder"]  # POST /models/load, then "loaded"
-    assert router_view() == {"devstral-small-2-24b": "unloaded", "qwen2.5-coder-7b-instruct-q4_k_m": "loaded"}
+    assert router_view(port) == {"devstral-small-2-24b": "unloaded", "qwen2.5-coder-7b-instruct-q4_k_m": "loaded"}
     # the router process was not restarted: sleep and wake were model loads in the same unit
     assert box.sd.show("gpumod-router-code.service", "MainPID")["MainPID"] == main["MainPID"]
     code, out, err = inv("mode.status", "--json")
@@ -89,7 +109,7 @@ def test_real_router_switch_between_modes_sharing_it(real_box, llama_server_bin)
     code, out, err = inv("status", "--json")
     assert json.loads(out)["gpu"]["used_mb"] == 2500 + 7200 + 5000
     # a chat through the real router answers (nonsense text from random weights)
-    r = httpx.post("http://127.0.0.1:7070/v1/chat/completions", trust_env=False, timeout=30,
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", trust_env=False, timeout=30,
                    json={"model": "qwen2.5-coder-7b-instruct-q4_k_m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200 and r.json()["choices"]
 
@@ -102,7 +122,7 @@ def test_single_model_real_unit_accepts_every_rendered_flag(real_box):
     for flag in ("--ctx-size 65536", "--n-gpu-layers 999", "--parallel 4", "--alias gemma-agent"):
         assert flag in unit
     assert box.sd.show("gpumod-gemma-agent.service", "ActiveState")["ActiveState"] == "active"
-    r = httpx.get("http://127.0.0.1:7080/health", trust_env=False, timeout=5)
+    r = httpx.get(f"http://127.0.0.1:{cat.presets['gemma-agent'].port}/health", trust_env=False, timeout=5)
     assert r.status_code == 200
     code, out, err = inv("status", "--json")
     st = json.loads(out)
