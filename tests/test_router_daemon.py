@@ -307,3 +307,22 @@ def test_alternating_models_are_grouped_one_switch_each(sim_host, daemon_factory
     assert max(done["big"]) < min(done["router"])  # both big requests before either router one
     m = d.get("/metrics").text
     assert 'gpumod_switch_seconds_count{mode="chat"} 1.0' in m and 'gpumod_switch_seconds_count{mode="code"} 1.0' in m
+
+
+def test_a_client_leaving_mid_stream_frees_the_model_at_once(sim_host, daemon_factory):
+    set_sim(sim_host, "doc", stream_delay_s=0.3)
+    assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
+    d = daemon_factory()
+    words = " ".join(f"w{i}" for i in range(30))  # ~9 s of answer
+    body = {"model": "doc", "stream": True, "messages": [{"role": "user", "content": words}]}
+    with httpx.stream("POST", d.url + "/v1/chat/completions", json=body, timeout=30, trust_env=False) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        in_flight = {m["id"]: m["in_flight"] for m in d.get("/models").json()["models"]}
+        assert in_flight["doc"] == 1
+    t0 = time.monotonic()  # the client hung up after one chunk
+    while {m["id"]: m["in_flight"] for m in d.get("/models").json()["models"]}["doc"] != 0:
+        assert time.monotonic() - t0 < 2, "the abandoned stream still holds the model"
+        time.sleep(0.05)
+    # and the model still answers (the pool did not keep the cut connection)
+    assert d.chat("doc").status_code == 200

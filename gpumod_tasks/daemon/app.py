@@ -16,6 +16,7 @@ from typing import Any
 
 from .core import ModelManager, RouteError
 from .metrics import Metrics
+from .upstream import Pool, UpstreamError, UpstreamTimeout
 
 FORWARDED = (b"content-type", b"accept", b"accept-encoding")
 HOP_BY_HOP_B = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"content-length",
@@ -33,15 +34,13 @@ INFER_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
 def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None = None) -> Any:
-    import aiohttp
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    # The upstream hop uses aiohttp's client: on this hot path it costs ~0.4 ms against ~0.9 ms for
-    # httpx's async client (measured to a stand-in; scripts/bench_router.py). Bodies pass through as
-    # bytes (no decompression); every other HTTP in gpumod is httpx.
+    # The upstream hop is daemon/upstream.py's pool (why: see that module); every other HTTP in
+    # gpumod is httpx.
     state: dict[str, Any] = {}
 
     def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
@@ -123,6 +122,10 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    async def client_gone(receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
     async def infer(scope: Any, receive: Any, send: Any) -> None:
         """The hot path, as plain ASGI: every OpenAI request goes through here, so it skips the
         framework's request/response objects (measured: scripts/bench_router.py)."""
@@ -154,49 +157,58 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
             await send_json(send, exc.status, error_bytes(exc.status, str(exc)), exc.retry_after)
             return
         p = manager.cat.presets[sid]
-        url = f"http://127.0.0.1:{p.port}{scope['path']}"
+        target = scope["raw_path"] or scope["path"].encode()
         if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in hdrs if k in FORWARDED}
+            target += b"?" + scope["query_string"]
+        headers = [(k, v) for k, v in hdrs if k in FORWARDED]
         streaming = bool(body.get("stream"))
         try:
             try:
-                resp = await state["upstream"].post(url, data=raw, headers=headers)
-                if not streaming:  # the common case: one buffered answer
-                    content = await resp.read()
-                    resp.release()
-            except asyncio.TimeoutError as exc:
+                if streaming:
+                    resp = await state["upstream"].post(p.port, target, headers, raw, stream=True)
+                    status, rheaders = resp.status, resp.headers
+                else:  # the common case: one buffered answer
+                    status, rheaders, content = await state["upstream"].post(p.port, target, headers, raw)
+            except UpstreamTimeout as exc:
                 metrics.request(str(model), 504)
                 metrics.error(str(model), "upstream-timeout")
                 await send_json(send, 504, error_bytes(504, f"{sid} on port {p.port} did not answer in time: {exc}"))
                 return
-            except (aiohttp.ClientError, OSError) as exc:
+            except UpstreamError as exc:
                 metrics.request(str(model), 502)
                 metrics.error(str(model), "upstream")
-                await send_json(send, 502, error_bytes(502, f"{sid} on port {p.port} failed: {type(exc).__name__}: {exc}"))
+                await send_json(send, 502, error_bytes(502, f"{sid} on port {p.port} failed: {exc}"))
                 return
-            metrics.request(str(model), resp.status)
-            out = [(k, v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP_B]
+            metrics.request(str(model), status)
+            out = [(k, v) for k, v in rheaders if k.lower() not in HOP_BY_HOP_B]
             if not streaming:
                 out.append((b"content-length", str(len(content)).encode()))
-                await send({"type": "http.response.start", "status": resp.status, "headers": out})
+                await send({"type": "http.response.start", "status": status, "headers": out})
                 await send({"type": "http.response.body", "body": content})
                 return
+            # a client that leaves mid-stream (a chat's Stop button) closes the upstream connection,
+            # which ends the generation there (vLLM and llama.cpp abort on disconnect) and frees the
+            # model's in-flight slot at once instead of when the answer would have ended
+            gone = asyncio.ensure_future(client_gone(receive))
+            gone.add_done_callback(lambda _: resp.release())
             try:
-                await send({"type": "http.response.start", "status": resp.status, "headers": out})
-                async for chunk in resp.content.iter_any():  # each chunk as it arrives: SSE is never buffered
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                async for chunk in resp.chunks():  # each chunk as it arrives: SSE is never buffered
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
+            except UpstreamError:
+                if not gone.done() or gone.cancelled():
+                    raise
+                metrics.error(str(model), "client-gone")
             finally:
+                gone.cancel()
                 resp.release()
         finally:
             await manager.release(sid)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
-        state["upstream"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30), auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600), skip_auto_headers=("User-Agent",))
+        state["upstream"] = Pool(connect_timeout=5, read_timeout=600)
         await manager.start()
         loop = asyncio.get_running_loop()
         try:  # `systemctl reload`-style: SIGHUP re-reads the catalog like POST /reload
