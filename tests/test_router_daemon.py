@@ -100,6 +100,8 @@ def test_routes_by_model_wakes_in_mode_and_switches_modes(sim_host, daemon_facto
     assert d.get("/health").json()["status"] == "ok"
     r = d.chat("doc")
     assert r.status_code == 200 and r.json()["model"] == "doc"
+    # one Date and one Server header: the router's, not the service's as well
+    assert len(r.headers.get_list("date")) == 1 and r.headers.get_list("server") == ["uvicorn"]
     listed = {m["id"]: m for m in d.get("/v1/models").json()["data"]}
     assert listed["big"]["state"] == "stopped" and listed["doc"]["ready"] is True
     # "big" is in no current service: the daemon switches to the one mode that has it

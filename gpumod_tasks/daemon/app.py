@@ -19,8 +19,10 @@ from .metrics import Metrics
 from .upstream import Pool, UpstreamError, UpstreamTimeout
 
 FORWARDED = (b"content-type", b"accept", b"accept-encoding")
-HOP_BY_HOP_B = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"content-length",
-                b"proxy-authenticate", b"proxy-authorization"}
+# not passed back from a service: hop-by-hop headers and framing (uvicorn frames the answer anew),
+# and Date / Server, which uvicorn writes itself (a second Date header is a protocol error)
+NOT_PASSED_BACK = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"content-length",
+                   b"proxy-authenticate", b"proxy-authorization", b"date", b"server"}
 # OpenAI's error envelope: {"error": {"message", "type", "code"}}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
                429: "rate_limit_error", 502: "upstream_error", 503: "unavailable_error", 504: "upstream_timeout"}
@@ -180,7 +182,7 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
                 await send_json(send, 502, error_bytes(502, f"{sid} on port {p.port} failed: {exc}"))
                 return
             metrics.request(str(model), status)
-            out = [(k, v) for k, v in rheaders if k.lower() not in HOP_BY_HOP_B]
+            out = [(k, v) for k, v in rheaders if k.lower() not in NOT_PASSED_BACK]
             if not streaming:
                 out.append((b"content-length", str(len(content)).encode()))
                 await send({"type": "http.response.start", "status": status, "headers": out})
