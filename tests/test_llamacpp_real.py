@@ -131,3 +131,34 @@ def test_single_model_real_unit_accepts_every_rendered_flag(real_box):
     code, out, err = inv("service.stop", "--service-id", "gemma-agent")
     assert code == 0, err
     assert box.sd.show("gpumod-gemma-agent.service", "ActiveState")["ActiveState"] == "inactive"
+
+
+def test_router_daemon_in_front_of_the_real_llama_server(real_box):
+    """The daemon's upstream pool against llama.cpp's own HTTP server (keep-alive, chunked SSE),
+    and a request by the router's own model name that needs a mode switch."""
+    from routerd import start_daemon
+
+    box, cat = real_box
+    assert inv("template.install-all")[0] == 0
+    code, out, err = inv("mode.switch", "--name", "code")
+    assert code == 0, err
+    d = start_daemon("box", reconcile_s=60)
+    try:
+        body = {"model": "glm-code", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(12):  # sequential, on kept-alive connections
+            r = d.post("/v1/chat/completions", body)
+            assert r.status_code == 200 and r.json()["choices"], r.text
+        body = {**body, "stream": True, "max_tokens": 4}
+        with httpx.stream("POST", d.url + "/v1/chat/completions", json=body, timeout=60, trust_env=False) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in r.iter_lines() if line.startswith("data:")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 3, events
+        # qwen-coder, asked by the name the router gives it, is in code-lite only: one switch, then served
+        r = d.post("/v1/chat/completions", {"model": "qwen2.5-coder-7b-instruct-q4_k_m", "max_tokens": 2,
+                                            "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["choices"], r.text
+        assert d.get("/models").json()["mode"] == "code-lite"
+        assert router_view(cat.presets["glm-code"].port) == {"devstral-small-2-24b": "unloaded",
+                                                              "qwen2.5-coder-7b-instruct-q4_k_m": "loaded"}
+    finally:
+        d.stop()

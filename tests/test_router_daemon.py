@@ -7,70 +7,11 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from conftest import free_ports
-
-
-@dataclass
-class Daemon:
-    url: str
-    server: object
-    thread: threading.Thread
-    manager: object
-
-    def get(self, path: str, **kw) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30, trust_env=False, **kw)
-
-    def post(self, path: str, body: dict, **kw) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=60, trust_env=False, **kw)
-
-    def chat(self, model: str, **kw) -> httpx.Response:
-        return self.post("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]}, **kw)
-
-    def chats_at_once(self, model: str, n: int) -> list[httpx.Response]:
-        """``n`` chat requests for ``model`` sent concurrently."""
-        async def burst():
-            async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-                body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-                return await asyncio.gather(*[c.post(self.url + "/v1/chat/completions", json=body) for _ in range(n)])
-
-        return asyncio.run(burst())
-
-    def states(self) -> dict[str, str]:
-        return {m["id"]: m["state"] for m in self.get("/models").json()["models"]}
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
-def start_daemon(sim_host, **opts) -> Daemon:
-    import uvicorn
-    from invoke import Context
-
-    from gpumod_tasks.daemon.app import create_app
-    from gpumod_tasks.daemon.core import ModelManager, Options
-    from gpumod_tasks.daemon.metrics import Metrics
-    from gpumod_tasks.runtime import catalog, inventory, open_target
-
-    api_key = opts.pop("api_key", None)
-    spec = inventory().resolve(None)[0]
-    metrics = Metrics()
-    mgr = ModelManager(lambda: open_target(Context(), spec), catalog, Options(**opts), metrics)
-    app = create_app(mgr, metrics, api_key=api_key)
-    port = free_ports(1)[0]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert th.is_alive() and time.monotonic() < deadline, "daemon did not start"
-        time.sleep(0.02)
-    return Daemon(f"http://127.0.0.1:{port}", server, th, mgr)
+from routerd import Daemon, start_daemon
 
 
 @pytest.fixture
@@ -78,7 +19,7 @@ def daemon_factory(sim_host):
     made: list[Daemon] = []
 
     def make(**opts) -> Daemon:
-        d = start_daemon(sim_host, **opts)
+        d = start_daemon(**opts)
         made.append(d)
         return d
 
@@ -328,3 +269,21 @@ def test_a_client_leaving_mid_stream_frees_the_model_at_once(sim_host, daemon_fa
         time.sleep(0.05)
     # and the model still answers (the pool did not keep the cut connection)
     assert d.chat("doc").status_code == 200
+
+
+def test_a_model_asked_by_any_of_its_names_reaches_the_service_under_its_own(sim_host, daemon_factory):
+    # a router preset whose router calls it by its file's name, a vLLM one with its own served name
+    rp = next((sim_host.root / "presets").rglob("router.yaml"))
+    rp.write_text(rp.read_text() + "model_path: /models/gguf/coder-7b-q4.gguf\n")
+    dp = next((sim_host.root / "presets").rglob("doc.yaml"))
+    dp.write_text(dp.read_text() + "unit_vars: {served_model_name: doc-embed}\n")
+    assert sim_host.inv("mode.switch", "--name", "code")[0] == 0
+    d = daemon_factory()
+    listed = {m["service"]: m["id"] for m in d.get("/v1/models").json()["data"]}
+    assert listed["router"] == "router" and listed["doc"] == "doc-embed"
+    for name in ("router", "coder-7b-q4"):  # the stand-in router, like llama.cpp's, knows only its own name
+        r = d.chat(name)
+        assert r.status_code == 200 and r.json()["model"] == "coder-7b-q4", r.text
+    for name in ("doc", "doc-embed"):
+        r = d.chat(name)
+        assert r.status_code == 200 and r.json()["model"] == "doc-embed", r.text

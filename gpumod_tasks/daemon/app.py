@@ -159,6 +159,9 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
             await send_json(send, exc.status, error_bytes(exc.status, str(exc)), exc.retry_after)
             return
         p = manager.cat.presets[sid]
+        if model != manager.upstream_names[sid]:  # asked by id or served name: the service knows its own name only
+            body["model"] = manager.upstream_names[sid]
+            raw = json.dumps(body).encode()
         target = scope["raw_path"] or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]

@@ -24,10 +24,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalog.model import Catalog
+from ..catalog.model import Catalog, Driver, Preset, SleepMode
 from ..errors import GpumodError, PlanRefused
 from ..observe import Observed, SvcState, observe
 from ..plan import Plan, Sleep, Stop
+from ..render import router_model_name
 
 
 class RouteError(Exception):
@@ -57,11 +58,21 @@ class Waiter:
     error: str = ""
 
 
+def upstream_name(p: Preset) -> str:
+    """What the service itself calls its model: a llama.cpp router its models-dir entry, others the
+    served name (vLLM's --served-model-name, llama-server's --alias)."""
+    if p.driver is Driver.LLAMACPP and p.sleep_mode is SleepMode.ROUTER:
+        return router_model_name(p)
+    return p.served_model
+
+
 def model_map(cat: Catalog) -> dict[str, str]:
-    """Request ``model`` -> service id: the served model name, and the id itself."""
+    """Request ``model`` -> service id: the served model name, the id itself, and the service's own
+    name for it (a request under another of these names is forwarded under the service's own)."""
     out: dict[str, str] = {}
     for p in cat.presets.values():
         out.setdefault(p.id, p.id)
+        out.setdefault(upstream_name(p), p.id)
         out[p.served_model] = p.id
     return out
 
@@ -75,6 +86,7 @@ class ModelManager:
         self.metrics = metrics
         self.cat = load_catalog()
         self.models = model_map(self.cat)
+        self.upstream_names = {sid: upstream_name(p) for sid, p in self.cat.presets.items()}
         self.seen: Observed | None = None
         self.mode: str | None = None
         self.errors: dict[str, str] = {}
@@ -404,6 +416,7 @@ class ModelManager:
             old_units = {p.id: p.unit for p in self.cat.presets.values()}
             t.catalog = cat
             self.cat, self.models = cat, model_map(cat)
+            self.upstream_names = {sid: upstream_name(p) for sid, p in cat.presets.items()}
             rep = await asyncio.to_thread(install_all, t)
             changed_units = set(rep.changed)
             seen = await self.refresh()
