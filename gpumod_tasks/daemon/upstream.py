@@ -272,12 +272,12 @@ class Pool:
         ``stream=True``: a :class:`Response` once the headers are in; the caller must
         :meth:`Response.release` it. Raises :class:`UpstreamError` / :class:`UpstreamTimeout`.
         """
-        head = b"".join([b"POST ", target, b" HTTP/1.1\r\nhost: 127.0.0.1:", str(port).encode(),
+        head = b"".join([b"POST ", target, b" HTTP/1.1\r\nhost: ", f"{self.host}:{port}".encode(),
                          b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n",
                          *[b"%s: %s\r\n" % kv for kv in headers], b"\r\n"])
         data = head + body
         for attempt in (0, 1):
-            conn = self._idle_conn(port)
+            conn = self._idle_conn(port) if attempt == 0 else None  # a retry takes a new connection
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(port)
@@ -285,11 +285,9 @@ class Pool:
             first, done = conn.send(data, stream=stream, reused=reused)
             try:
                 got = await first
-            except _Stale:
+            except _Stale:  # only ever a reused connection
                 self._release(conn)
-                if attempt == 0:
-                    continue
-                raise UpstreamError(f"port {port} closed the connection twice before answering") from None
+                continue
             except BaseException:  # an error, or our caller was cancelled: the connection is spent
                 conn.error = conn.error or UpstreamError("abandoned")
                 self._release(conn)
