@@ -287,3 +287,10 @@ def test_a_model_asked_by_any_of_its_names_reaches_the_service_under_its_own(sim
     for name in ("doc", "doc-embed"):
         r = d.chat(name)
         assert r.status_code == 200 and r.json()["model"] == "doc-embed", r.text
+    for name in ("nosuch-1", "nosuch-2"):
+        assert d.chat(name).status_code == 404
+    # metrics count by service, whatever name was asked; unknown names share one label
+    m = d.get("/metrics").text
+    assert 'gpumod_requests_total{code="200",model="router"} 2.0' in m
+    assert 'gpumod_requests_total{code="200",model="doc"} 2.0' in m
+    assert 'gpumod_requests_total{code="404",model="-"} 2.0' in m and "nosuch" not in m

@@ -144,18 +144,20 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
             if not msg.get("more_body"):
                 break
         raw = b"".join(chunks)
-        model: Any = None
+        # metrics count by service id, and "-" for a request naming no known model: labels from
+        # what clients type would grow without bound in a long-lived daemon
+        label = "-"
         try:
             try:
                 body = json.loads(raw)
             except ValueError:
                 raise RouteError(400, "the request body is not JSON") from None
             model = body.get("model") if isinstance(body, dict) else None
-            sid = manager.resolve(model)
+            sid = label = manager.resolve(model)
             await manager.acquire(sid)
         except RouteError as exc:
-            metrics.request(str(model), exc.status)
-            metrics.error(str(model), str(exc.status))
+            metrics.request(label, exc.status)
+            metrics.error(label, str(exc.status))
             await send_json(send, exc.status, error_bytes(exc.status, str(exc)), exc.retry_after)
             return
         p = manager.cat.presets[sid]
@@ -175,16 +177,16 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
                 else:  # the common case: one buffered answer
                     status, rheaders, content = await state["upstream"].post(p.port, target, headers, raw)
             except UpstreamTimeout as exc:
-                metrics.request(str(model), 504)
-                metrics.error(str(model), "upstream-timeout")
+                metrics.request(label, 504)
+                metrics.error(label, "upstream-timeout")
                 await send_json(send, 504, error_bytes(504, f"{sid} on port {p.port} did not answer in time: {exc}"))
                 return
             except UpstreamError as exc:
-                metrics.request(str(model), 502)
-                metrics.error(str(model), "upstream")
+                metrics.request(label, 502)
+                metrics.error(label, "upstream")
                 await send_json(send, 502, error_bytes(502, f"{sid} on port {p.port} failed: {exc}"))
                 return
-            metrics.request(str(model), status)
+            metrics.request(label, status)
             out = [(k, v) for k, v in rheaders if k.lower() not in NOT_PASSED_BACK]
             if not streaming:
                 out.append((b"content-length", str(len(content)).encode()))
@@ -204,7 +206,7 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
             except UpstreamError:
                 if not gone.done() or gone.cancelled():
                     raise
-                metrics.error(str(model), "client-gone")
+                metrics.error(label, "client-gone")
             finally:
                 gone.cancel()
                 resp.release()

@@ -13,8 +13,8 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("gpumod_requests_total", "Requests routed, by model and HTTP status", ["model", "code"], registry=r)
-        self.errors = Counter("gpumod_request_errors_total", "Requests answered with an error, by model and reason",
+        self.requests = Counter("gpumod_requests_total", "Requests routed, by service id ('-': no known model named) and HTTP status", ["model", "code"], registry=r)
+        self.errors = Counter("gpumod_request_errors_total", "Requests answered with an error, by service id ('-': no known model named) and reason",
                               ["model", "reason"], registry=r)
         self.queue_depth = Gauge("gpumod_queue_depth", "Requests waiting for their model to become ready", ["model"], registry=r)
         self.in_flight = Gauge("gpumod_in_flight", "Requests being served, by model", ["model"], registry=r)
