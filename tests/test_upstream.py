@@ -174,10 +174,8 @@ def test_close_delimited_and_chunked_answers_are_read_whole():
 
 
 def test_streamed_chunks_arrive_as_sent_and_an_abandoned_stream_is_not_pooled():
-    gate = asyncio.Event
-
     async def main():
-        release = gate()
+        release = asyncio.Event()
 
         async def handler(r, w, n):
             while True:

@@ -84,9 +84,7 @@ class ModelManager:
         self.load_catalog = load_catalog
         self.opts = opts or Options()
         self.metrics = metrics
-        self.cat = load_catalog()
-        self.models = model_map(self.cat)
-        self.upstream_names = {sid: upstream_name(p) for sid, p in self.cat.presets.items()}
+        self._use_catalog(load_catalog())
         self.seen: Observed | None = None
         self.mode: str | None = None
         self.errors: dict[str, str] = {}
@@ -405,6 +403,11 @@ class ModelManager:
                     await self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------
+    def _use_catalog(self, cat: Catalog) -> None:
+        """The catalog, and what routing derives from it: request names -> service, service -> its own name."""
+        self.cat, self.models = cat, model_map(cat)
+        self.upstream_names = {sid: upstream_name(p) for sid, p in cat.presets.items()}
+
     async def reload(self) -> dict[str, Any]:
         """Re-read the catalog; re-render units and restart only running services whose unit changed."""
         from ..services import service_action
@@ -415,8 +418,7 @@ class ModelManager:
             t = self.target()
             old_units = {p.id: p.unit for p in self.cat.presets.values()}
             t.catalog = cat
-            self.cat, self.models = cat, model_map(cat)
-            self.upstream_names = {sid: upstream_name(p) for sid, p in cat.presets.items()}
+            self._use_catalog(cat)
             rep = await asyncio.to_thread(install_all, t)
             changed_units = set(rep.changed)
             seen = await self.refresh()

@@ -57,11 +57,13 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.active = False  # in an exchange (between send and release)
         self.reused = False
-        self._begin(None, None, stream=False)
+        self._begin(None, stream=False)
 
     # -- one exchange -------------------------------------------------------------------------
-    def _begin(self, head: asyncio.Future | None, done: asyncio.Future | None, *, stream: bool) -> None:
-        self.head, self.done, self.stream = head, done, stream
+    def _begin(self, head: asyncio.Future | None, *, stream: bool) -> None:
+        # head resolves with the status once the headers are in (streamed), or with
+        # (status, headers, body) once the whole answer is (buffered)
+        self.head, self.stream = head, stream
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -75,14 +77,13 @@ class _Connection(asyncio.Protocol):
         self.last_rx = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
 
-    def send(self, data: bytes, *, stream: bool, reused: bool) -> tuple[asyncio.Future, asyncio.Future | None]:
+    def send(self, data: bytes, *, stream: bool, reused: bool) -> asyncio.Future:
         head = self.loop.create_future()
-        done = None if stream else head  # a buffered exchange resolves once, with the whole answer
-        self._begin(head, done, stream=stream)
+        self._begin(head, stream=stream)
         self.reused, self.active = reused, True
         self.timer = self.loop.call_later(self.pool.read_timeout, self._check_timeout)
         self.transport.write(data)
-        return head, done
+        return head
 
     def _check_timeout(self) -> None:
         if self.complete or self.closed:
@@ -162,8 +163,8 @@ class _Connection(asyncio.Protocol):
         self.keep = self.parser.should_keep_alive()  # read now: the parser forgets it for the next message
         if self.timer:
             self.timer.cancel()
-        if not self.stream and not self.done.done():
-            self.done.set_result((self.parser.get_status_code(), self.headers, b"".join(self.chunks)))
+        if not self.stream and not self.head.done():
+            self.head.set_result((self.parser.get_status_code(), self.headers, b"".join(self.chunks)))
             self.pool._release(self)
         else:
             self._wake()
@@ -282,7 +283,7 @@ class Pool:
             if conn is None:
                 conn = await self._connect(port)
             self.busy.add(conn)
-            first, done = conn.send(data, stream=stream, reused=reused)
+            first = conn.send(data, stream=stream, reused=reused)
             try:
                 got = await first
             except _Stale:  # only ever a reused connection
@@ -292,9 +293,7 @@ class Pool:
                 conn.error = conn.error or UpstreamError("abandoned")
                 self._release(conn)
                 raise
-            if done is not None:
-                return got
-            return Response(conn, got)
+            return Response(conn, got) if stream else got
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
