@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,21 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import free_ports
+
 REPO = Path(__file__).resolve().parent.parent
 LOAD_S, WAKE_L1_S, LAG_S = 0.5, 0.3, 1.0
 ROUTER_REAP_S = 0.05  # the router stand-in reaps an unloaded child 50 ms after /models/unload, then the lag starts
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def setup(root: Path) -> None:

@@ -30,15 +30,7 @@ from gpumod_tasks.llamacpp.build import build_llama_server  # noqa: E402
 from gpumod_tasks.llamacpp.gguf_tiny import write_models_dir  # noqa: E402
 from gpumod_tasks.sim.ledger import Ledger  # noqa: E402
 
-
-def free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import free_ports  # noqa: E402
 
 
 def measure(host: LocalHost, port: int, runs: int) -> list[float]:
@@ -69,7 +61,7 @@ def main() -> None:
         Ledger.create(Path(tmp) / "sim" / "gpu0.json", name="sim", total_mb=24564, release_lag_s=0.05)
         results = {}
         for kind in ("real", "stand-in (load_s 0.3)"):
-            port = free_port()
+            port = free_ports(1)[0]
             flags = ["--host", "127.0.0.1", "--port", str(port), "--models-dir", str(models), "--models-max", "1", "--no-models-autoload"]
             prog = [str(binary)] if kind == "real" else [sys.executable, "-m", "gpumod_tasks.sim.server", "--flavor", "llamacpp",
                                                            "--sim-dir", f"{tmp}/sim", "--load-s", "0.3"]

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,9 @@ from pathlib import Path
 
 import httpx
 
+from benchlib import free_ports
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def latencies(url: str, n: int, model: str) -> list[float]:
@@ -122,7 +115,8 @@ def main() -> None:
     (home / "modes").mkdir()
     (home / "inventory").mkdir()
     shutil.copytree(REPO / "templates", home / "templates")
-    ports = {s: free_port() for s in SERVICE_TIMES}
+    free = free_ports(2 * len(SERVICE_TIMES) + 1)
+    ports = {s: free.pop() for s in SERVICE_TIMES}
     names = {s: f"m{int(s * 1000)}ms" for s in SERVICE_TIMES}
     for s, port in ports.items():
         (home / "presets" / "b" / f"{names[s]}.yaml").write_text(
@@ -134,13 +128,13 @@ def main() -> None:
     env = {**os.environ, "GPUMOD_HOME": str(home), "GPUMOD_STATE_DIR": str(tmp / "state")}
     inv = str(REPO / ".venv" / "bin" / "inv")
     subprocess.run([inv, "mode.switch", "--name", "one"], env=env, check=True, capture_output=True)
-    rport = free_port()
+    rport = free.pop()
     router = subprocess.Popen([inv, "router.serve", "--port", str(rport)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     nginx = None
     nports: dict[float, int] = {}
     if not a.no_nginx and shutil.which("nginx"):
-        nports = {s: free_port() for s in SERVICE_TIMES}
+        nports = {s: free.pop() for s in SERVICE_TIMES}
         conf = nginx_conf(tmp, {nports[s]: ports[s] for s in SERVICE_TIMES})
         nginx = subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(conf)], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
