@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+# Test hosts use 10.213.(NET_BASE+i).0/24; separate checkouts testing side by side set
+# GPUMOD_TEST_NET_BASE apart (0, 10, 20, ...) so their namespaces and addresses never collide.
+NET_BASE = int(os.environ.get("GPUMOD_TEST_NET_BASE", "0"))
+
+
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):
@@ -262,7 +267,7 @@ def ssh_lab(sim_host: SimHost, tmp_path: Path, request: pytest.FixtureRequest) -
     boxes = []
     try:
         for i in range(1, n + 1):
-            boxes.append(SshBox(tmp_path / f"box{i}", i).up(key, known))
+            boxes.append(SshBox(tmp_path / f"box{i}", NET_BASE + i).up(key, known))
         cfg = tmp_path / "ssh_config"
         cfg.write_text(f"Host 10.213.*\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {known}\n")
         (sim_host.root / "inventory" / "hosts.yaml").write_text(ssh_inventory(boxes, tmp_path))

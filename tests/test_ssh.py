@@ -86,8 +86,8 @@ def test_unknown_host_key_is_refused_with_the_command_to_trust_it(ssh_lab):
     lab.known_hosts.write_text("")
     code, out, err = lab.inv("-H", "box1", "mode.status")
     assert code != 0
-    assert "host key of 10.213.1.2 is not known; refusing to connect" in err + out
-    assert f"ssh-keyscan 10.213.1.2 >> {lab.known_hosts}" in err + out
+    assert f"host key of {lab.boxes[0].addr} is not known; refusing to connect" in err + out
+    assert f"ssh-keyscan {lab.boxes[0].addr} >> {lab.known_hosts}" in err + out
 
 
 def test_connection_lost_mid_switch_names_host_and_step_and_rerun_converges(ssh_lab, tmp_path):
@@ -116,7 +116,7 @@ def test_connection_lost_mid_switch_names_host_and_step_and_rerun_converges(ssh_
     out, err = p.communicate(timeout=30)
     assert p.returncode != 0
     assert "switch to code on box1 failed at step 'start router" in err, err
-    assert "the SSH connection to 10.213.1.2 was lost" in err and "Re-run the same switch" in err, err
+    assert f"the SSH connection to {lab.boxes[0].addr} was lost" in err and "Re-run the same switch" in err, err
     # the host lock died with the session: re-running the switch converges
     code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "code", "--no-wait", "--json")
     assert code == 0, err
@@ -136,7 +136,7 @@ def test_non_root_user_with_system_scope_uses_sudo(ssh_lab, tmp_path):
     inv.write_text(text)
     code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "rag")
     assert code == 0, err + out + box.sd.run(["journalctl", "-u", "gpumod-test-sshd", "--no-pager"], check=False).stdout[-1500:]
-    assert "host box1 (gpu@10.213.1.2)" in out
+    assert f"host box1 (gpu@{lab.boxes[0].addr})" in out
     # units were written to the system unit dir and started through `sudo -n systemctl`
     assert box.sd.systemctl("is-active", "gpumod-emb.service", check=False).stdout.strip() == "active"
     owner = box.sd.run(["stat", "-c", "%U", "/run/systemd/system/gpumod-emb.service"]).stdout.strip()
