@@ -24,6 +24,7 @@ def uptimes(seen: Observed, now_mono_s: float | None) -> dict[str, float]:
 
 def render(t: Target, seen: Observed, now_mono_s: float | None, lock_text: str | None, tick: int) -> Any:
     from rich.console import Group
+    from rich.markup import escape
     from rich.text import Text
 
     from .ui import gpu_renderables, human_duration, status_table
@@ -33,7 +34,8 @@ def render(t: Target, seen: Observed, now_mono_s: float | None, lock_text: str |
                                          f" · observed in {seen.took_s * 1000:.0f} ms · Ctrl-C to quit[/dim]")]
     parts += gpu_renderables(seen)
     last = rec.last_switch
-    line = f"mode: [bold]{rec.mode or '(none recorded)'}[/bold]"
+    line = (f"mode: [bold red]FAILED[/bold red] {escape(rec.failure_line())}" if rec.failed
+            else f"mode: [bold]{rec.mode or '(none recorded)'}[/bold]")
     if rec.since:
         line += f" for {human_duration(time.time() - rec.since)}"
     if last:

@@ -60,7 +60,29 @@ def check_units(t: Target) -> CheckResult:
     if rep.changed or rep.removed:
         what = ", ".join(rep.changed + rep.removed)
         return CheckResult("units", False, f"units PROBLEM: differ from rendered presets: {what}", "inv template.install-all")
+    stale = stale_processes(t)
+    if stale:
+        return CheckResult("units", False, "units PROBLEM: running processes older than their unit: " + "; ".join(stale),
+                           "re-run `inv mode.switch --name MODE` (it restarts them), or `inv service.restart --service-id ID`")
     return CheckResult("units", True, f"units OK: {len(rep.unchanged)} installed units match their presets")
+
+
+def stale_processes(t: Target) -> list[str]:
+    """Running services whose unit file was written after their process started."""
+    from .observe import observe
+    from .observed import SvcState
+    from .pipeline import policy_for
+    from .plan.unitfiles import stale_reason
+
+    ids = list(t.catalog.presets)
+    seen = observe(t, ids, with_gpu=False, unit_files=sorted({t.catalog.presets[i].unit for i in ids}))
+    out = []
+    for sid, o in seen.services.items():
+        if o.state in (SvcState.RUNNING, SvcState.SLEEPING):
+            why = stale_reason(seen, sid, t.catalog.presets[sid].unit, None, policy_for(t))
+            if why:
+                out.append(f"{sid} ({why.removeprefix('restart: ')})")
+    return out
 
 
 def check_sysctl(t: Target) -> CheckResult:

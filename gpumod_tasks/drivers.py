@@ -13,31 +13,13 @@ Behaviour is that of the real servers (../shared/reference/servers.md):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from .catalog.model import Driver, Preset, SleepMode
 from .errors import HostError
 from .host.base import Host
+from .probe import Health, Probe
 from .render import router_model_name
-
-
-class Health(str, Enum):
-    OK = "ok"
-    LOADING = "loading"  # connection refused while the unit runs, or a 503 "Loading model"
-    BAD = "bad"  # answered with an error / timed out
-    DOWN = "down"  # nothing listening
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What one HTTP round of probing learned about a service."""
-
-    health: Health
-    sleeping: bool = False
-    detail: str = ""  # last answer, for error messages
-    router_status: str = ""  # llama.cpp router: unloaded | loading | loaded | sleeping | failed
 
 
 def _get(host: Host, port: int, path: str, timeout: float) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop_after_delay
 
-from .catalog.model import Preset, SleepMode
+from .catalog.model import Preset
 from .drivers import Health, Probe, probe
 from .drivers import sleep as driver_sleep
 from .drivers import wake as driver_wake
@@ -23,10 +23,12 @@ from .errors import GpumodError, HostError, SwitchFailed
 from .facts.meminfo import parse_meminfo
 from .manager import Systemd
 from .observe import observe
-from .plan import Plan, Policy, Quiesce, Record, Sleep, Start, Step, Stop, Wake, WaitRelease, describe_state
-from .render import unit_for
-from .state import ModeRecord, write_mode
+from .observed import describe_state
+from .plan import (AwaitHealthy, DaemonReload, InstallUnit, Plan, Policy, Quiesce, Record, ResetFailed, RouterLoad,
+                   RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake)
+from .state import ModeRecord, read_mode, write_mode
 from .target import Target
+from .units import write_unit
 
 Event = Callable[[str, Step, str], None]  # (phase: start|done|fail|info, step, detail)
 
@@ -59,11 +61,18 @@ class SwitchReport:
     duration_s: float = 0.0
     error: str = ""
     state_lines: list[str] = field(default_factory=list)
+    failed_step: Step | None = None
+    failed_index: int = 0  # 1-based index of the failed step in the plan
+    now: list[str] = field(default_factory=list)  # what runs after a failure (describe_state)
 
     def summary(self) -> dict[str, list[tuple[str, float]]]:
         out: dict[str, list[tuple[str, float]]] = {"Stopped": [], "Slept": [], "Woken": [], "Started": []}
-        names = {Stop: "Stopped", Sleep: "Slept", Wake: "Woken", Start: "Started"}
+        names = {Stop: "Stopped", RouterUnload: "Slept", Sleep: "Slept", Wake: "Woken", RouterLoad: "Woken",
+                 Start: "Started"}
+        started = {r.step.service for r in self.results if isinstance(r.step, Start)}
         for r in self.results:
+            if isinstance(r.step, RouterLoad) and r.step.service in started:
+                continue  # its Start is the entry: a router model loaded right after its router started
             key = names.get(type(r.step))
             if key and r.status == "changed":
                 out[key].append((getattr(r.step, "service", ""), r.seconds))
@@ -75,7 +84,8 @@ class SwitchReport:
             "duration_s": round(self.duration_s, 3), "error": self.error,
             "steps": [r.as_dict() for r in self.results],
             "summary": {k: [{"service": s, "seconds": round(t, 3)} for s, t in v] for k, v in self.summary().items()},
-            "kept": list(self.plan.keep), "relaunched": list(self.plan.relaunched),
+            "kept": list(self.plan.keep), "relaunched": list(self.plan.relaunched), "restarted": list(self.plan.restarted),
+            "operation": self.plan.operation, "failed_step": self.failed_index or None,
             "projected_mb": self.plan.projected_mb, "budget_mb": self.plan.budget_mb,
             "notes": list(self.plan.notes), "state": self.state_lines,
         }
@@ -86,6 +96,10 @@ class StepFailed(GpumodError):
 
 
 class Executor:
+    """Walks a plan's steps and only acts: every decision is in the plan. It re-observes at the
+    checkpoints (VRAM released, health green) and keeps two last guards that the plan already
+    passed at plan time: the RAM preflight before a start, and the unit's own ExecStartPre."""
+
     def __init__(self, target: Target, policy: Policy, *, on_event: Event | None = None, quiesce: bool = True,
                  release_timeout_s: float = 60.0):
         self.t = target
@@ -94,14 +108,12 @@ class Executor:
         self.on_event = on_event or (lambda phase, step, detail: None)
         self.quiesce = quiesce
         self.release_timeout_s = release_timeout_s
-        self.sleep_levels: dict[str, int] = {}
+        self.quiesce_until = 0.0
 
     # -- the walk ---------------------------------------------------------------------------
-    def run(self, plan: Plan, record: ModeRecord) -> SwitchReport:
+    def run(self, plan: Plan) -> SwitchReport:
         report = SwitchReport(plan)
         t0 = time.perf_counter()
-        self.sleep_levels = dict(plan.sleeping_after)
-        self.record = record
         current: Step | None = None
         try:
             for step in plan.steps:
@@ -112,13 +124,16 @@ class Executor:
                 res = StepResult(step, status, time.perf_counter() - s0, detail)
                 report.results.append(res)
                 self.on_event("done", step, f"{res.seconds:.2f}s" + (f" {detail}" if detail else ""))
-        except (GpumodError, KeyboardInterrupt) as exc:
+        except (GpumodError, OSError, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
-            msg = "interrupted (Ctrl-C)" if interrupted else str(exc)
+            msg = "interrupted (Ctrl-C)" if interrupted else (str(exc) if isinstance(exc, GpumodError)
+                                                              else f"{type(exc).__name__}: {exc}")
             if current is not None:
                 report.results.append(StepResult(current, "failed", 0.0, msg))
                 self.on_event("fail", current, msg)
             report.ok = False
+            report.failed_step = current
+            report.failed_index = plan.steps.index(current) + 1 if current is not None else 0
             report.error = f"{'interrupted at' if interrupted else 'failed at'} step '{current.describe() if current else '?'}': {msg}"
             if isinstance(exc, GpumodError):
                 report.state_lines.extend(exc.details())
@@ -126,7 +141,8 @@ class Executor:
         if not report.ok:
             try:
                 seen = observe(self.t)
-                report.state_lines = ["now on the GPU host:"] + ["  " + ln for ln in describe_state(seen)] + report.state_lines
+                report.now = describe_state(seen)
+                report.state_lines = ["now on the GPU host:"] + ["  " + ln for ln in report.now] + report.state_lines
             except GpumodError as exc:  # pragma: no cover - host gone too
                 report.state_lines.append(f"state of the GPU host unknown: cannot observe it ({exc}); the failed step may "
                                           "have been half done. Re-run the same switch once the host is reachable: it plans "
@@ -134,21 +150,23 @@ class Executor:
         return report
 
     def _do(self, step: Step, plan: Plan, t0: float) -> tuple[str, str]:
+        if isinstance(step, InstallUnit):
+            changed = write_unit(self.t, step.unit, step.body)
+            return ("changed", "") if changed else ("unchanged", "already as rendered")
+        if isinstance(step, DaemonReload):
+            self._systemd().daemon_reload()
+            return "changed", ""
+        if isinstance(step, ResetFailed):
+            self._systemd().reset_failed(step.unit)
+            return "changed", ""
         if isinstance(step, Stop):
-            p = self.cat.presets[step.service]
-            peers = {q.id for q in self.cat.unit_peers(p)} - {p.id}
-            needed = set(plan.keep) | {s.service for s in plan.steps if isinstance(s, (Start, Wake))}
-            if peers & needed:
-                # a shared llama.cpp router stays up for its other models: unload just this one
-                driver_sleep(self.t.host, p, 0)
-                self.sleep_levels.pop(step.service, None)
-                return "changed", "unloaded from the shared router"
-            self.t.manager.stop(p.unit)
-            self.sleep_levels.pop(step.service, None)
+            self.t.manager.stop(step.unit or self.cat.presets[step.service].unit)
+            return "changed", ""
+        if isinstance(step, RouterUnload):
+            driver_sleep(self.t.host, self.cat.presets[step.service], 0)
             return "changed", ""
         if isinstance(step, Sleep):
             driver_sleep(self.t.host, self.cat.presets[step.service], step.level)
-            self.sleep_levels[step.service] = step.level
             return "changed", ""
         if isinstance(step, WaitRelease):
             return self._wait_release(step)
@@ -159,25 +177,49 @@ class Executor:
             self.quiesce_until = until
             if step.wait:
                 time.sleep(max(0.0, until - time.time()))
-                return "changed", f"waited {step.seconds:g}s"
-            return "changed", "window recorded"
+                return "unchanged", f"waited {step.seconds:g}s"
+            return "unchanged", "window recorded"
         if isinstance(step, Wake):
             p = self.cat.presets[step.service]
             driver_wake(self.t.host, p, step.level)
             self._gate(p, time.perf_counter())
-            self.sleep_levels.pop(step.service, None)
             return "changed", ""
         if isinstance(step, Start):
             return self._start(step)
+        if isinstance(step, RouterLoad):
+            p = self.cat.presets[step.service]
+            t_load = time.perf_counter()
+            driver_wake(self.t.host, p, 0)
+            self._gate(p, t_load)
+            return "changed", ""
+        if isinstance(step, AwaitHealthy):
+            p = self.cat.presets[step.service]
+            self._gate(p, time.perf_counter())
+            return "unchanged", "healthy"
         if isinstance(step, Record):
-            levels = {k: v for k, v in self.sleep_levels.items()}
+            return self._record(step, plan, t0)
+        raise StepFailed(f"unknown step {step!r}")  # pragma: no cover
+
+    def _systemd(self) -> Systemd:
+        m = self.t.manager
+        if not isinstance(m, Systemd):  # the planner emits these for systemd only
+            raise StepFailed(f"{m.kind} has no daemon-reload / reset-failed")
+        return m
+
+    def _record(self, step: Record, plan: Plan, t0: float) -> tuple[str, str]:
+        old = read_mode(self.t.host, self.t.state_dir)
+        levels = dict(step.sleep_levels)
+        if step.mode is None:  # a service operation: the mode stays, its sleep levels follow
+            new = ModeRecord(old.mode, old.since, levels, old.last_switch)
+        else:
             last = {"from": plan.previous_mode, "to": plan.mode, "at": time.time(),
                     "duration_s": round(time.perf_counter() - t0, 3)}
-            if getattr(self, "quiesce_until", None):
+            if self.quiesce_until:
                 last["quiesce_until"] = self.quiesce_until
-            write_mode(self.t.host, self.t.state_dir, ModeRecord(plan.mode, time.time(), levels, last))
-            return "changed", ""
-        raise StepFailed(f"unknown step {step!r}")  # pragma: no cover
+            new = ModeRecord(step.mode, time.time() if step.mode != old.mode else (old.since or time.time()), levels, last)
+        write_mode(self.t.host, self.t.state_dir, new)
+        same = (new.mode, new.sleep_levels) == (old.mode, old.sleep_levels) and not old.failure
+        return ("unchanged" if same and step.mode is None else "changed"), ""
 
     # -- checkpoints ------------------------------------------------------------------------
     def _wait_release(self, step: WaitRelease) -> tuple[str, str]:
@@ -196,7 +238,7 @@ class Executor:
             raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
                              f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
                              f"(a stopped process may be stuck; check nvidia-smi)") from None
-        return "changed", f"{last[-1]} MB used after {len(last)} polls"
+        return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
 
     def _preflight(self, p: Preset) -> str:
         text = self.t.host.read_file(f"{self.t.spec.procfs.rstrip('/')}/meminfo")
@@ -210,28 +252,15 @@ class Executor:
                              f"{self.policy.preflight_margin_mb} MB); loading it could freeze the host")
         return f"MemAvailable {avail} MB >= {need} MB"
 
-    def ensure_unit(self, p: Preset) -> bool:
-        text, spec = unit_for(self.cat, p, self.t.spec, self.t.render_facts(), self.t.project_root)
-        changed = self.t.install_spec(p.unit, text, spec)
-        if changed and isinstance(self.t.manager, Systemd):
-            self.t.manager.daemon_reload()
-        return changed
-
     def _start(self, step: Start) -> tuple[str, str]:
         p = self.cat.presets[step.service]
         t_start = time.perf_counter()
-        unit = self.t.manager.states([p.unit])[p.unit]
-        detail = ""
-        if not unit.is_running:
-            detail = self._preflight(p)
-            self.ensure_unit(p)
-            if isinstance(self.t.manager, Systemd) and unit.is_failed:
-                self.t.manager.reset_failed(p.unit)
-            self.t.manager.start(p.unit)
-        if p.sleep_mode is SleepMode.ROUTER:
-            self._wait_router_listening(p, t_start)
-            driver_wake(self.t.host, p, 0)
-        self._gate(p, t_start)
+        detail = self._preflight(p)
+        self.t.manager.start(step.unit or p.unit)
+        if step.router:
+            self._wait_router_listening(p, t_start)  # its model is loaded by the RouterLoad step next
+        else:
+            self._gate(p, t_start)
         return "changed", detail
 
     def _wait_router_listening(self, p: Preset, t_start: float) -> None:

@@ -1,103 +1,45 @@
-"""Observe a target: every fact read concurrently, one round trip per kind of fact.
+"""Observe a target: every fact read concurrently, one round trip per kind of fact (remote: all
+command facts in one).
 
 Unit states (one ``systemctl show``), the GPU (one nvidia-smi/NVML read), host memory, the recorded
-mode, and every service's HTTP health and sleep state (concurrently).  The result is a plain
-value the planner consumes; nothing here decides anything.
+mode, the installed unit files asked for (digest and mtime, with the host's clock), and every
+service's HTTP health and sleep state (concurrently).  The result is a plain ``Observed`` value
+(``observed.py``) the planner consumes; nothing here decides anything.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
 
-from .catalog.model import Preset
-from .drivers import Health, Probe, probe
+from .drivers import probe
 from .errors import GpumodError
-from .facts.gpu import GpuFacts
 from .facts.batch import run_batch
-from .facts.meminfo import MemInfo, parse_meminfo
-from .facts.units import UnitState, parse_systemctl_show
-from .state import ModeRecord, mode_file, parse_mode_record
+from .facts.gpu import GpuFacts
+from .facts.meminfo import parse_meminfo
+from .facts.unitfiles import parse_unit_files, unit_files_argv
+from .facts.units import parse_systemctl_show
+from .observed import Observed, ServiceObs, SvcState, classify, describe_state
+from .state import mode_file, parse_mode_record
 from .target import Target
 
-
-class SvcState(str, Enum):
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    STARTING = "starting"
-    UNHEALTHY = "unhealthy"
-    STOPPED = "stopped"
-    FAILED = "failed"
+__all__ = ["Observed", "ServiceObs", "SvcState", "classify", "describe_state", "observe"]
 
 
-@dataclass(frozen=True)
-class ServiceObs:
-    id: str
-    state: SvcState
-    unit: UnitState
-    probe: Probe | None = None
-    sleep_level: int | None = None
-    vram_mb: int = 0
-    foreign_listener: bool = False  # the unit is stopped but something answers on its port
+def unit_file_location(target: Target) -> tuple[str, str]:
+    """(directory, suffix) where the target's unit files (or supervisor runner scripts) live."""
+    from .manager import Supervisor
 
-    @property
-    def holds_gpu(self) -> bool:
-        return self.state in (SvcState.RUNNING, SvcState.SLEEPING, SvcState.STARTING, SvcState.UNHEALTHY)
+    m = target.manager
+    if isinstance(m, Supervisor):
+        return f"{m.root}/units", ".sh"
+    return target.host.expand(target.spec.resolved_unit_dir(target.host.home)), ""
 
 
-@dataclass(frozen=True)
-class Observed:
-    host: str
-    services: dict[str, ServiceObs]
-    gpu: GpuFacts | None
-    mem: MemInfo | None
-    record: ModeRecord
-    manager: str
-    sim: bool
-    gpu_error: str = ""
-    took_s: float = 0.0
-    unmapped_pids: dict[int, int] = field(default_factory=dict)  # GPU processes gpumod does not run
-
-    @property
-    def gpu_total_mb(self) -> int:
-        return (self.gpu.primary.total_mb or 0) if self.gpu and self.gpu.gpus else 0
-
-    def not_running(self, ids: Iterable[str]) -> dict[str, str]:
-        """Services of ``ids`` that are not running and healthy, with their state (mode.verify)."""
-        return {s: self.services[s].state.value for s in ids if self.services[s].state is not SvcState.RUNNING}
-
-    @property
-    def gpu_used_mb(self) -> int:
-        return (self.gpu.primary.used_mb or 0) if self.gpu and self.gpu.gpus else 0
-
-    @property
-    def external_mb(self) -> int:
-        return sum(self.unmapped_pids.values())
-
-
-def classify(preset: Preset, unit: UnitState, pr: Probe | None, record: ModeRecord) -> tuple[SvcState, int | None, bool]:
-    """Pure: unit state + HTTP probe -> service state (and sleep level). Sleeping is never unhealthy."""
-    if not unit.is_running:
-        foreign = pr is not None and pr.health is Health.OK
-        return (SvcState.FAILED if unit.is_failed else SvcState.STOPPED), None, foreign
-    if pr is None:
-        return SvcState.UNHEALTHY, None, False
-    if pr.health is Health.OK:
-        if pr.sleeping:
-            if preset.sleep_mode.value == "router":
-                return SvcState.SLEEPING, 0, False  # unloaded from its router: holds no VRAM
-            level = record.sleep_levels.get(preset.id) or preset.sleep_mode.level or 1
-            return SvcState.SLEEPING, level, False
-        return SvcState.RUNNING, None, False
-    if pr.health in (Health.LOADING, Health.DOWN):
-        return SvcState.STARTING, None, False
-    return SvcState.UNHEALTHY, None, False
-
-
-def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool = True) -> Observed:
+def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool = True,
+            unit_files: Sequence[str] = ()) -> Observed:
+    """``unit_files``: units whose installed file (digest, mtime) the planner needs."""
     t0 = time.perf_counter()
     cat = target.catalog
     ids = services if services is not None else list(cat.presets)
@@ -117,6 +59,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             f_gpu = pool.submit(target.gpu) if with_gpu else None
             f_mem = pool.submit(host.read_file, meminfo_path)
             f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
+            f_files = pool.submit(_run_fact, host, unit_files_argv(*unit_file_location(target), list(unit_files))) if unit_files else None
             unit_states = f_units.result()
             if f_gpu is not None:
                 try:
@@ -125,13 +68,17 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     gpu_error = str(exc)
             mem_text = f_mem.result()
             rec_text = f_rec.result()
+            files_text = f_files.result() if f_files is not None else ""
         else:
             # a remote box: every fact in one round trip, each parsed as usual
             facts: dict[str, list[str]] = {"units": manager.state_argv(units), "meminfo": ["cat", "--", meminfo_path],
                                            "mode": ["cat", "--", mode_file(target.state_dir)]}
             if with_gpu:
                 facts["gpu"] = target.gpu_fact_argv()
+            if unit_files:
+                facts["unit_files"] = unit_files_argv(*unit_file_location(target), list(unit_files))
             out = run_batch(host, facts)
+            files_text = out["unit_files"].stdout if unit_files else ""
             unit_states = parse_systemctl_show(out["units"].stdout, units)
             if with_gpu:
                 try:
@@ -172,8 +119,15 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
         st, level, foreign = classify(p, u, probes.get(p.id), record)
         obs[p.id] = ServiceObs(id=p.id, state=st, unit=u, probe=probes.get(p.id), sleep_level=level,
                                vram_mb=vram.get(p.id, 0), foreign_listener=foreign)
+    files, boot = parse_unit_files(files_text, list(unit_files)) if unit_files else ({}, 0.0)
     return Observed(host=target.spec.name, services=obs, gpu=gpu, mem=mem, record=record, manager=manager.kind,
-                    sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped)
+                    sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped,
+                    unit_files=files, boot_time=boot)
+
+
+def _run_fact(host: object, argv: list[str]) -> str:
+    r = host.run(argv, ok=(0, 1))  # type: ignore[attr-defined]
+    return str(r.stdout)
 
 
 def _owners_by_cgroup(target: Target, pids: list[int], pid_owner: dict[int, str]) -> dict[int, str]:

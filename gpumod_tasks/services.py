@@ -1,88 +1,38 @@
-"""Single-service operations (start/stop/sleep/wake), run through the same executor and lock as a
-switch, as one-step plans."""
+"""Single-service operations (start/stop/restart/sleep/wake): the one run path with a
+``ServiceOp``, planned by ``plan.service.plan_service`` with the same checks as a switch."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
-from .errors import PlanRefused
-from .execute import Executor, SwitchReport, raise_if_failed
-from .lock import host_lock
-from .observe import SvcState, observe
-from .plan import Plan, Sleep, Start, Step, Stop, Wake
-from .switch import policy_for
+from .execute import Event
+from .pipeline import Outcome, run
+from .plan import Plan, RouterLoad, RouterUnload, ServiceOp, Sleep, Start, Wake
 from .target import Target
 
 
-def _one_step(t: Target, step: Step, seen_mode: str | None) -> SwitchReport:
-    plan = Plan(mode=seen_mode or "", steps=(step,), keep=(), projected_mb=0, budget_mb=0, gpu_total_mb=0, previous_mode=seen_mode)
-    ex = Executor(t, policy_for(t), release_timeout_s=t.spec.release_timeout_s)
-    report = ex.run(plan, None)  # type: ignore[arg-type]
-    raise_if_failed(report)
-    return report
-
-
 def service_action(t: Target, action: str, service_id: str, *, level: int | None = None, quiesce: bool = True,
-                   wait_lock: bool = True) -> str:
-    p = t.catalog.preset(service_id)
-    t.ensure_sim()
-    with host_lock(t.host, t.state_dir, what=f"service.{action} {service_id}", wait=wait_lock):
-        seen = observe(t, [service_id], with_gpu=False)
-        o = seen.services[service_id]
-        rec = seen.record
-        if action == "start":
-            until = float(rec.last_switch.get("quiesce_until", 0) or 0)
-            if quiesce and until > time.time():
-                raise PlanRefused(f"start of {service_id} refused: quiescing after a heavy stop, "
-                                  f"{until - time.time():.1f}s remain (wait, or pass --no-quiesce)")
-            if o.state is SvcState.RUNNING:
-                return f"{service_id} is already running"
-            if o.state is SvcState.SLEEPING:
-                _one_step(t, Wake(service_id, o.sleep_level if o.sleep_level is not None else 1), rec.mode)
-                return f"{service_id} woken"
-            _one_step(t, Start(service_id, "service.start", policy_for(t).ram_needed_mb(p)), rec.mode)
-            return f"{service_id} started"
-        if action == "restart":
-            # a fresh process (a sleeping one too): stop, then start with the usual preflight and gate
-            if o.state is not SvcState.STOPPED:
-                _one_step(t, Stop(service_id, "service.restart", o.vram_mb), rec.mode)
-            _one_step(t, Start(service_id, "service.restart", policy_for(t).ram_needed_mb(p)), rec.mode)
-            _remember_level(t, service_id, None)
-            return f"{service_id} restarted"
-        if action == "stop":
-            if o.state in (SvcState.STOPPED,):
-                return f"{service_id} is already stopped"
-            _one_step(t, Stop(service_id, "service.stop", o.vram_mb), rec.mode)
-            return f"{service_id} stopped"
-        if action == "sleep":
-            if not p.can_sleep:
-                raise PlanRefused(f"{service_id} cannot sleep (sleep_mode: {p.sleep_mode.value}); use service.stop")
-            if o.state is SvcState.SLEEPING:
-                return f"{service_id} is already asleep"
-            if o.state is not SvcState.RUNNING:
-                raise PlanRefused(f"{service_id} is {o.state.value}; only a running service can be put to sleep")
-            lvl = level if level is not None else (0 if p.sleep_mode.value == "router" else p.sleep_mode.level)
-            _one_step(t, Sleep(service_id, lvl, "service.sleep"), rec.mode)
-            _remember_level(t, service_id, lvl)
-            return f"{service_id} asleep (L{lvl})" if lvl else f"{service_id} unloaded from its router"
-        if action == "wake":
-            if o.state is SvcState.RUNNING:
-                return f"{service_id} is already awake"
-            if o.state is not SvcState.SLEEPING:
-                raise PlanRefused(f"{service_id} is {o.state.value}, not asleep; use service.start")
-            _one_step(t, Wake(service_id, o.sleep_level if o.sleep_level is not None else 1), rec.mode)
-            _remember_level(t, service_id, None)
-            return f"{service_id} awake"
-    raise ValueError(action)
+                   wait_lock: bool = True, dry_run: bool = False, on_event: Event | None = None,
+                   on_plan: Callable[[Plan], None] | None = None) -> str:
+    """Run one service operation; returns one line saying what happened."""
+    out = run(t, ServiceOp(action, service_id, level, quiesce), dry_run=dry_run, wait_lock=wait_lock,
+              on_event=on_event, on_plan=on_plan)
+    return outcome_line(out, action, service_id)
 
 
-def _remember_level(t: Target, service_id: str, level: int | None) -> None:
-    from .state import ModeRecord, read_mode, write_mode
-
-    rec = read_mode(t.host, t.state_dir)
-    levels = dict(rec.sleep_levels)
-    if level is None:
-        levels.pop(service_id, None)
-    else:
-        levels[service_id] = level
-    write_mode(t.host, t.state_dir, ModeRecord(rec.mode, rec.since, levels, rec.last_switch))
+def outcome_line(out: Outcome, action: str, sid: str) -> str:
+    plan = out.plan
+    if plan.nothing_to_do:
+        return plan.nothing_to_do
+    if out.report is None:
+        return f"would run {len(plan.steps)} steps"
+    own = [s for s in plan.steps if getattr(s, "service", "") == sid]
+    if action == "start":
+        return f"{sid} woken" if any(isinstance(s, (Wake, RouterLoad)) for s in own) and not any(
+            isinstance(s, Start) for s in own) else f"{sid} started"
+    if action == "sleep":
+        sl = next((s for s in own if isinstance(s, Sleep)), None)
+        if sl is not None:
+            return f"{sid} asleep (L{sl.level})"
+        return f"{sid} unloaded from its router" if any(isinstance(s, RouterUnload) for s in own) else f"{sid} asleep"
+    return {"stop": f"{sid} stopped", "restart": f"{sid} restarted", "wake": f"{sid} awake"}[action]

@@ -7,13 +7,13 @@ The recorded mode is advisory: the switch engine plans against what really runs.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .host.base import Host
+if TYPE_CHECKING:  # the planner reads ModeRecord: importing this module loads no host code or sqlite
+    from .host.base import Host
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,22 @@ class ModeRecord:
     since: float = 0.0
     sleep_levels: dict[str, int] = field(default_factory=dict)  # service -> level it was put to sleep at
     last_switch: dict[str, Any] = field(default_factory=dict)
+    # set by a run that failed or was interrupted (cleared by the next one that succeeds):
+    # {"operation", "step", "step_index", "error", "at", "state": [lines of what runs]}
+    failure: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failure)
+
+    def failure_line(self) -> str:
+        """One line for status views: what failed, where, and what runs now."""
+        f = self.failure
+        if not f:
+            return ""
+        step = f" at step {f.get('step_index')} '{f.get('step')}'" if f.get("step") else ""
+        state = "; ".join(f.get("state") or [])
+        return f"{f.get('operation', 'a run')} failed{step}: {f.get('error', '')}" + (f"; now {state}" if state else "")
 
 
 def mode_file(state_dir: str) -> str:
@@ -40,6 +56,7 @@ def parse_mode_record(text: str | None) -> ModeRecord:
         since=float(d.get("since", 0)),
         sleep_levels={str(k): int(v) for k, v in (d.get("sleep_levels") or {}).items()},
         last_switch=d.get("last_switch") or {},
+        failure=d.get("failure") or {},
     )
 
 
@@ -48,7 +65,10 @@ def read_mode(host: Host, state_dir: str) -> ModeRecord:
 
 
 def write_mode(host: Host, state_dir: str, record: ModeRecord) -> None:
-    data = {"mode": record.mode, "since": record.since, "sleep_levels": record.sleep_levels, "last_switch": record.last_switch}
+    data: dict[str, Any] = {"mode": record.mode, "since": record.since, "sleep_levels": record.sleep_levels,
+                            "last_switch": record.last_switch}
+    if record.failure:
+        data["failure"] = record.failure
     host.write_file(mode_file(state_dir), json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
@@ -70,6 +90,8 @@ class History:
     """
 
     def __init__(self, path: str):
+        import sqlite3
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, timeout=10)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from invoke import Context, Exit
+from rich.markup import escape
 
 from .observe import Observed, observe
 from .runtime import for_each_host
@@ -24,8 +25,11 @@ def observed_dict(t: Target, seen: Observed) -> dict[str, Any]:
         "gpu": None if g is None else {"name": g.name, "total_mb": g.total_mb, "used_mb": g.used_mb, "free_mb": g.free_mb,
                                        "backend": seen.gpu.backend if seen.gpu else ""},
         "gpu_error": seen.gpu_error or None,
-        "mode": rec.mode,
+        "mode": None if rec.failed else rec.mode,
         "mode_since": rec.since or None,
+        "state": "failed" if rec.failed else "ok",
+        "failure": rec.failure or None,
+        "recorded_mode": rec.mode,
         "last_switch": rec.last_switch or None,
         "services": [{"id": sid, "state": o.state.value, "sleep_level": o.sleep_level, "port": cat.presets[sid].port,
                       "vram_mb": o.vram_mb, "pid": o.unit.main_pid or None, "unit": cat.presets[sid].unit,
@@ -54,9 +58,14 @@ def host_status(c: Context, as_json: bool) -> None:
         rec = seen.record
         last = rec.last_switch
         when = f", last switch {last.get('from') or '-'} -> {last.get('to')} took {last.get('duration_s', 0):.2f}s" if last else ""
-        con.print(f"mode: [bold]{rec.mode or '(none recorded)'}[/bold]{when}")
+        if rec.failed:
+            con.print(f"mode: [bold red]FAILED[/bold red] — {escape(rec.failure_line())} "
+                      f"(re-run a switch to converge; the last good mode was {rec.mode or '-'})")
+        else:
+            con.print(f"mode: [bold]{rec.mode or '(none recorded)'}[/bold]{when}")
         con.print(status_table(t.catalog, seen))
-        return f"mode {rec.mode}, {seen.gpu_used_mb}/{seen.gpu_total_mb} MB"
+        return (f"FAILED: {rec.failure.get('operation')}" if rec.failed else f"mode {rec.mode}") + \
+            f", {seen.gpu_used_mb}/{seen.gpu_total_mb} MB"
 
     for_each_host(c, run, as_json=as_json)
 
@@ -83,6 +92,8 @@ def mode_status(c: Context, as_json: bool) -> None:
         body = (f"mode [bold]{rec.mode or '(none)'}[/bold] ({name}) since {since}\n"
                 f"services: {', '.join(ids) or '-'}\ntotal VRAM (preset figures): {total} MB; "
                 f"GPU used now: {seen.gpu_used_mb} / {seen.gpu_total_mb} MB")
+        if rec.failed:
+            body = f"[bold red]FAILED[/bold red]: {escape(rec.failure_line())}\n" + body
         con.print(Panel(body, title="current mode", expand=False))
         con.print(status_table(t.catalog, seen))
         bad = list(seen.not_running(ids))

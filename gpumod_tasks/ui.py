@@ -115,7 +115,7 @@ def modes_table(cat: Catalog, current: str | None = None) -> Table:
 
 
 def plan_table(plan: Plan) -> Table:
-    t = Table(title=f"plan: switch to {plan.mode}", title_justify="left")
+    t = Table(title=f"plan: {plan.operation or 'switch to ' + plan.mode}", title_justify="left")
     t.add_column("#", justify="right")
     t.add_column("step")
     for i, s in enumerate(plan.steps, 1):
@@ -125,7 +125,7 @@ def plan_table(plan: Plan) -> Table:
 
 def print_plan(con: Console, plan: Plan) -> None:
     if plan.converged:
-        con.print(f"[green]nothing to do:[/green] mode {plan.mode} is already running as planned "
+        con.print(f"[green]nothing to do:[/green] {plan.nothing_to_do or f'mode {plan.mode} is already running as planned'} "
                   f"(kept: {', '.join(plan.keep) or '-'})")
     else:
         con.print(plan_table(plan))
@@ -234,6 +234,8 @@ def print_summary(con: Console, report: SwitchReport) -> None:
         con.print(f"  {key + ':':9} " + (", ".join(f"{name} ({sec:.2f}s)" for name, sec in items) if items else "-"))
     if report.plan.keep:
         con.print(f"  {'Kept:':9} {', '.join(report.plan.keep)}")
+    if report.plan.restarted:
+        con.print(f"  [yellow]Restarted (unit changed):[/yellow] {', '.join(report.plan.restarted)}")
     if report.plan.relaunched:
         con.print(f"  [yellow]Re-launched (drift recovery):[/yellow] {', '.join(report.plan.relaunched)}")
 

@@ -4,10 +4,14 @@ longer exist (only ones gpumod generated), one daemon-reload when anything chang
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .catalog.model import Preset
 from .manager import Supervisor, Systemd
+from .observed import RenderedUnit
 from .render import DAEMON_UNIT, render_daemon_unit, unit_for
 from .target import Target
 
@@ -43,6 +47,32 @@ def rendered(t: Target) -> dict[str, tuple[str, object]]:
         text = render_daemon_unit(t.spec, facts, t.project_root, local=t.host.is_this_machine or t.spec.is_local)
         out[DAEMON_UNIT] = (text, None)
     return out
+
+
+def digest(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def render_units(t: Target, presets: Iterable[Preset]) -> dict[str, RenderedUnit]:
+    """The units of ``presets`` (a shared router's once) as they should be installed, for planning:
+    the exact body written (unit text, or the supervisor's runner script) and its digest."""
+    facts = t.render_facts()
+    sup = t.manager if isinstance(t.manager, Supervisor) else None
+    out: dict[str, RenderedUnit] = {}
+    for p in presets:
+        if p.unit in out:
+            continue
+        text, spec = unit_for(t.catalog, p, t.spec, facts, t.project_root)  # a shared router's lead renders it
+        body = sup.script(p.unit, spec) if sup is not None else text
+        out[p.unit] = RenderedUnit(p.unit, body, digest(body), spec)
+    return out
+
+
+def write_unit(t: Target, unit: str, body: str) -> bool:
+    """Write a unit's body where the target's service manager reads it; returns whether it changed."""
+    if isinstance(t.manager, Supervisor):
+        return t.host.write_file(f"{t.manager.root}/units/{unit}.sh", body, mode=0o755)
+    return t.host.write_file(f"{unit_dir(t)}/{unit}", body, sudo=t.spec.scope == "system")
 
 
 _MARK = "\x1e@@gpumod-unit@@"

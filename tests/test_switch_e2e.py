@@ -78,7 +78,7 @@ def test_l2_wake_sequence_and_release_polling(sim_host):
     slept = [s for s in rep["steps"] if s["kind"] == "sleep"]
     assert slept and "big L2" in slept[0]["step"]
     wait = [s for s in rep["steps"] if s["kind"] == "wait-release"][0]
-    assert wait["status"] == "changed"
+    assert wait["status"] == "unchanged"  # a check: it changes nothing, it verifies
     assert 0.2 <= wait["seconds"] < 0.25 * 1.6  # release lag 0.25 s, seen promptly
     code, rep, err = switch_json(h, "--name", "chat")
     assert code == 0, err
@@ -115,11 +115,14 @@ def test_preflight_refuses_start_when_ram_is_short(sim_host, tmp_path):
     proc.mkdir()
     (proc / "meminfo").write_text("MemTotal: 8000000 kB\nMemFree: 100000 kB\nMemAvailable: 2000000 kB\n")
     h.write_inventory(procfs=str(proc))
+    code, out, err = h.inv("mode.switch", "--name", "rag", "--dry-run")
+    assert code == 1 and "nothing was changed" in err  # the dry run refuses exactly as the switch does
     code, out, err = h.inv("mode.switch", "--name", "rag")
     assert code == 1
-    # emb needs 1200 x 1.1 + 1024 = 2344 MB > 1953 MB available
-    assert "preflight refused emb: MemAvailable 1953 MB < needed 2344 MB" in err
-    assert "now on the GPU host" in err and "stopped:" in err
+    # refused at plan time, before anything starts: emb needs 1200 x 1.1 + 1024 = 2344 MB > 1953 MB
+    assert "preflight refused emb: MemAvailable 1953 MB < needed 2344 MB" in err and "nothing was changed" in err
+    d, _ = status(h)
+    assert all(s["state"] == "stopped" for s in d["services"])
 
 
 def test_health_gate_failure_rolls_back(sim_host):

@@ -67,6 +67,10 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         return wrapped
 
     async def health(request: Request) -> Response:
+        rec = manager.seen.record if manager.seen else None
+        if rec is not None and rec.failed:  # the last run failed: say where, and what runs, not the last good mode
+            return JSONResponse({"status": "failed", "mode": None, "previous_mode": manager.mode, "switching": manager.switching,
+                                 "failure": rec.failure, "detail": rec.failure_line()})
         return JSONResponse({"status": "ok", "mode": manager.mode, "switching": manager.switching})
 
     async def models(request: Request) -> Response:

@@ -6,7 +6,8 @@ plan/execute code and the same host lock), run from asyncio with the blocking wo
 Decisions:
 - Ready means the service is running and awake and no switch in progress is about to take it away.
 - The smallest change: a service of the current mode is woken/started alone (``service.start``);
-  otherwise the daemon switches to the mode containing it whose plan has the fewest steps and fits.
+  otherwise the daemon switches to the mode containing it that fits and is quickest to reach
+  (``decide.choose_mode``: every candidate planned from one observation).
 - Requests waiting for models are served grouped by model, oldest model first: A B A B arriving
   during a switch become one change for A (both A requests), then one for B.
 - A service about to be slept or stopped is drained first: new requests to it wait, requests in
@@ -25,10 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog.model import Catalog, Driver, Preset, SleepMode
-from ..errors import GpumodError, PlanRefused
-from ..observe import Observed, SvcState, observe
-from ..plan import Plan, Sleep, Stop
+from ..errors import GpumodError
+from ..observe import observe
+from ..observed import Observed, SvcState
+from ..plan import LEAVING, Plan
 from ..render import router_model_name
+from .decide import NoModeFits, choose_mode, idle_candidates, service_state
 
 
 class RouteError(Exception):
@@ -158,16 +161,8 @@ class ModelManager:
     # -- state ------------------------------------------------------------------------------
     def state_of(self, sid: str) -> str:
         """active | sleeping | stopped | switching | error (homeGPT's vocabulary)."""
-        if sid in self.errors:
-            return "error"
-        if sid in self.leaving or (sid in self.pending and self.switching):
-            return "switching"
-        o = self.seen.services.get(sid) if self.seen else None
-        if o is None:
-            return "stopped"
-        # a crashed or killed service is not running: "stopped" (the next request restarts it)
-        return {SvcState.RUNNING: "active", SvcState.SLEEPING: "sleeping", SvcState.STOPPED: "stopped",
-                SvcState.FAILED: "stopped", SvcState.STARTING: "switching"}.get(o.state, "error")
+        return service_state(self.seen, sid, errors=self.errors, leaving=self.leaving, pending=set(self.pending),
+                             switching=self.switching)
 
     def ready(self, sid: str) -> bool:
         o = self.seen.services.get(sid) if self.seen else None
@@ -248,25 +243,15 @@ class ModelManager:
             return await self._switch(target_mode, sid)
 
     def _best_mode_for(self, sid: str) -> str:
-        from ..switch import make_plan
+        """One observation, every candidate mode planned from it (pure), the quickest wins."""
+        from ..pipeline import policy_for
 
-        candidates = [m for m in self.cat.modes.values() if sid in m.service_ids]
-        if not candidates:
-            raise RouteError(409, f"{sid} is in no mode; add it to one (modes/*.yaml)")
-        best: tuple[int, str] | None = None
-        refused = []
-        for m in candidates:
-            try:
-                plan, _ = make_plan(self.target(), m.id)
-            except PlanRefused as exc:
-                refused.append(f"{m.id}: {exc}")
-                continue
-            cost = len([s for s in plan.steps if s.kind != "record"])
-            if best is None or cost < best[0]:
-                best = (cost, m.id)
-        if best is None:
-            raise RouteError(409, f"no mode containing {sid} fits: " + "; ".join(refused))
-        return best[1]
+        t = self.target()
+        seen = self._observe()
+        try:
+            return choose_mode(self.cat, seen, sid, policy_for(t)).mode
+        except NoModeFits as exc:
+            raise RouteError(409, str(exc)) from None
 
     async def _service_start(self, sid: str) -> dict[str, Any]:
         from ..services import service_action
@@ -290,7 +275,7 @@ class ModelManager:
         loop = self.loop
 
         def on_plan(plan: Plan) -> None:
-            leaving = {s.service for s in plan.steps if isinstance(s, (Stop, Sleep))}
+            leaving = {s.service for s in plan.steps if isinstance(s, LEAVING)}
             self.leaving = leaving
             # drain (in the switch's thread, with the host lock held): wait for in-flight requests
             asyncio.run_coroutine_threadsafe(self._drain(leaving), loop).result()
@@ -388,18 +373,19 @@ class ModelManager:
             if mode is None or self.switch_lock.locked():
                 continue
             now = time.monotonic()
-            for ms in mode.services:
-                if not ms.sleep_on_idle or not self.ready(ms.id) or self.in_flight[ms.id] or ms.id in self.pending:
-                    continue
-                # a service never asked for since the daemon started counts from now
-                idle = now - self.last_request.setdefault(ms.id, now)
-                if idle < ms.sleep_on_idle or not self.cat.presets[ms.id].can_sleep:
+            for ms in mode.services:  # a service never asked for since the daemon started counts from now
+                if ms.sleep_on_idle:
+                    self.last_request.setdefault(ms.id, now)
+            due = idle_candidates(self.cat, mode, self.seen, last_request=self.last_request, in_flight=self.in_flight,
+                                  pending=set(self.pending), errors=self.errors, now=now)
+            for sid in due:
+                if not self.ready(sid):
                     continue
                 async with self.switch_lock:
                     try:
-                        await asyncio.to_thread(service_action, self.target(), "sleep", ms.id)
+                        await asyncio.to_thread(service_action, self.target(), "sleep", sid)
                     except GpumodError as exc:
-                        self.errors[ms.id] = f"idle sleep failed: {exc}"
+                        self.errors[sid] = f"idle sleep failed: {exc}"
                     await self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------
@@ -409,25 +395,20 @@ class ModelManager:
         self.upstream_names = {sid: upstream_name(p) for sid, p in cat.presets.items()}
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the catalog; re-render units and restart only running services whose unit changed."""
-        from ..services import service_action
+        """Re-read the catalog; install units that changed and restart only the running services
+        whose unit changed, through the one run path (a ``Refresh`` plan)."""
+        from ..pipeline import Refresh, run
         from ..units import install_all
 
         async with self.switch_lock:
             cat = self.load_catalog()
             t = self.target()
-            old_units = {p.id: p.unit for p in self.cat.presets.values()}
             t.catalog = cat
             self._use_catalog(cat)
-            rep = await asyncio.to_thread(install_all, t)
-            changed_units = set(rep.changed)
-            seen = await self.refresh()
-            restarted = []
-            for sid, o in seen.services.items():
-                if cat.presets[sid].unit in changed_units and old_units.get(sid) and o.state is SvcState.RUNNING:
-                    await asyncio.to_thread(service_action, t, "restart", sid, quiesce=False)
-                    restarted.append(sid)
-            if restarted:
-                await self.refresh()
-            return {"units_changed": sorted(changed_units), "units_removed": rep.removed, "restarted": restarted,
-                    "services": len(cat.presets), "modes": len(cat.modes)}
+            out = await asyncio.to_thread(run, t, Refresh())
+            rep = await asyncio.to_thread(install_all, t)  # the daemon's own unit, removed presets' units
+            await self.refresh()
+            installed = [s.unit for s in out.plan.steps if s.kind == "install-unit"]
+            return {"units_changed": sorted(set(installed) | set(rep.changed)), "units_removed": rep.removed,
+                    "restarted": list(out.plan.restarted), "services": len(cat.presets), "modes": len(cat.modes),
+                    "steps": [s.describe() for s in out.plan.steps]}

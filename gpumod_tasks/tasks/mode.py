@@ -122,9 +122,7 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
         if dry_run:
             out = do_switch(t, name, dry_run=True)
             if json_:
-                print(json.dumps({"mode": name, "dry_run": True, "steps": [s.describe() for s in out.plan.steps],
-                                  "kept": list(out.plan.keep), "projected_mb": out.plan.projected_mb,
-                                  "budget_mb": out.plan.budget_mb, "notes": list(out.plan.notes)}, indent=1))
+                print(json.dumps({**out.plan.as_dict(), "dry_run": True}, indent=1))
             else:
                 print_plan(con, out.plan)
             return f"dry run: {len(out.plan.steps)} steps"

@@ -42,11 +42,19 @@ def show(c, service_id, json_=False):
             con.print(f"[bold]{k}[/bold]: {v}")
 
 
-def _action(c, action, service_id, **kw):
+def _action(c, action, service_id, dry_run=False, **kw):
     from ..runtime import for_each_host
     from ..services import service_action
 
     def run(t, con):
+        if dry_run:
+            from ..pipeline import prepare
+            from ..plan import ServiceOp
+            from ..ui import print_plan
+
+            plan, _ = prepare(t, ServiceOp(action, service_id, kw.get("level"), kw.get("quiesce", True)))
+            print_plan(con, plan)
+            return f"dry run: {len(plan.steps)} steps"
         msg = service_action(t, action, service_id, **kw)
         con.print(f"[green]{msg}[/green]")
         return msg
@@ -54,34 +62,38 @@ def _action(c, action, service_id, **kw):
     for_each_host(c, run)
 
 
-@task(help={"service-id": "Service to start (or wake, if asleep).", "no-quiesce": "Start even during the quiesce pause after a heavy stop."})
-def start(c, service_id, no_quiesce=False):
-    """Start one service (preflight, then wait for its health gate)."""
-    _action(c, "start", service_id, quiesce=not no_quiesce)
+DRY = "Print the plan (the same checks and steps as the real run) and change nothing."
 
 
-@task(help={"service-id": "Service to stop."})
-def stop(c, service_id):
-    """Stop one service."""
-    _action(c, "stop", service_id)
+@task(help={"service-id": "Service to start (or wake, if asleep).", "no-quiesce": "Start even during the quiesce pause after a heavy stop.",
+            "dry-run": DRY})
+def start(c, service_id, no_quiesce=False, dry_run=False):
+    """Start one service (fit and RAM checks, dependencies first, then its health gate)."""
+    _action(c, "start", service_id, dry_run, quiesce=not no_quiesce)
 
 
-@task(help={"service-id": "Service to restart (a fresh process; preflight and health gate as on start)."})
-def restart(c, service_id):
+@task(help={"service-id": "Service to stop.", "dry-run": DRY})
+def stop(c, service_id, dry_run=False):
+    """Stop one service (what depends on it first)."""
+    _action(c, "stop", service_id, dry_run)
+
+
+@task(help={"service-id": "Service to restart (a fresh process; preflight and health gate as on start).", "dry-run": DRY})
+def restart(c, service_id, dry_run=False):
     """Restart one service: stop it, then start it and wait for its health gate."""
-    _action(c, "restart", service_id)
+    _action(c, "restart", service_id, dry_run)
 
 
-@task(help={"service-id": "Service to put to sleep.", "level": "Sleep level (1 or 2; default: the preset's)."})
-def sleep(c, service_id, level=None):
+@task(help={"service-id": "Service to put to sleep.", "level": "Sleep level (1 or 2; default: the preset's).", "dry-run": DRY})
+def sleep(c, service_id, level=None, dry_run=False):
     """Put one sleep-capable service to sleep (vLLM L1/L2, or unload from its llama.cpp router)."""
-    _action(c, "sleep", service_id, level=int(level) if level is not None else None)
+    _action(c, "sleep", service_id, dry_run, level=int(level) if level is not None else None)
 
 
-@task(help={"service-id": "Service to wake."})
-def wake(c, service_id):
-    """Wake one sleeping service and wait until it is healthy."""
-    _action(c, "wake", service_id)
+@task(help={"service-id": "Service to wake.", "dry-run": DRY})
+def wake(c, service_id, dry_run=False):
+    """Wake one sleeping service (if it fits) and wait until it is healthy."""
+    _action(c, "wake", service_id, dry_run)
 
 
 @task(help={"service-id": "Service id.", "json": "Print JSON."})

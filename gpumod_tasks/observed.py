@@ -1,0 +1,136 @@
+"""What an observation of a target found: plain values, and the pure rules that classify them.
+
+The planner's inputs live here. Nothing in this module does I/O or imports host code, so a plan
+can be tested with facts built in the test (``tests/test_import_purity.py`` checks it in a fresh
+interpreter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .catalog.model import Preset
+from .facts.gpu import GpuFacts
+from .facts.meminfo import MemInfo
+from .facts.units import UnitState
+from .probe import Health, Probe
+from .state import ModeRecord
+
+
+class SvcState(str, Enum):
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    STARTING = "starting"
+    UNHEALTHY = "unhealthy"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ServiceObs:
+    id: str
+    state: SvcState
+    unit: UnitState
+    probe: Probe | None = None
+    sleep_level: int | None = None
+    vram_mb: int = 0
+    foreign_listener: bool = False  # the unit is stopped but something answers on its port
+
+    @property
+    def holds_gpu(self) -> bool:
+        return self.state in (SvcState.RUNNING, SvcState.SLEEPING, SvcState.STARTING, SvcState.UNHEALTHY)
+
+
+@dataclass(frozen=True)
+class UnitFile:
+    """An installed unit file (systemd unit or supervisor spec) as found on the host."""
+
+    unit: str
+    installed: bool
+    digest: str = ""  # sha256 of the installed text ("" when not installed)
+    mtime: float = 0.0  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class RenderedUnit:
+    """What a unit should contain, rendered from the catalog before planning. ``body`` is what is
+    written (the unit text, or the supervisor's runner script); ``spec`` is the supervisor's
+    ExecSpec (None for systemd)."""
+
+    unit: str
+    body: str
+    digest: str
+    spec: object = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    host: str
+    services: dict[str, ServiceObs]
+    gpu: GpuFacts | None
+    mem: MemInfo | None
+    record: ModeRecord
+    manager: str
+    sim: bool
+    gpu_error: str = ""
+    took_s: float = 0.0
+    unmapped_pids: dict[int, int] = field(default_factory=dict)  # GPU processes gpumod does not run
+    unit_files: dict[str, UnitFile] = field(default_factory=dict)  # only when asked for
+    boot_time: float = 0.0  # the host's boot time (epoch s): turns a unit's start into a wall time
+
+    @property
+    def gpu_total_mb(self) -> int:
+        return (self.gpu.primary.total_mb or 0) if self.gpu and self.gpu.gpus else 0
+
+    @property
+    def gpu_used_mb(self) -> int:
+        return (self.gpu.primary.used_mb or 0) if self.gpu and self.gpu.gpus else 0
+
+    @property
+    def external_mb(self) -> int:
+        return sum(self.unmapped_pids.values())
+
+    def not_running(self, ids: Iterable[str]) -> dict[str, str]:
+        """Services of ``ids`` that are not running and healthy, with their state (mode.verify)."""
+        return {s: self.services[s].state.value for s in ids if self.services[s].state is not SvcState.RUNNING}
+
+    def started_at(self, sid: str) -> float:
+        """Wall-clock start of the service's process (0.0 when unknown or not running)."""
+        u = self.services[sid].unit
+        if not (u.is_running and u.started_mono_us and self.boot_time):
+            return 0.0
+        return self.boot_time + u.started_mono_us / 1e6
+
+
+def classify(preset: Preset, unit: UnitState, pr: Probe | None, record: ModeRecord) -> tuple[SvcState, int | None, bool]:
+    """Unit state + HTTP probe -> service state (and sleep level). Sleeping is never unhealthy."""
+    if not unit.is_running:
+        foreign = pr is not None and pr.health is Health.OK
+        return (SvcState.FAILED if unit.is_failed else SvcState.STOPPED), None, foreign
+    if pr is None:
+        return SvcState.UNHEALTHY, None, False
+    if pr.health is Health.OK:
+        if pr.sleeping:
+            if preset.sleep_mode.value == "router":
+                return SvcState.SLEEPING, 0, False  # unloaded from its router: holds no VRAM
+            level = record.sleep_levels.get(preset.id) or preset.sleep_mode.level or 1
+            return SvcState.SLEEPING, level, False
+        return SvcState.RUNNING, None, False
+    if pr.health in (Health.LOADING, Health.DOWN):
+        return SvcState.STARTING, None, False
+    return SvcState.UNHEALTHY, None, False
+
+
+def describe_state(seen: Observed) -> list[str]:
+    """What runs, sleeps and is stopped right now, one line each (for failure reports)."""
+    groups: dict[str, list[str]] = {}
+    for o in seen.services.values():
+        label = o.id + ((f" (L{o.sleep_level})" if o.sleep_level else " (unloaded)") if o.state is SvcState.SLEEPING else "")
+        groups.setdefault(o.state.value, []).append(label)
+    order = ["running", "starting", "sleeping", "unhealthy", "failed", "stopped"]
+    lines = [f"{k}: {', '.join(sorted(groups[k]))}" for k in order if groups.get(k)]
+    if seen.gpu and seen.gpu.gpus:
+        lines.append(f"GPU: {seen.gpu_used_mb} / {seen.gpu_total_mb} MB used")
+    return lines

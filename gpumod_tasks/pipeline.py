@@ -1,0 +1,187 @@
+"""The one run path: lock -> observe -> plan -> execute -> record, for every operation.
+
+The CLI's ``mode.switch`` and ``service.*``, the MCP tools, bootstrap and the router daemon all
+call ``run`` (or ``prepare`` for a dry run, which is the same observe and plan without the lock):
+what ``--dry-run`` prints is exactly what the real run executes.
+
+Operations: ``SwitchTo(mode)``, ``ServiceOp(action, service)`` and ``Refresh()`` (re-install
+changed units and restart what runs them). After a failed or interrupted run the target's mode
+record says so ("switch to X failed at step N: ...; now running: ...") until a run succeeds;
+``status``, ``mode.status`` and the daemon's ``/health`` show it instead of the last good mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .errors import GpuProbeError, SwitchFailed
+from .execute import Event, Executor, SwitchReport
+from .lock import host_lock
+from .observe import observe
+from .observed import Observed
+from .paths import controller_dir
+from .plan import Plan, Policy, ServiceOp, plan_refresh, plan_service, plan_switch
+from .plan.order import with_dependencies
+from .state import History, read_mode, write_mode
+from .target import Target
+
+
+@dataclass(frozen=True)
+class SwitchTo:
+    mode: str
+
+    def describe(self) -> str:
+        return f"switch to {self.mode}"
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """Install every unit that differs from the catalog; restart running services it changed."""
+
+    def describe(self) -> str:
+        return "reload the catalog"
+
+
+Operation = SwitchTo | ServiceOp | Refresh
+
+
+def policy_for(target: Target, *, reserve_mb: int | None = None) -> Policy:
+    s = target.spec
+    return Policy(
+        reserve_mb=s.reserve_mb if reserve_mb is None else reserve_mb,
+        keep_warm=s.keep_warm,
+        preflight_factor=s.preflight_factor,
+        preflight_margin_mb=s.preflight_margin_mb,
+        quiesce_s=s.quiesce_s,
+        quiesce_threshold_mb=s.quiesce_threshold_mb,
+        release_tolerance_mb=s.release_tolerance_mb,
+    )
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    report: SwitchReport | None  # None for a dry run
+    observed: Observed
+    rollback: SwitchReport | None = None
+
+
+def _units_for(target: Target, op: Operation) -> list[str]:
+    """The presets whose units the plan may install or find stale (rendered before planning)."""
+    cat = target.catalog
+    if isinstance(op, SwitchTo):
+        return list(cat.mode(op.mode).service_ids)
+    if isinstance(op, ServiceOp):
+        return with_dependencies(cat, [op.service])
+    return list(cat.presets)
+
+
+def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tuple[Plan, Observed]:
+    """Observe and plan (no lock, nothing changed): the dry run, and the first half of ``run``."""
+    from .units import render_units
+
+    cat = target.catalog
+    if isinstance(op, SwitchTo):
+        mode = cat.mode(op.mode)  # unknown names: clear errors before anything is touched
+    elif isinstance(op, ServiceOp):
+        cat.preset(op.service)
+    policy = policy or policy_for(target)
+    target.ensure_sim()
+    rendered = render_units(target, [cat.presets[s] for s in _units_for(target, op)])
+    seen = observe(target, unit_files=list(rendered))
+    if seen.gpu is None:
+        raise GpuProbeError(f"cannot plan without the GPU: {seen.gpu_error}")
+    if isinstance(op, SwitchTo):
+        plan = plan_switch(cat, seen, mode, policy, rendered)
+    elif isinstance(op, ServiceOp):
+        plan = plan_service(cat, seen, op, policy, rendered, now=time.time())
+    else:
+        plan = plan_refresh(cat, seen, policy, rendered)
+    return plan, seen
+
+
+def run(target: Target, op: Operation, *, dry_run: bool = False, wait_lock: bool = True, quiesce: bool = True,
+        rollback: bool = False, on_event: Event | None = None, on_wait: Callable[[str], None] | None = None,
+        on_plan: Callable[[Plan], None] | None = None) -> Outcome:
+    """``on_plan(plan)`` is called with the lock held, before anything changes (the router daemon
+    marks the services that will leave and drains their requests there)."""
+    policy = policy_for(target)
+    if dry_run:
+        plan, seen = prepare(target, op, policy)
+        return Outcome(plan, None, seen)
+    if isinstance(op, SwitchTo):
+        target.catalog.mode(op.mode)
+    elif isinstance(op, ServiceOp):
+        target.catalog.preset(op.service)
+    with host_lock(target.host, target.state_dir, what=_lock_label(op), wait=wait_lock, on_wait=on_wait):
+        plan, seen = prepare(target, op, policy)
+        if on_plan is not None:
+            on_plan(plan)
+        started = time.time()
+        executor = Executor(target, policy, on_event=on_event, quiesce=quiesce,
+                            release_timeout_s=target.spec.release_timeout_s)
+        report = executor.run(plan)
+        if not report.ok:
+            _record_failure(target, op, report)
+        _history(target, op, started, report, plan)
+        outcome = Outcome(plan, report, seen)
+        if (not report.ok and rollback and isinstance(op, SwitchTo) and plan.previous_mode
+                and plan.previous_mode != op.mode):
+            back_op = SwitchTo(plan.previous_mode)
+            back_plan, _ = prepare(target, back_op, policy)
+            back = Executor(target, policy, on_event=on_event, quiesce=quiesce,
+                            release_timeout_s=target.spec.release_timeout_s).run(back_plan)
+            if not back.ok:
+                _record_failure(target, back_op, back)
+            _history(target, back_op, time.time(), back, back_plan)
+            outcome.rollback = back
+    if not report.ok:
+        raise _failure(target, op, plan, outcome)
+    return outcome
+
+
+def _lock_label(op: Operation) -> str:
+    if isinstance(op, SwitchTo):
+        return f"mode.switch --name {op.mode}"
+    return op.describe()
+
+
+def _failure(target: Target, op: Operation, plan: Plan, outcome: Outcome) -> SwitchFailed:
+    report = outcome.report
+    assert report is not None
+    lines = list(report.state_lines)
+    if outcome.rollback is not None:
+        rb = outcome.rollback
+        lines.append(f"rollback to {plan.previous_mode}: " + ("done" if rb.ok else f"FAILED: {rb.error}"))
+        if not rb.ok:
+            lines += ["after rollback:"] + ["  " + ln for ln in rb.state_lines if not ln.startswith("now")]
+    what = f"switch to {op.mode}" if isinstance(op, SwitchTo) else op.describe()
+    err = SwitchFailed(f"{what} on {target.spec.name} {report.error}", lines, report.as_dict())
+    if report.error.startswith("interrupted"):
+        err.exit_code = 130  # Ctrl-C: the shell's convention, after the state report
+    return err
+
+
+def _record_failure(target: Target, op: Operation, report: SwitchReport) -> None:
+    """Make the target's record say the run failed, where, and what runs now."""
+    try:
+        rec = read_mode(target.host, target.state_dir)
+        failure = {"operation": op.describe(), "step": report.failed_step.describe() if report.failed_step else "",
+                   "step_index": report.failed_index, "error": report.error.partition("': ")[2] or report.error,
+                   "at": time.time(), "state": list(report.now)}
+        write_mode(target.host, target.state_dir, replace(rec, failure=failure))
+    except Exception:  # noqa: BLE001 - the host may be gone; the error report still says it all
+        pass
+
+
+def _history(target: Target, op: Operation, started: float, report: SwitchReport, plan: Plan) -> None:
+    try:
+        h = History(f"{controller_dir()}/history.sqlite")
+        h.add_switch(target.spec.name, started, report.duration_s, plan.previous_mode,
+                     plan.mode if isinstance(op, SwitchTo) else op.describe(), report.ok,
+                     [r.as_dict() for r in report.results], report.error)
+        h.close()
+    except Exception:  # history is advisory; never fail a switch over it  # noqa: BLE001
+        pass
