@@ -115,7 +115,7 @@ def test_connection_lost_mid_switch_names_host_and_step_and_rerun_converges(ssh_
     box.sd.run(["sh", "-c", f'for c in $(pgrep -P "$(cat {pidfile})"); do kill -9 "$c"; done'])
     out, err = p.communicate(timeout=30)
     assert p.returncode != 0
-    assert "switch to code on box1 failed at step 'start router" in err, err
+    assert "switch to code on box1 failed at step 'load router into its llama.cpp router" in err, err
     assert f"the SSH connection to {lab.boxes[0].addr} was lost" in err and "Re-run the same switch" in err, err
     # the host lock died with the session: re-running the switch converges
     code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "code", "--no-wait", "--json")
