@@ -22,10 +22,41 @@ COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "b
 STATE_STYLE = {"running": "green", "sleeping": "cyan", "starting": "yellow", "unhealthy": "red", "failed": "bold red", "stopped": "dim"}
 
 
+# Output that is not a terminal (a pipe, a file, a test's buffer) is never cut or wrapped at a
+# width: tables take their natural width and long lines stay whole, so `grep`, `cut` and `patch`
+# see what was printed.  A terminal keeps its own width.
+PIPE_WIDTH = 1 << 15
+RULE_WIDTH = 100  # a rule's width where there is no terminal to span
+
+
+class GpumodConsole(Console):
+    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line", align: Any = "center") -> None:
+        if self.is_terminal:
+            super().rule(title, characters=characters, style=style, align=align)
+            return
+        from rich.rule import Rule
+
+        self.print(Rule(title, characters=characters, style=style, align=align), width=RULE_WIDTH)
+
+
 def make_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
+    """A console for a task's output. ``file``: a buffer whose text is later written to stdout (several
+    hosts at once); it is laid out for stdout, as wide as the terminal there, unlimited if none."""
     if file is not None:
-        return Console(file=file, force_terminal=False, width=110, highlight=False, soft_wrap=False)
-    return Console(stderr=stderr, highlight=False)
+        width = Console().width if sys.stdout.isatty() else PIPE_WIDTH
+        return GpumodConsole(file=file, force_terminal=False, width=width, highlight=False, soft_wrap=False)
+    con = GpumodConsole(stderr=stderr, highlight=False)
+    if not con.is_terminal:
+        con = GpumodConsole(stderr=stderr, highlight=False, width=PIPE_WIDTH)
+    return con
+
+
+def print_json(data: Any, **kw: Any) -> None:
+    """JSON for scripts on stdout: one document, ending with a newline, flushed."""
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=1, **kw) + "\n")
+    sys.stdout.flush()
 
 
 def print_error(exc: GpumodError, console: Console | None = None) -> None:

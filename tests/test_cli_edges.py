@@ -100,3 +100,58 @@ def test_router_packages_are_core_dependencies():
     for pkg in ("starlette", "uvicorn", "httptools", "prometheus-client"):
         assert pkg in core
     assert meta["optional-dependencies"]["router"] == []
+
+
+def run_piped(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real program in a fresh interpreter, its stdout a pipe (not a terminal)."""
+    e = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    e.pop("COLUMNS", None)
+    e.update(env)
+    return subprocess.run([sys.executable, "-m", "gpumod_tasks.program", *argv], cwd=REPO, env=e, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+
+
+LONG_IDS = ("vllm-embedding-multilingual-large-instruct", "vllm-embedding-multilingual-large-reranker")
+
+
+@pytest.mark.parametrize("columns", [None, "80"])
+def test_piped_output_has_whole_ids_and_unbroken_lines(sim_host, columns):
+    for i, sid in enumerate(LONG_IDS):
+        sim_host.write_preset("embedding", sid, f"id: {sid}\nname: A long descriptive name for the {sid} service, version {i}\n"
+                                                f"driver: vllm\nport: {30000 + i}\nvram_mb: 1000\nsupports_sleep: true\nsleep_mode: l1\n")
+    env = {"COLUMNS": columns} if columns else {}
+    r = run_piped("service.list", **env)
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if "multilingual" in ln]
+    assert len(rows) == 2, r.stdout
+    for sid, row in zip(LONG_IDS, rows):
+        assert f" {sid} " in row and "version" in row and "…" not in row, row
+    r = run_piped("status", **env)
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("host local: simulated GPU") and first.rstrip().endswith("supervisor"), r.stdout[:300]
+    assert "…" not in r.stdout
+
+
+def test_piped_template_diff_is_a_diff_patch_applies(sim_host, tmp_path):
+    assert sim_host.inv("template.install-all")[0] == 0
+    units = sim_host.state / "supervisor" / "units"
+    installed = tmp_path / "tree"
+    installed.mkdir()
+    for f in units.glob("*.sh"):
+        (installed / f.name[:-3]).write_text(f.read_text())
+    p = sim_host.root / "presets" / "embedding" / "emb.yaml"
+    p.write_text(p.read_text().replace("vram_mb: 2500", "vram_mb: 2600"))
+    r = run_piped("template.diff")
+    assert r.returncode == 1, r.stderr
+    changed = [ln for ln in r.stdout.splitlines() if ln.startswith("+exec ")]
+    assert len(changed) == 1 and len(changed[0]) > 200 and changed[0].endswith("--enable-sleep-mode"), r.stdout
+    diff = tmp_path / "units.diff"
+    diff.write_text(r.stdout)
+    dry = subprocess.run(["patch", "-p1", "--dry-run", "-d", str(installed), "-i", str(diff)], capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    subprocess.run(["patch", "-p1", "-s", "-d", str(installed), "-i", str(diff)], check=True)
+    assert sim_host.inv("template.install-all")[0] == 0
+    # the patched copy is exactly what install-all then wrote
+    for f in units.glob("*.sh"):
+        assert (installed / f.name[:-3]).read_text() == f.read_text(), f.name
