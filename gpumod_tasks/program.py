@@ -45,6 +45,24 @@ def missing_extra_message(exc: ModuleNotFoundError, task: str = "") -> str | Non
     return f"error: {who} the Python package '{top}' (extra '{extra}'), which is not installed: pip install -e '.[{extra}]'"
 
 
+def bad_number_message(exc: ValueError, argv: list[str]) -> str:
+    """``--lines abc``: name the flag and what it takes instead of a ValueError traceback."""
+    import re
+
+    m = re.search(r"(?:invalid literal for (int)\(\) with base 10|could not convert string to (float)): '(.*)'$", str(exc))
+    if m is None:
+        return f"error: {exc}"
+    kind, value = m.group(1) or m.group(2), m.group(3)
+    flag = ""
+    for prev, tok in zip(["", *argv], argv):
+        if tok == value and prev.startswith("-"):
+            flag = prev
+        elif tok.startswith("-") and tok.endswith(f"={value}"):
+            flag = tok.partition("=")[0]
+    what = "a whole number" if kind == "int" else "a number"
+    return f"error: {flag or 'a flag'} takes {what}, not {value!r}"
+
+
 class _TaskContext(ParserContext):
     """A task's parser context that also takes ``--help``/``-h``; given them, its positionals are not required."""
 
@@ -109,7 +127,10 @@ class Gpumod(Program):
     def parse_tasks(self) -> None:
         plain = self._make_parser()
         self.parser = Parser(initial=plain.initial, contexts=[_with_help_flag(c) for c in plain.contexts.values()])
-        result = self.parser.parse_argv(self.core.unparsed)
+        try:
+            result = self.parser.parse_argv(self.core.unparsed)
+        except ValueError as exc:  # Invoke casting a flag's value to the int/float its default has
+            raise Exit(bad_number_message(exc, self.core.unparsed), code=2) from None
         self.core_via_tasks = result.pop(0)
         self._update_core_context(context=self.core[0], new_args=self.core_via_tasks.args)
         for ctx in result:

@@ -138,8 +138,8 @@ def presets_table(presets: list[Preset], title: str = "services") -> Table:
 
 def modes_table(cat: Catalog, current: str | None = None) -> Table:
     t = Table(title="modes", title_justify="left")
-    for col in ("", "id", "name", "services", "Total VRAM MB"):
-        t.add_column(col, justify="right" if col == "Total VRAM MB" else "left")
+    for col in ("current", "id", "name", "services", "Total VRAM MB"):
+        t.add_column(col, justify="right" if col == "Total VRAM MB" else "center" if col == "current" else "left")
     for m in cat.modes.values():
         t.add_row("*" if m.id == current else "", m.id, m.name, ", ".join(m.service_ids) or "-", str(cat.mode_vram(m)))
     return t

@@ -155,3 +155,74 @@ def test_piped_template_diff_is_a_diff_patch_applies(sim_host, tmp_path):
     # the patched copy is exactly what install-all then wrote
     for f in units.glob("*.sh"):
         assert (installed / f.name[:-3]).read_text() == f.read_text(), f.name
+
+
+def mode_rows(out: str) -> dict[str, str]:
+    rows = {}
+    for ln in out.splitlines():
+        ln = ln.strip()
+        cells = [c.strip() for c in ln[1:-1].split("│")]
+        if ln.startswith("│") and len(cells) == 5:
+            rows[cells[1]] = cells[0]
+    return rows
+
+
+def test_mode_list_marks_the_recorded_mode(sim_host):
+    code, out, err = sim_host.inv("mode.list")
+    assert code == 0, err
+    marks = mode_rows(out)
+    assert set(marks) >= {"blank", "rag", "code", "chat", "speak"} and set(marks.values()) == {""}, out
+    assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
+    code, out, err = sim_host.inv("mode.list")
+    assert code == 0 and "current" in out
+    assert {k: v for k, v in mode_rows(out).items() if v} == {"rag": "*"}, out
+    code, out, err = sim_host.inv("mode.list", "--json")
+    assert code == 0 and out.endswith("}\n]\n")
+    assert {m["id"] for m in json.loads(out) if m["current"]} == {"rag"}
+    assert sim_host.inv("mode.switch", "--name", "blank")[0] == 0
+    code, out, err = sim_host.inv("mode.list", "--json")
+    assert {m["id"] for m in json.loads(out) if m["current"]} == {"blank"}
+
+
+def test_sleep_level_is_checked_against_the_service(sim_host):
+    assert sim_host.inv("mode.switch", "--name", "code")[0] == 0  # emb (vLLM, L1) and router (llama.cpp router) run
+    for bad in ("abc", "3", "0", "-1"):
+        code, out, err = sim_host.inv("service.sleep", "emb", "--level", bad)
+        assert code == 2 and f"--level must be 1 or 2" in err and repr(bad) in err and "Traceback" not in err, (bad, err)
+    code, out, err = sim_host.inv("service.sleep", "router", "--level", "1")
+    assert code == 2 and "llama.cpp router" in err and "leave out --level" in err
+    code, out, err = sim_host.inv("service.status", "emb", "--json")
+    assert json.loads(out)["state"] == "running"  # the refusals touched nothing
+    code, out, err = sim_host.inv("service.sleep", "emb", "--level", "2")
+    assert code == 0 and "emb asleep (L2)" in out, err
+    code, out, err = sim_host.inv("service.status", "emb", "--json")
+    assert (json.loads(out)["state"], json.loads(out)["sleep_level"]) == ("sleeping", 2)
+    code, out, err = sim_host.inv("service.sleep", "router")
+    assert code == 0 and "unloaded from its router" in out, err
+    assert sim_host.inv("mode.switch", "--name", "blank")[0] == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--gpu-mb", "-5"], "--gpu-mb must be a positive whole number of MB, not '-5'"),
+    (["--gpu-mb", "0"], "--gpu-mb must be a positive whole number of MB, not '0'"),
+    (["--gpu-mb", "lots"], "--gpu-mb must be a positive whole number of MB, not 'lots'"),
+    (["--reserve-mb", "-5"], "--reserve-mb must be a whole number of MB, 0 or more, not '-5'"),
+    (["--gpu-mb", "4000", "--reserve-mb", "4000"], "the reserve (4000 MB) must be less than the GPU size (4000 MB)"),
+])
+def test_simulate_refuses_impossible_sizes(sim_host, argv, message):
+    code, out, err = sim_host.inv("mode.simulate", "--name", "rag", *argv)
+    assert (code, out) == (2, "") and message in err, (code, out, err)
+
+
+def test_simulate_takes_a_given_gpu_size_and_reserve(sim_host):
+    code, out, err = sim_host.inv("mode.simulate", "--name", "rag", "--gpu-mb", "8000", "--reserve-mb", "0")
+    assert code == 0 and out.startswith("Fits: 7500 / 8000 MB (headroom: 500 MB)\n") and "?" not in out, out + err
+    code, out, err = sim_host.inv("mode.simulate", "--name", "rag", "--gpu-mb", "7000")
+    assert code == 1 and "7500/7000 MB" in out and "?" not in out
+
+
+def test_a_bad_number_names_its_flag(sim_host):
+    code, out, err = sim_host.inv("service.logs", "emb", "--lines", "many")
+    assert code == 2 and err.strip() == "error: --lines takes a whole number, not 'many'"
+    code, out, err = sim_host.inv("status", "--watch", "--interval=soon")
+    assert code == 2 and err.strip() == "error: --interval takes a number, not 'soon'"

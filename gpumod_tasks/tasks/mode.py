@@ -9,16 +9,26 @@ from invoke import Collection, Exit, task
 
 @task(help={"json": "Print JSON instead of a table."})
 def list_(c, json_=False):
-    """List modes with their total VRAM."""
-    from ..runtime import catalog
-    from ..ui import make_console, modes_table
+    """List modes with their total VRAM; the target's current (recorded) mode is marked."""
+    from ..runtime import catalog, for_each_host
+    from ..state import read_mode
+    from ..ui import modes_table, print_json
 
-    cat = catalog()
-    if json_:
-        print(json.dumps([{"id": m.id, "name": m.name, "services": list(m.service_ids), "total_vram_mb": cat.mode_vram(m)}
-                          for m in cat.modes.values()], indent=1))
-        return
-    make_console().print(modes_table(cat))
+    catalog()  # an invalid catalog is reported before any host is contacted
+
+    def run(t, con):
+        cat = t.catalog
+        current = read_mode(t.host, t.state_dir).mode
+        if json_:
+            print_json([{"id": m.id, "name": m.name, "services": list(m.service_ids), "total_vram_mb": cat.mode_vram(m),
+                         "current": m.id == current} for m in cat.modes.values()])
+        else:
+            con.print(modes_table(cat, current))
+            if current and current not in cat.modes:
+                con.print(f"[yellow]note:[/yellow] the recorded mode {current!r} is not in the catalog any more")
+        return f"current: {current or '-'}"
+
+    for_each_host(c, run, as_json=json_, header=False)
 
 
 @task(help={"name": "Mode id.", "json": "Print JSON."})
@@ -52,11 +62,11 @@ def _gpu_mb(c) -> int:
     "name": "Mode to simulate (optional with --services).",
     "add": "Add a service to the mode (repeatable).",
     "services": "Comma-separated services to simulate instead of a mode.",
-    "gpu-mb": "GPU size in MB (default: the target host's GPU, else the RTX 4090 profile, 24564).",
-    "reserve-mb": "MB kept free (default: the host's reserve_mb).",
+    "gpu-mb": "GPU size in MB, a positive whole number (default: the target host's GPU, else the RTX 4090 profile, 24564).",
+    "reserve-mb": "MB kept free, 0 or more and less than the GPU (default: the host's reserve_mb).",
     "json": "Print JSON.",
 })
-def simulate(c, name=None, add=None, services=None, gpu_mb=0, reserve_mb=-1, json_=False):
+def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None, json_=False):
     """Check whether a mode (or a set of services) fits in VRAM, with alternatives when it does not.
 
     Simulation never starts or stops anything: it reads only the catalog and the inventory.
@@ -82,8 +92,10 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=0, reserve_mb=-1, jso
         if i not in seen:
             seen.append(i)
     spec = host_specs(c)[0]
-    total = gpu_mb or spec.gpu_total_mb or 24564
-    reserve = spec.reserve_mb if reserve_mb < 0 else reserve_mb
+    total = _megabytes("--gpu-mb", gpu_mb, minimum=1) if gpu_mb is not None else spec.gpu_total_mb or 24564
+    reserve = _megabytes("--reserve-mb", reserve_mb, minimum=0) if reserve_mb is not None else spec.reserve_mb
+    if reserve >= total:
+        raise Exit(f"error: the reserve ({reserve} MB) must be less than the GPU size ({total} MB)", code=2)
     result = fit(cat, [cat.presets[i] for i in seen], total, reserve)
     try:
         h = History(f"{controller_dir()}/history.sqlite")
@@ -97,6 +109,17 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=0, reserve_mb=-1, jso
         fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip())
     if not result.fits:
         raise Exit(code=1)
+
+
+def _megabytes(flag: str, value: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        want = "a positive whole number of MB" if minimum > 0 else "a whole number of MB, 0 or more"
+        raise Exit(f"error: {flag} must be {want}, not {value!r}", code=2)
+    return n
 
 
 @task(help={

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from invoke import Collection, task
+from invoke import Collection, Exit, task
 
 
 @task(help={"json": "Print JSON."})
@@ -72,10 +72,33 @@ def restart(c, service_id):
     _action(c, "restart", service_id)
 
 
-@task(help={"service-id": "Service to put to sleep.", "level": "Sleep level (1 or 2; default: the preset's)."})
+SLEEP_LEVELS = (1, 2)  # vLLM's: 1 offloads the weights to host RAM, 2 discards them
+
+
+def sleep_level(preset, level: str | None) -> int | None:
+    """``--level`` checked against the service before anything is contacted (Exit 2 when it is wrong)."""
+    if level is None:
+        return None
+    if preset.sleep_mode.value == "router":
+        raise Exit(f"error: {preset.id} sleeps by being unloaded from its llama.cpp router, which has no levels; "
+                   "leave out --level", code=2)
+    try:
+        n = int(level)
+    except ValueError:
+        n = None
+    if n not in SLEEP_LEVELS:
+        raise Exit(f"error: --level must be {' or '.join(map(str, SLEEP_LEVELS))} "
+                   f"(1: weights offloaded to host RAM, 2: weights discarded), not {level!r}", code=2)
+    return n
+
+
+@task(help={"service-id": "Service to put to sleep.",
+            "level": "vLLM sleep level, 1 or 2 (default: the preset's); a llama.cpp router service takes none."})
 def sleep(c, service_id, level=None):
     """Put one sleep-capable service to sleep (vLLM L1/L2, or unload from its llama.cpp router)."""
-    _action(c, "sleep", service_id, level=int(level) if level is not None else None)
+    from ..runtime import catalog
+
+    _action(c, "sleep", service_id, level=sleep_level(catalog().preset(service_id), level))
 
 
 @task(help={"service-id": "Service to wake."})
