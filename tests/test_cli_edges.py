@@ -226,3 +226,86 @@ def test_a_bad_number_names_its_flag(sim_host):
     assert code == 2 and err.strip() == "error: --lines takes a whole number, not 'many'"
     code, out, err = sim_host.inv("status", "--watch", "--interval=soon")
     assert code == 2 and err.strip() == "error: --interval takes a number, not 'soon'"
+
+
+def switch_json(*argv: str) -> tuple[int, dict, str]:
+    code, out, err = run_cli(["mode.switch", "--json", *argv])
+    assert out.endswith("}\n"), (code, out, err)
+    return code, json.loads(out), err
+
+
+def test_switch_json_on_refusals_and_failures(sim_host):
+    import fcntl
+
+    from gpumod_tasks.lock import lock_path
+
+    h = sim_host
+    code, d, err = switch_json("--name", "nosuch")
+    assert code == 2 and (d["ok"], d["kind"], d["exit_code"]) == (False, "UnknownName", 2)
+    assert "unknown mode 'nosuch'" in d["error"] and d["state"][0] == "now on the GPU host:"
+    assert any(ln.strip().startswith("stopped: ") for ln in d["state"])
+
+    h.write_mode("huge", ["emb", "doc", "big", "router", "asr"])  # 25500 MB > 24564 - 512
+    for extra in ([], ["--dry-run"]):
+        code, d, err = switch_json("--name", "huge", *extra)
+        assert code == 1 and (d["ok"], d["kind"], d["mode"]) == (False, "PlanRefused", "huge"), d
+        assert "does not fit" in d["error"] and any("time-share" in ln for ln in d["details"]) and d["state"]
+
+    assert switch_json("--name", "rag")[0] == 0
+    fd = os.open(lock_path(str(h.state)), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another switch holds the host lock
+        code, d, err = switch_json("--name", "code", "--no-wait")
+    finally:
+        os.close(fd)
+    assert code == 3 and (d["ok"], d["kind"]) == (False, "LockBusy") and "lock" in d["error"]
+    assert any("running: doc, emb" in ln for ln in d["state"]), d["state"]
+
+    port = h.ports["asr"]  # a health gate that never passes: the switch fails midway
+    h.write_preset("speech", "asr", f"id: asr\nname: asr\ndriver: fastapi\nport: {port}\nvram_mb: 3000\nstartup_timeout: 2\n"
+                                     "health_endpoint: /does-not-exist\nunit_vars:\n  command: [python, -m, asr]\n")
+    code, d, err = switch_json("--name", "speak")
+    assert code == 1 and (d["ok"], d["kind"], d["mode"], d["previous_mode"]) == (False, "SwitchFailed", "speak", "rag")
+    assert "health gate failed for asr" in d["error"]
+    failed = [s for s in d["steps"] if s["status"] == "failed"]
+    assert len(failed) == 1 and "asr" in failed[0]["step"]
+    assert d["state"][0] == "now on the GPU host:" and d["state"] == d["details"]
+    assert switch_json("--name", "blank")[0] == 0
+
+
+def test_every_json_output_is_one_document_ending_in_a_newline(sim_host):
+    assert run_cli(["mode.switch", "--name", "rag"])[0] == 0
+    for argv in (["mode.list"], ["mode.show", "rag"], ["mode.simulate", "--name", "rag"], ["mode.status"], ["mode.verify"],
+                 ["mode.switch", "--name", "rag", "--dry-run"], ["mode.switch", "--name", "rag"], ["service.list"],
+                 ["service.show", "emb"], ["service.status", "emb"], ["status"], ["gpu.status"],
+                 ["doctor.gpu"], ["doctor.presets"], ["doctor.all"], ["mode.switch", "--name", "blank"]):
+        code, out, err = run_cli([*argv, "--json"])
+        assert out.endswith("\n") and not out.endswith("\n\n"), (argv, out[-50:])
+        json.loads(out)
+
+
+def doctor_json(*argv: str) -> tuple[int, dict]:
+    code, out, err = run_cli([*argv, "--json"])
+    assert out.endswith("}\n"), (argv, code, out, err)
+    d = json.loads(out)
+    assert set(d) == {"host", "ok", "checks"} and all(set(ch) == {"name", "ok", "detail", "fix"} for ch in d["checks"])
+    return code, d
+
+
+def test_doctor_checks_print_json_with_the_same_exit_code(sim_host):
+    for task in ("doctor.gpu", "doctor.presets", "doctor.sysctl", "doctor.oom-protection", "doctor.units", "doctor.all"):
+        plain = run_cli([task])[0]
+        code, d = doctor_json(task)
+        assert code == plain and d["ok"] == (code == 0) and d["host"] == "local", (task, d)
+    code, d = doctor_json("doctor.gpu")
+    assert code == 0 and d["checks"] == [{"name": "gpu", "ok": True, "fix": "",
+                                          "detail": d["checks"][0]["detail"]}] and "RTX 4090" in d["checks"][0]["detail"]
+    port = sim_host.ports["router"]
+    sim_host.write_preset("code", "gemma", f"id: gemma\nname: gemma\ndriver: llamacpp\nport: {port}\nvram_mb: 9000\n"
+                                           "model_path: /m/gemma.gguf\nunit_vars:\n  parallel: 4\n  extra_args: [--swa-full]\n")
+    code, d = doctor_json("doctor.presets")
+    assert code == 1 and not d["ok"] and d["checks"][0]["name"] == "presets" and "--swa-full" in d["checks"][0]["detail"]
+    code, d = doctor_json("doctor.all")
+    names = [ch["name"] for ch in d["checks"]]
+    assert code == 1 and {"gpu", "sysctl", "oom-protection", "presets", "units"} <= set(names)
+    assert [ch["ok"] for ch in d["checks"] if ch["name"] == "presets"] == [False]

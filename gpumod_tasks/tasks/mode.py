@@ -137,17 +137,27 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
     refuses a mode that does not fit, and takes a host-level lock so switches never interleave.
     `inv mode.switch --name blank` always works and frees all VRAM.
     """
+    from ..errors import GpumodError
     from ..runtime import for_each_host
     from ..switch import switch as do_switch
-    from ..ui import SwitchProgress, print_plan, print_summary
+    from ..ui import SwitchProgress, print_json, print_plan, print_summary
 
     def run(t, con):
+        if not json_:
+            return attempt(t, con)
+        try:
+            return attempt(t, con)
+        except GpumodError as exc:  # scripts get the refusal or failure on stdout; the exit code stays the error's
+            print_json(_switch_error(t, name, exc))
+            raise
+
+    def attempt(t, con):
         if dry_run:
             out = do_switch(t, name, dry_run=True)
             if json_:
-                print(json.dumps({"mode": name, "dry_run": True, "steps": [s.describe() for s in out.plan.steps],
-                                  "kept": list(out.plan.keep), "projected_mb": out.plan.projected_mb,
-                                  "budget_mb": out.plan.budget_mb, "notes": list(out.plan.notes)}, indent=1))
+                print_json({"ok": True, "mode": name, "dry_run": True, "steps": [s.describe() for s in out.plan.steps],
+                            "kept": list(out.plan.keep), "projected_mb": out.plan.projected_mb,
+                            "budget_mb": out.plan.budget_mb, "notes": list(out.plan.notes)})
             else:
                 print_plan(con, out.plan)
             return f"dry run: {len(out.plan.steps)} steps"
@@ -156,7 +166,7 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
                             on_event=prog.event, on_wait=lambda msg: con.print(f"[yellow]{msg}[/yellow]"))
         if json_:
             # commands sent to the host during this run (observe, lock, steps): what a switch costs over SSH
-            print(json.dumps({**out.report.as_dict(), "round_trips": t.host.round_trips}, indent=1))
+            print_json({**out.report.as_dict(), "round_trips": t.host.round_trips})
         elif out.plan.converged:
             con.print(f"[green]already in mode {name}[/green]: nothing to do (kept: {', '.join(out.plan.keep) or '-'})")
         else:
@@ -164,6 +174,25 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
         return f"{name} in {out.report.duration_s:.2f}s"
 
     for_each_host(c, run, as_json=json_)
+
+
+def _switch_error(t, name, exc) -> dict:
+    """``mode.switch --json`` when the switch is refused (nothing changed) or fails (its report, and the state it left)."""
+    from ..errors import GpumodError, SwitchFailed
+
+    payload = dict(exc.payload) if isinstance(exc, SwitchFailed) else {"mode": name}
+    if isinstance(exc, SwitchFailed):
+        state = list(exc.state_lines)
+    else:  # refused before anything changed: what runs on the host as it stands
+        from ..observe import observe
+        from ..plan import describe_state
+
+        try:
+            state = ["now on the GPU host:"] + ["  " + ln for ln in describe_state(observe(t))]
+        except GpumodError as obs_exc:
+            state = [f"state of the GPU host unknown: cannot observe it ({obs_exc})"]
+    return {**payload, "ok": False, "host": t.spec.name, "error": str(exc), "kind": type(exc).__name__,
+            "details": exc.details(), "exit_code": exc.exit_code, "state": state, "round_trips": t.host.round_trips}
 
 
 @task(help={"json": "Print JSON."})
