@@ -232,21 +232,25 @@ class SwitchProgress:
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> SwitchProgress:
-        if self.enabled:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(SpinnerColumn(finished_text="[green]✓[/green]"), TextColumn("{task.description}"),
-                                     TimeElapsedColumn(), console=self.con, transient=False)
-            self.progress.__enter__()
         return self
+
+    def _start(self) -> None:
+        # started with the first step: a switch refused before any step prints no empty progress block
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(finished_text="[green]✓[/green]"), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=self.con, transient=False)
+        self.progress.__enter__()
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
     def event(self, phase: str, step: Step, detail: str) -> None:
-        if self.progress is None:
+        if not self.enabled:
             return
+        if self.progress is None:
+            self._start()
         key = id(step)
         if phase == "start":
             self.tasks[key] = self.progress.add_task(step.describe(), total=1)
