@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from .observe import Observed
     from .plan import Plan, Step
 
+# An id column on a narrow terminal: never cut to "vllm-embed…" (two ids would look the same); the
+# other columns give way first, and an id that still does not fit folds onto a second line whole.
+ID_COLUMN: dict[str, Any] = {"overflow": "fold", "no_wrap": True}
+
 COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta", "bright_green", "bright_yellow"]
 STATE_STYLE = {"running": "green", "sleeping": "cyan", "starting": "yellow", "unhealthy": "red", "failed": "bold red", "stopped": "dim"}
 
@@ -109,7 +113,7 @@ def fit_report(con: Console, fit: FitResult, title: str) -> None:
     con.print(Text(fit.headline(), style=style))
     t = Table(title=title, title_justify="left")
     for col in ("id", "name", "driver", "VRAM MB", "sleep"):
-        t.add_column(col, justify="right" if col == "VRAM MB" else "left")
+        t.add_column(col, justify="right" if col == "VRAM MB" else "left", **ID_COLUMN if col == "id" else {})
     for p in fit.services:
         t.add_row(p.id, p.name, p.driver.value, str(p.vram_mb), p.sleep_mode.value)
     t.add_row("", "[bold]total[/bold]", "", f"[bold]{fit.total_mb}[/bold]", "")
@@ -130,7 +134,7 @@ def fit_report(con: Console, fit: FitResult, title: str) -> None:
 def presets_table(presets: list[Preset], title: str = "services") -> Table:
     t = Table(title=title, title_justify="left")
     for col in ("id", "name", "driver", "port", "VRAM MB", "sleep", "category"):
-        t.add_column(col, justify="right" if col in ("port", "VRAM MB") else "left")
+        t.add_column(col, justify="right" if col in ("port", "VRAM MB") else "left", **ID_COLUMN if col == "id" else {})
     for p in presets:
         t.add_row(p.id, p.name, p.driver.value, str(p.port), str(p.vram_mb), p.sleep_mode.value, p.category)
     return t
@@ -139,7 +143,8 @@ def presets_table(presets: list[Preset], title: str = "services") -> Table:
 def modes_table(cat: Catalog, current: str | None = None) -> Table:
     t = Table(title="modes", title_justify="left")
     for col in ("current", "id", "name", "services", "Total VRAM MB"):
-        t.add_column(col, justify="right" if col == "Total VRAM MB" else "center" if col == "current" else "left")
+        t.add_column(col, justify="right" if col == "Total VRAM MB" else "center" if col == "current" else "left",
+                     **ID_COLUMN if col == "id" else {})
     for m in cat.modes.values():
         t.add_row("*" if m.id == current else "", m.id, m.name, ", ".join(m.service_ids) or "-", str(cat.mode_vram(m)))
     return t
@@ -169,7 +174,7 @@ def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None 
     t = Table(title_justify="left")
     cols = ["service", "state", "port", "VRAM MB", "driver", *(["uptime"] if uptimes is not None else []), "detail"]
     for col in cols:
-        t.add_column(col, justify="right" if col in ("port", "VRAM MB", "uptime") else "left")
+        t.add_column(col, justify="right" if col in ("port", "VRAM MB", "uptime") else "left", **ID_COLUMN if col == "service" else {})
     for sid, o in seen.services.items():
         p = cat.presets[sid]
         state = o.state.value + (f" L{o.sleep_level}" if o.sleep_level else " (unloaded)" if o.sleep_level == 0 else "")
@@ -281,7 +286,7 @@ def results_table(results: list[Any]) -> Table:
     """Per-host results of a multi-host run."""
     t = Table(title="hosts", title_justify="left")
     for col in ("host", "result", "seconds", "summary"):
-        t.add_column(col, justify="right" if col == "seconds" else "left")
+        t.add_column(col, justify="right" if col == "seconds" else "left", **ID_COLUMN if col == "host" else {})
     for r in results:
         t.add_row(r.host, "[green]ok[/green]" if r.ok else "[red]FAILED[/red]", f"{r.seconds:.2f}", r.summary)
     return t

@@ -309,3 +309,20 @@ def test_doctor_checks_print_json_with_the_same_exit_code(sim_host):
     names = [ch["name"] for ch in d["checks"]]
     assert code == 1 and {"gpu", "sysctl", "oom-protection", "presets", "units"} <= set(names)
     assert [ch["ok"] for ch in d["checks"] if ch["name"] == "presets"] == [False]
+
+
+def test_ids_stay_whole_on_a_narrow_terminal(repo_catalog):
+    import io
+
+    from rich.console import Console
+
+    from gpumod_tasks.ui import modes_table, presets_table
+
+    for width in (80, 60):
+        for table, col, ids in ((presets_table(list(repo_catalog.presets.values())), 1, repo_catalog.presets),
+                                (modes_table(repo_catalog, None), 2, repo_catalog.modes)):
+            buf = io.StringIO()
+            Console(file=buf, width=width, force_terminal=True, color_system=None).print(table)
+            cells = [ln.split("│")[col].strip() for ln in buf.getvalue().splitlines() if ln.startswith("│")]
+            for sid in ids:
+                assert sid in cells, (width, sid, buf.getvalue())
