@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from invoke import Collection, Exit, task
 
 
@@ -11,12 +9,12 @@ from invoke import Collection, Exit, task
 def list_(c, json_=False):
     """List every service in the catalog."""
     from ..runtime import catalog
-    from ..ui import make_console, presets_table
+    from ..ui import make_console, presets_table, print_json
 
     cat = catalog()
     if json_:
-        print(json.dumps([{"id": p.id, "name": p.name, "driver": p.driver.value, "port": p.port, "vram_mb": p.vram_mb,
-                           "sleep_mode": p.sleep_mode.value, "category": p.category} for p in cat.presets.values()], indent=1))
+        print_json([{"id": p.id, "name": p.name, "driver": p.driver.value, "port": p.port, "vram_mb": p.vram_mb,
+                     "sleep_mode": p.sleep_mode.value, "category": p.category} for p in cat.presets.values()])
         return
     make_console().print(presets_table(list(cat.presets.values())))
 
@@ -32,7 +30,9 @@ def show(c, service_id, json_=False):
     d = dataclasses.asdict(p)
     d["driver"], d["sleep_mode"], d["unit"], d["sleep_residual_mb"] = p.driver.value, p.sleep_mode.value, p.unit, p.residual_mb
     if json_:
-        print(json.dumps(d, indent=1, default=str))
+        from ..ui import print_json
+
+        print_json(d, default=str)
         return
     from ..ui import make_console
 
@@ -113,6 +113,7 @@ def status(c, service_id, json_=False):
     from ..observe import observe
     from ..runtime import for_each_host
     from ..status import observed_dict
+    from ..ui import print_json
 
     def run(t, con):
         t.catalog.preset(service_id)
@@ -120,7 +121,7 @@ def status(c, service_id, json_=False):
         seen = observe(t, [service_id])
         d = [s for s in observed_dict(t, seen)["services"] if s["id"] == service_id][0]
         if json_:
-            print(json.dumps(d, indent=1))
+            print_json(d)
         else:
             con.print(" ".join(f"[bold]{k}[/bold]={v}" for k, v in d.items()))
         return d["state"]
