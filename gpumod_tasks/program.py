@@ -8,6 +8,11 @@ it is loaded only when a remote host is actually targeted.
 The namespace is the project's ``tasks.py`` when one is found from the working directory (as
 ``inv`` always does), else the installed ``gpumod_tasks.tasks`` namespace.  This is also the one
 place where gpumod's errors become a red message and an exit code.
+
+``inv TASK --help`` (or ``-h``) prints the task's help for every task: Invoke's parser lets a
+task's required positional argument eat ``--help`` as its value (``inv mode.switch --help`` would
+switch to a mode named "--help"), so each task's parser context here also knows ``--help``/``-h``
+as its own flag, which wins over the positional.
 """
 
 from __future__ import annotations
@@ -15,8 +20,66 @@ from __future__ import annotations
 import sys
 
 from invoke import Argument, Collection, Exit, Program
+from invoke.parser import Parser, ParserContext
 
 from . import __version__
+
+HELP_ARG = "help"
+
+# Third-party modules a task imports lazily -> the extra that installs them.  A task that needs one
+# that is missing says in one line what to install instead of dying with a traceback.
+EXTRAS = {
+    "starlette": "router", "uvicorn": "router", "httptools": "router", "prometheus_client": "router",
+    "mcp": "mcp",
+    "gguf": "models", "numpy": "models", "huggingface_hub": "models",
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError, task: str = "") -> str | None:
+    """The one-line hint for a missing optional dependency; None when ``exc`` is not one of them."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    who = f"{task} needs" if task else "this needs"
+    return f"error: {who} the Python package '{top}' (extra '{extra}'), which is not installed: pip install -e '.[{extra}]'"
+
+
+def bad_number_message(exc: ValueError, argv: list[str]) -> str:
+    """``--lines abc``: name the flag and what it takes instead of a ValueError traceback."""
+    import re
+
+    m = re.search(r"(?:invalid literal for (int)\(\) with base 10|could not convert string to (float)): '(.*)'$", str(exc))
+    if m is None:
+        return f"error: {exc}"
+    kind, value = m.group(1) or m.group(2), m.group(3)
+    flag = ""
+    for prev, tok in zip(["", *argv], argv):
+        if tok == value and prev.startswith("-"):
+            flag = prev
+        elif tok.startswith("-") and tok.endswith(f"={value}"):
+            flag = tok.partition("=")[0]
+    what = "a whole number" if kind == "int" else "a number"
+    return f"error: {flag or 'a flag'} takes {what}, not {value!r}"
+
+
+class _TaskContext(ParserContext):
+    """A task's parser context that also takes ``--help``/``-h``; given them, its positionals are not required."""
+
+    @property
+    def missing_positional_args(self) -> list[Argument]:
+        helparg = self.args.get(HELP_ARG)
+        if helparg is not None and helparg.value:
+            return []
+        return super().missing_positional_args
+
+
+def _with_help_flag(ctx: ParserContext) -> ParserContext:
+    if HELP_ARG in ctx.args:  # a task with its own --help argument keeps it
+        return ctx
+    names = tuple(n for n in (HELP_ARG, "h") if ("--" if len(n) > 1 else "-") + n not in ctx.flags)
+    return _TaskContext(name=ctx.name, aliases=ctx.aliases,
+                        args=[*ctx.args.values(), Argument(names=names, kind=bool, help="Show this task's help.")])
 
 
 class Gpumod(Program):
@@ -61,6 +124,23 @@ class Gpumod(Program):
         }
         self.config.merge()
 
+    def parse_tasks(self) -> None:
+        plain = self._make_parser()
+        self.parser = Parser(initial=plain.initial, contexts=[_with_help_flag(c) for c in plain.contexts.values()])
+        try:
+            result = self.parser.parse_argv(self.core.unparsed)
+        except ValueError as exc:  # Invoke casting a flag's value to the int/float its default has
+            raise Exit(bad_number_message(exc, self.core.unparsed), code=2) from None
+        self.core_via_tasks = result.pop(0)
+        self._update_core_context(context=self.core[0], new_args=self.core_via_tasks.args)
+        for ctx in result:
+            if isinstance(ctx, _TaskContext):
+                if ctx.args[HELP_ARG].value and not self.args.help.value:
+                    self.args.help.value = ctx.name  # parse_cleanup prints this task's help and exits
+                del ctx.args[HELP_ARG]
+        self.tasks = result
+        self.parser = plain  # per-task help and completion list the task's own flags only
+
     def load_collection(self) -> None:
         try:
             super().load_collection()
@@ -84,6 +164,13 @@ class Gpumod(Program):
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             raise Exit(code=130) from None
+        except ModuleNotFoundError as exc:
+            task = self.tasks[0].name if self.tasks else ""
+            msg = missing_extra_message(exc, task)
+            if msg is None:
+                raise
+            print(msg, file=sys.stderr)
+            raise Exit(code=1) from None
 
 
 def make_program(namespace: Collection | None = None) -> Gpumod:

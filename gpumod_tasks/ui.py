@@ -18,14 +18,49 @@ if TYPE_CHECKING:
     from .observe import Observed
     from .plan import Plan, Step
 
+# An id column on a narrow terminal: never cut to "vllm-embed…" (two ids would look the same); the
+# other columns give way first, and an id that still does not fit folds onto a second line whole.
+ID_COLUMN: dict[str, Any] = {"overflow": "fold", "no_wrap": True}
+
 COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta", "bright_green", "bright_yellow"]
 STATE_STYLE = {"running": "green", "sleeping": "cyan", "starting": "yellow", "unhealthy": "red", "failed": "bold red", "stopped": "dim"}
 
 
+# Output that is not a terminal (a pipe, a file, a test's buffer) is never cut or wrapped at a
+# width: tables take their natural width and long lines stay whole, so `grep`, `cut` and `patch`
+# see what was printed.  A terminal keeps its own width.
+PIPE_WIDTH = 1 << 15
+RULE_WIDTH = 100  # a rule's width where there is no terminal to span
+
+
+class GpumodConsole(Console):
+    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line", align: Any = "center") -> None:
+        if self.is_terminal:
+            super().rule(title, characters=characters, style=style, align=align)
+            return
+        from rich.rule import Rule
+
+        self.print(Rule(title, characters=characters, style=style, align=align), width=RULE_WIDTH)
+
+
 def make_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
+    """A console for a task's output. ``file``: a buffer whose text is later written to stdout (several
+    hosts at once); it is laid out for stdout, as wide as the terminal there, unlimited if none."""
     if file is not None:
-        return Console(file=file, force_terminal=False, width=110, highlight=False, soft_wrap=False)
-    return Console(stderr=stderr, highlight=False)
+        width = Console().width if sys.stdout.isatty() else PIPE_WIDTH
+        return GpumodConsole(file=file, force_terminal=False, width=width, highlight=False, soft_wrap=False)
+    con = GpumodConsole(stderr=stderr, highlight=False)
+    if not con.is_terminal:
+        con = GpumodConsole(stderr=stderr, highlight=False, width=PIPE_WIDTH)
+    return con
+
+
+def print_json(data: Any, **kw: Any) -> None:
+    """JSON for scripts on stdout: one document, ending with a newline, flushed."""
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=1, **kw) + "\n")
+    sys.stdout.flush()
 
 
 def print_error(exc: GpumodError, console: Console | None = None) -> None:
@@ -78,7 +113,7 @@ def fit_report(con: Console, fit: FitResult, title: str) -> None:
     con.print(Text(fit.headline(), style=style))
     t = Table(title=title, title_justify="left")
     for col in ("id", "name", "driver", "VRAM MB", "sleep"):
-        t.add_column(col, justify="right" if col == "VRAM MB" else "left")
+        t.add_column(col, justify="right" if col == "VRAM MB" else "left", **ID_COLUMN if col == "id" else {})
     for p in fit.services:
         t.add_row(p.id, p.name, p.driver.value, str(p.vram_mb), p.sleep_mode.value)
     t.add_row("", "[bold]total[/bold]", "", f"[bold]{fit.total_mb}[/bold]", "")
@@ -99,7 +134,7 @@ def fit_report(con: Console, fit: FitResult, title: str) -> None:
 def presets_table(presets: list[Preset], title: str = "services") -> Table:
     t = Table(title=title, title_justify="left")
     for col in ("id", "name", "driver", "port", "VRAM MB", "sleep", "category"):
-        t.add_column(col, justify="right" if col in ("port", "VRAM MB") else "left")
+        t.add_column(col, justify="right" if col in ("port", "VRAM MB") else "left", **ID_COLUMN if col == "id" else {})
     for p in presets:
         t.add_row(p.id, p.name, p.driver.value, str(p.port), str(p.vram_mb), p.sleep_mode.value, p.category)
     return t
@@ -107,8 +142,9 @@ def presets_table(presets: list[Preset], title: str = "services") -> Table:
 
 def modes_table(cat: Catalog, current: str | None = None) -> Table:
     t = Table(title="modes", title_justify="left")
-    for col in ("", "id", "name", "services", "Total VRAM MB"):
-        t.add_column(col, justify="right" if col == "Total VRAM MB" else "left")
+    for col in ("current", "id", "name", "services", "Total VRAM MB"):
+        t.add_column(col, justify="right" if col == "Total VRAM MB" else "center" if col == "current" else "left",
+                     **ID_COLUMN if col == "id" else {})
     for m in cat.modes.values():
         t.add_row("*" if m.id == current else "", m.id, m.name, ", ".join(m.service_ids) or "-", str(cat.mode_vram(m)))
     return t
@@ -138,7 +174,7 @@ def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None 
     t = Table(title_justify="left")
     cols = ["service", "state", "port", "VRAM MB", "driver", *(["uptime"] if uptimes is not None else []), "detail"]
     for col in cols:
-        t.add_column(col, justify="right" if col in ("port", "VRAM MB", "uptime") else "left")
+        t.add_column(col, justify="right" if col in ("port", "VRAM MB", "uptime") else "left", **ID_COLUMN if col == "service" else {})
     for sid, o in seen.services.items():
         p = cat.presets[sid]
         state = o.state.value + (f" L{o.sleep_level}" if o.sleep_level else " (unloaded)" if o.sleep_level == 0 else "")
@@ -201,21 +237,25 @@ class SwitchProgress:
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> SwitchProgress:
-        if self.enabled:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(SpinnerColumn(finished_text="[green]✓[/green]"), TextColumn("{task.description}"),
-                                     TimeElapsedColumn(), console=self.con, transient=False)
-            self.progress.__enter__()
         return self
+
+    def _start(self) -> None:
+        # started with the first step: a switch refused before any step prints no empty progress block
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(finished_text="[green]✓[/green]"), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=self.con, transient=False)
+        self.progress.__enter__()
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
     def event(self, phase: str, step: Step, detail: str) -> None:
-        if self.progress is None:
+        if not self.enabled:
             return
+        if self.progress is None:
+            self._start()
         key = id(step)
         if phase == "start":
             self.tasks[key] = self.progress.add_task(step.describe(), total=1)
@@ -248,7 +288,7 @@ def results_table(results: list[Any]) -> Table:
     """Per-host results of a multi-host run."""
     t = Table(title="hosts", title_justify="left")
     for col in ("host", "result", "seconds", "summary"):
-        t.add_column(col, justify="right" if col == "seconds" else "left")
+        t.add_column(col, justify="right" if col == "seconds" else "left", **ID_COLUMN if col == "host" else {})
     for r in results:
         t.add_row(r.host, "[green]ok[/green]" if r.ok else "[red]FAILED[/red]", f"{r.seconds:.2f}", r.summary)
     return t

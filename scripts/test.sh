@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 # The tests use real parts: systemd (unshare/nsenter), Debian's sshd in network namespaces
 # (iproute2; sudo for a non-root login there), and a llama-server compiled from source (cmake,
-# g++). Install what is missing.
+# g++); patch applies a piped template.diff. Install what is missing.
 need=""
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v ssh-keygen >/dev/null || need="$need openssh-client"
@@ -13,6 +13,7 @@ command -v ip >/dev/null || need="$need iproute2"
 command -v sudo >/dev/null || need="$need sudo"
 command -v cmake >/dev/null || need="$need cmake"
 command -v g++ >/dev/null || need="$need g++"
+command -v patch >/dev/null || need="$need patch"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing:$need" >&2

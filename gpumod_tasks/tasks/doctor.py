@@ -1,87 +1,94 @@
-"""Health checks of the box and the catalog; each exits 0 when OK, 1 on a problem, with the fix."""
+"""Health checks of the box and the catalog; each exits 0 when OK, 1 on a problem, with the fix.
+
+With ``--json`` each prints ``{"host", "ok", "checks": [{"name", "ok", "detail", "fix"}]}`` on stdout
+(one document per host) instead; the exit code is the same.
+"""
 
 from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
+JSON_HELP = {"json": "Print JSON: host, ok, and each check's name, ok, detail and fix (same exit code)."}
 
-def _check(c, name, **kw):
+
+def _as_json(host, results) -> dict:
+    return {"host": host, "ok": all(r.ok for r in results),
+            "checks": [{"name": r.name, "ok": r.ok, "detail": r.message, "fix": "" if r.ok else r.fix} for r in results]}
+
+
+def _run(c, checks, json_, *, table=False, quiet_ok=False, summary=None):
+    """Run ``checks(target)`` (a list of CheckResult) on every -H host: print them, exit 1 if any failed."""
     from .. import doctor
     from ..runtime import for_each_host
-
-    failed = []
+    from ..ui import print_json
 
     def run(t, con):
-        res = getattr(doctor, f"check_{name}")(t, **kw)
-        doctor.print_result(con, res)
-        if not res.ok:
-            failed.append(t.spec.name)
+        results = checks(t)
+        ok = all(r.ok for r in results)
+        if json_:
+            print_json(_as_json(t.spec.name, results))
+        elif table:
+            doctor.print_table(con, results)
+        elif not (quiet_ok and ok):
+            for r in results:
+                doctor.print_result(con, r)
+        if not ok:
             raise Exit(code=1)
-        return res.message
+        return summary or "; ".join(r.message for r in results)
 
-    for_each_host(c, run)
+    for_each_host(c, run, as_json=json_, header=not quiet_ok)
 
 
-@task
-def gpu(c):
+def _check(c, name, json_):
+    from .. import doctor
+
+    _run(c, lambda t: [getattr(doctor, f"check_{name}")(t)], json_)
+
+
+@task(help=JSON_HELP)
+def gpu(c, json_=False):
     """Driver reachable via NVML or nvidia-smi (or the simulator); total/used; which backend."""
-    _check(c, "gpu")
+    _check(c, "gpu", json_)
 
 
-@task
-def presets(c):
+@task(help=JSON_HELP)
+def presets(c, json_=False):
     """Catalog valid, and known footguns (flags that inflate VRAM) flagged."""
-    _check(c, "presets")
+    _check(c, "presets", json_)
 
 
-@task
-def sysctl(c):
+@task(help=JSON_HELP)
+def sysctl(c, json_=False):
     """Kernel memory reserve: vm.min_free_kbytes at least the recommended 1048576 kB."""
-    _check(c, "sysctl")
+    _check(c, "sysctl", json_)
 
 
-@task(name="oom-protection")
-def oom_protection(c):
+@task(name="oom-protection", help=JSON_HELP)
+def oom_protection(c, json_=False):
     """OOM drop-ins installed for the host's protected units, with the right directives."""
-    _check(c, "oom_protection")
+    _check(c, "oom_protection", json_)
 
 
-@task(help={"service-id": "Service whose venv to check against its preset's compat: constraints."})
-def venv(c, service_id):
+@task(help={"service-id": "Service whose venv to check against its preset's compat: constraints.", **JSON_HELP})
+def venv(c, service_id, json_=False):
     """A service's venv satisfies its preset's compat: constraints (silent when it does)."""
     from .. import doctor
-    from ..runtime import for_each_host
 
-    def run(t, con):
-        res = doctor.check_venv(t, service_id)
-        if not res.ok:
-            doctor.print_result(con, res)
-            raise Exit(code=1)
-        return "ok"
-
-    for_each_host(c, run, header=False)
+    _run(c, lambda t: [doctor.check_venv(t, service_id)], json_, quiet_ok=True, summary="ok")
 
 
-@task
-def units(c):
+@task(help=JSON_HELP)
+def units(c, json_=False):
     """Installed units equal freshly rendered ones."""
-    _check(c, "units")
+    _check(c, "units", json_)
 
 
-@task(name="all")
-def all_(c):
+@task(name="all", help=JSON_HELP)
+def all_(c, json_=False):
     """Every check in a table; exit 0 only if all pass."""
     from .. import doctor
-    from ..runtime import for_each_host
 
-    def run(t, con):
-        results = doctor.check_all(t)
-        doctor.print_table(con, results)
-        if not all(r.ok for r in results):
-            raise Exit(code=1)
-        return "all OK"
-
-    for_each_host(c, run)
+    _run(c, doctor.check_all, json_, table=True, summary="all OK")
 
 
 ns = Collection("doctor")

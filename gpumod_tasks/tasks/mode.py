@@ -9,16 +9,26 @@ from invoke import Collection, Exit, task
 
 @task(help={"json": "Print JSON instead of a table."})
 def list_(c, json_=False):
-    """List modes with their total VRAM."""
-    from ..runtime import catalog
-    from ..ui import make_console, modes_table
+    """List modes with their total VRAM; the target's current (recorded) mode is marked."""
+    from ..runtime import catalog, for_each_host
+    from ..state import read_mode
+    from ..ui import modes_table, print_json
 
-    cat = catalog()
-    if json_:
-        print(json.dumps([{"id": m.id, "name": m.name, "services": list(m.service_ids), "total_vram_mb": cat.mode_vram(m)}
-                          for m in cat.modes.values()], indent=1))
-        return
-    make_console().print(modes_table(cat))
+    catalog()  # an invalid catalog is reported before any host is contacted
+
+    def run(t, con):
+        cat = t.catalog
+        current = read_mode(t.host, t.state_dir).mode
+        if json_:
+            print_json([{"id": m.id, "name": m.name, "services": list(m.service_ids), "total_vram_mb": cat.mode_vram(m),
+                         "current": m.id == current} for m in cat.modes.values()])
+        else:
+            con.print(modes_table(cat, current))
+            if current and current not in cat.modes:
+                con.print(f"[yellow]note:[/yellow] the recorded mode {current!r} is not in the catalog any more")
+        return f"current: {current or '-'}"
+
+    for_each_host(c, run, as_json=json_, header=False)
 
 
 @task(help={"name": "Mode id.", "json": "Print JSON."})
@@ -52,11 +62,11 @@ def _gpu_mb(c) -> int:
     "name": "Mode to simulate (optional with --services).",
     "add": "Add a service to the mode (repeatable).",
     "services": "Comma-separated services to simulate instead of a mode.",
-    "gpu-mb": "GPU size in MB (default: the target host's GPU, else the RTX 4090 profile, 24564).",
-    "reserve-mb": "MB kept free (default: the host's reserve_mb).",
+    "gpu-mb": "GPU size in MB, a positive whole number (default: the target host's GPU, else the RTX 4090 profile, 24564).",
+    "reserve-mb": "MB kept free, 0 or more and less than the GPU (default: the host's reserve_mb).",
     "json": "Print JSON.",
 })
-def simulate(c, name=None, add=None, services=None, gpu_mb=0, reserve_mb=-1, json_=False):
+def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None, json_=False):
     """Check whether a mode (or a set of services) fits in VRAM, with alternatives when it does not.
 
     Simulation never starts or stops anything: it reads only the catalog and the inventory.
@@ -82,8 +92,10 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=0, reserve_mb=-1, jso
         if i not in seen:
             seen.append(i)
     spec = host_specs(c)[0]
-    total = gpu_mb or spec.gpu_total_mb or 24564
-    reserve = spec.reserve_mb if reserve_mb < 0 else reserve_mb
+    total = _megabytes("--gpu-mb", gpu_mb, minimum=1) if gpu_mb is not None else spec.gpu_total_mb or 24564
+    reserve = _megabytes("--reserve-mb", reserve_mb, minimum=0) if reserve_mb is not None else spec.reserve_mb
+    if reserve >= total:
+        raise Exit(f"error: the reserve ({reserve} MB) must be less than the GPU size ({total} MB)", code=2)
     result = fit(cat, [cat.presets[i] for i in seen], total, reserve)
     try:
         h = History(f"{controller_dir()}/history.sqlite")
@@ -97,6 +109,17 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=0, reserve_mb=-1, jso
         fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip())
     if not result.fits:
         raise Exit(code=1)
+
+
+def _megabytes(flag: str, value: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        want = "a positive whole number of MB" if minimum > 0 else "a whole number of MB, 0 or more"
+        raise Exit(f"error: {flag} must be {want}, not {value!r}", code=2)
+    return n
 
 
 @task(help={
@@ -114,15 +137,25 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
     refuses a mode that does not fit, and takes a host-level lock so switches never interleave.
     `inv mode.switch --name blank` always works and frees all VRAM.
     """
+    from ..errors import GpumodError
     from ..runtime import for_each_host
     from ..switch import switch as do_switch
-    from ..ui import SwitchProgress, print_plan, print_summary
+    from ..ui import SwitchProgress, print_json, print_plan, print_summary
 
     def run(t, con):
+        if not json_:
+            return attempt(t, con)
+        try:
+            return attempt(t, con)
+        except GpumodError as exc:  # scripts get the refusal or failure on stdout; the exit code stays the error's
+            print_json(_switch_error(t, name, exc))
+            raise
+
+    def attempt(t, con):
         if dry_run:
             out = do_switch(t, name, dry_run=True)
             if json_:
-                print(json.dumps({**out.plan.as_dict(), "dry_run": True}, indent=1))
+                print_json({"ok": True, **out.plan.as_dict(), "dry_run": True})
             else:
                 print_plan(con, out.plan)
             return f"dry run: {len(out.plan.steps)} steps"
@@ -131,7 +164,7 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
                             on_event=prog.event, on_wait=lambda msg: con.print(f"[yellow]{msg}[/yellow]"))
         if json_:
             # commands sent to the host during this run (observe, lock, steps): what a switch costs over SSH
-            print(json.dumps({**out.report.as_dict(), "round_trips": t.host.round_trips}, indent=1))
+            print_json({**out.report.as_dict(), "round_trips": t.host.round_trips})
         elif out.plan.converged:
             con.print(f"[green]already in mode {name}[/green]: nothing to do (kept: {', '.join(out.plan.keep) or '-'})")
         else:
@@ -139,6 +172,25 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
         return f"{name} in {out.report.duration_s:.2f}s"
 
     for_each_host(c, run, as_json=json_)
+
+
+def _switch_error(t, name, exc) -> dict:
+    """``mode.switch --json`` when the switch is refused (nothing changed) or fails (its report, and the state it left)."""
+    from ..errors import GpumodError, SwitchFailed
+
+    payload = dict(exc.payload) if isinstance(exc, SwitchFailed) else {"mode": name}
+    if isinstance(exc, SwitchFailed):
+        state = list(exc.state_lines)
+    else:  # refused before anything changed: what runs on the host as it stands
+        from ..observe import observe
+        from ..observed import describe_state
+
+        try:
+            state = ["now on the GPU host:"] + ["  " + ln for ln in describe_state(observe(t))]
+        except GpumodError as obs_exc:
+            state = [f"state of the GPU host unknown: cannot observe it ({obs_exc})"]
+    return {**payload, "ok": False, "host": t.spec.name, "error": str(exc), "kind": type(exc).__name__,
+            "details": exc.details(), "exit_code": exc.exit_code, "state": state, "round_trips": t.host.round_trips}
 
 
 @task(help={"json": "Print JSON."})

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
-from invoke import Collection, task
+from invoke import Collection, Exit, task
 
 
 @task(help={"json": "Print JSON."})
 def list_(c, json_=False):
     """List every service in the catalog."""
     from ..runtime import catalog
-    from ..ui import make_console, presets_table
+    from ..ui import make_console, presets_table, print_json
 
     cat = catalog()
     if json_:
-        print(json.dumps([{"id": p.id, "name": p.name, "driver": p.driver.value, "port": p.port, "vram_mb": p.vram_mb,
-                           "sleep_mode": p.sleep_mode.value, "category": p.category} for p in cat.presets.values()], indent=1))
+        print_json([{"id": p.id, "name": p.name, "driver": p.driver.value, "port": p.port, "vram_mb": p.vram_mb,
+                     "sleep_mode": p.sleep_mode.value, "category": p.category} for p in cat.presets.values()])
         return
     make_console().print(presets_table(list(cat.presets.values())))
 
@@ -32,7 +30,9 @@ def show(c, service_id, json_=False):
     d = dataclasses.asdict(p)
     d["driver"], d["sleep_mode"], d["unit"], d["sleep_residual_mb"] = p.driver.value, p.sleep_mode.value, p.unit, p.residual_mb
     if json_:
-        print(json.dumps(d, indent=1, default=str))
+        from ..ui import print_json
+
+        print_json(d, default=str)
         return
     from ..ui import make_console
 
@@ -84,10 +84,34 @@ def restart(c, service_id, dry_run=False):
     _action(c, "restart", service_id, dry_run)
 
 
-@task(help={"service-id": "Service to put to sleep.", "level": "Sleep level (1 or 2; default: the preset's).", "dry-run": DRY})
+SLEEP_LEVELS = (1, 2)  # vLLM's: 1 offloads the weights to host RAM, 2 discards them
+
+
+def sleep_level(preset, level: str | None) -> int | None:
+    """``--level`` checked against the service before anything is contacted (Exit 2 when it is wrong)."""
+    if level is None:
+        return None
+    if preset.sleep_mode.value == "router":
+        raise Exit(f"error: {preset.id} sleeps by being unloaded from its llama.cpp router, which has no levels; "
+                   "leave out --level", code=2)
+    try:
+        n = int(level)
+    except ValueError:
+        n = None
+    if n not in SLEEP_LEVELS:
+        raise Exit(f"error: --level must be {' or '.join(map(str, SLEEP_LEVELS))} "
+                   f"(1: weights offloaded to host RAM, 2: weights discarded), not {level!r}", code=2)
+    return n
+
+
+@task(help={"service-id": "Service to put to sleep.",
+            "level": "vLLM sleep level, 1 or 2 (default: the preset's); a llama.cpp router service takes none.",
+            "dry-run": DRY})
 def sleep(c, service_id, level=None, dry_run=False):
     """Put one sleep-capable service to sleep (vLLM L1/L2, or unload from its llama.cpp router)."""
-    _action(c, "sleep", service_id, dry_run, level=int(level) if level is not None else None)
+    from ..runtime import catalog
+
+    _action(c, "sleep", service_id, dry_run, level=sleep_level(catalog().preset(service_id), level))
 
 
 @task(help={"service-id": "Service to wake.", "dry-run": DRY})
@@ -102,6 +126,7 @@ def status(c, service_id, json_=False):
     from ..observe import observe
     from ..runtime import for_each_host
     from ..status import observed_dict
+    from ..ui import print_json
 
     def run(t, con):
         t.catalog.preset(service_id)
@@ -109,7 +134,7 @@ def status(c, service_id, json_=False):
         seen = observe(t, [service_id])
         d = [s for s in observed_dict(t, seen)["services"] if s["id"] == service_id][0]
         if json_:
-            print(json.dumps(d, indent=1))
+            print_json(d)
         else:
             con.print(" ".join(f"[bold]{k}[/bold]={v}" for k, v in d.items()))
         return d["state"]

@@ -43,8 +43,9 @@ def _install(c, check):
         rep = do_install(t, check=check)
         for unit in rep.changed:
             con.print(f"[yellow]{'would change' if check else 'changed'}[/yellow] {unit}")
-            if check:
-                con.print(rep.diffs[unit], markup=False, highlight=False)
+            if check:  # verbatim (no wrapping, no tab expansion), so the output is a diff `patch` applies
+                con.file.write(rep.diffs[unit])
+                con.file.flush()
         for unit in rep.removed:
             con.print(f"[red]{'would remove' if check else 'removed'}[/red] {unit}")
         verb = "would change" if check else "changed"
