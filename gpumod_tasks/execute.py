@@ -16,9 +16,9 @@ from typing import Any
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop_after_delay
 
 from .catalog.model import Preset, SleepMode
-from .drivers import Health, Probe, probe
-from .drivers import sleep as driver_sleep
-from .drivers import wake as driver_wake
+from .engines import Health, Probe, probe
+from .engines import sleep as driver_sleep
+from .engines import wake as driver_wake
 from .errors import GpumodError, HostError, SwitchFailed
 from .facts.meminfo import parse_meminfo
 from .manager import Systemd

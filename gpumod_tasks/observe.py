@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .catalog.model import Preset
-from .drivers import Health, Probe, probe
+from .engines import Health, Probe, probe
 from .errors import GpumodError
 from .facts.gpu import GpuFacts
 from .facts.batch import run_batch

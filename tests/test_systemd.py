@@ -220,7 +220,7 @@ def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
 
     box.sim.write_preset("speech", "echo", dump({
         "id": "echo", "name": "echo", "driver": "fastapi", "port": 1, "vram_mb": 1, "model_size_mb": 1,
-        "env": env, "unit_vars": {"command": ["/usr/bin/python3", "-c", code, *words]},
+        "env": env, "unit_vars": {"command": ["/usr/bin/python3", "-c", code, *words], "host_flag": ""},
     }))
     inv = "hosts:\n" + box_inventory("real", tmp_path / "box.pid", tmp_path / "real-state", "/run/systemd/system", sim=False)
     (box.sim.root / "inventory" / "hosts.yaml").write_text(inv)
