@@ -128,3 +128,90 @@ def test_systemd_quoting_by_hand():
     assert systemd_word("100%") == '"100%%"'
     assert systemd_word('say "hi" $X') == '"say \\"hi\\" $$X"'
     assert systemd_env("K", 'a "b" 5% $Y \\') == '"K=a \\"b\\" 5%% $Y \\\\"'
+
+
+# -- listen address, Docker isolation, control characters, secrets -----------------------------------
+
+
+@pytest.mark.parametrize("driver, extra", [(Driver.VLLM, {}), (Driver.LLAMACPP, {"model_path": "/m/a.gguf"})])
+@pytest.mark.parametrize("words", [["--host", "0.0.0.0"], ["--host=0.0.0.0"], ["--port", "80"], ["--uds", "/tmp/s"]])
+def test_extra_args_never_move_the_listen_address(driver, extra, words):
+    wide = HostSpec(name="box", sim=False, gpu_total_mb=24564, vars={"extra_args": words})
+    with pytest.raises(RenderError, match="host box: vars.extra_args.*refused.*unit_vars.bind"):
+        real_exec(preset(driver=driver, **extra), wide, FACTS)
+    with pytest.raises(RenderError, match="presets/x/svc.yaml: unit_vars.extra_args"):
+        real_exec(preset(driver=driver, unit_vars={"extra_args": words}, **extra), HOST, FACTS)
+    ok = HostSpec(name="box", sim=False, gpu_total_mb=24564, vars={"extra_args": ["--hostname-note", "x"]})
+    assert "--hostname-note" in real_exec(preset(driver=driver, **extra), ok, FACTS).argv
+    with pytest.raises(RenderError, match="must be a list"):
+        real_exec(preset(driver=driver, unit_vars={"extra_args": "--foo"}, **extra), HOST, FACTS)
+
+
+def test_fastapi_listen_address_placeholder_and_convention():
+    cmd = ["python", "-m", "srv", "--bind", "{host}:{port}"]
+    assert real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": cmd, "bind": "10.0.0.5"}), HOST, FACTS).argv[-2:] == (
+        "--bind", "10.0.0.5:8000")
+    none = real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": ["srv"], "host_flag": ""}), HOST, FACTS)
+    assert none.argv == ("srv",)
+    with pytest.raises(RenderError, match=r"write \{host\}"):
+        real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": ["srv", "--host", "0.0.0.0"]}), HOST, FACTS)
+    with pytest.raises(RenderError, match=r"write \{host\}"):
+        real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": ["srv", "--host=0.0.0.0"]}), HOST, FACTS)
+
+
+@pytest.mark.parametrize("extra_args", [
+    ("--network", "host"), ("--network=host",), ("--net=host",), ("--pid", "host"), ("--pid=host",), ("--ipc=host",),
+    ("--userns", "host"), ("--cap-add", "ALL"), ("--cap-add=SYS_ADMIN",), ("--privileged",), ("--privileged=true",),
+    ("-v", "/:/host"), ("-v/:/host",), ("--volume=/etc:/x",), ("--mount", "type=bind,src=/,dst=/h"), ("-itp", "80:80"),
+    ("-P",), ("--publish", "0.0.0.0:80:80"), ("--security-opt", "seccomp=unconfined"), ("--device", "/dev/mem"),
+    ("--volumes-from", "other"),
+])
+def test_docker_extra_args_that_bypass_isolation_are_refused(extra_args):
+    with pytest.raises(RenderError, match="docker.extra_args .*refused"):
+        docker_argv(preset(driver=Driver.DOCKER, docker=DockerSpec(image="i", extra_args=extra_args)))
+
+
+@pytest.mark.parametrize("volume", ["/etc/../etc:/x", "//etc:/x", "/etc/:/x", "/var:/x", "/data/../:/x", "/etc/ssh:/x:ro",
+                                    "/run:/r", "/proc/1/root:/r", "/home:/h", "/srv/../var/run/docker.sock:/s"])
+def test_docker_volume_sources_are_normalized_before_the_check(volume):
+    with pytest.raises(RenderError, match="docker.volumes .*refused"):
+        docker_argv(preset(driver=Driver.DOCKER, docker=DockerSpec(image="i", volumes=(volume,))))
+
+
+def test_docker_allows_plain_settings():
+    a = docker_argv(preset(driver=Driver.DOCKER, docker=DockerSpec(
+        image="i", volumes=("/data/models:/m:ro", "/home/me/hf:/hf", "named:/cache"),
+        extra_args=("--shm-size", "8g", "-e", "X=1", "-it", "--pid", "container:x"))))
+    assert a[-1] == "i" and "--shm-size" in a
+
+
+@pytest.mark.parametrize("field", ["name", "env", "argv", "file"])
+def test_control_characters_never_reach_a_unit(field):
+    evil = "x\nExecStartPre=/bin/touch /tmp/pwned"
+    kw = {"name": {"name": evil}, "env": {"env": (("A", evil),)}, "file": {"file": evil},
+          "argv": {"unit_vars": {"extra_args": [evil]}}}[field]
+    with pytest.raises(RenderError, match="control character"):
+        render_unit(preset(**kw), HOST, FACTS, str(REPO))
+
+
+def test_private_environment_file_and_masking():
+    from gpumod_tasks.render import env_file_text, mask_env, masked_preset
+
+    spec = real_exec(preset(env=(("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz"), ("MODE", "fast"))), HOST, FACTS)
+    assert dict(spec.private_env) == {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz", "MODE": "fast"}
+    assert all(k not in ("HF_TOKEN", "MODE") for k, _ in spec.env)  # gpumod's own variables only
+    assert spec.env_file == "/var/lib/gpumod/env/gpumod-svc.service.env"
+    text = env_file_text((("A", "it's $HOME"),))
+    assert "A='it'\"'\"'s $HOME'" in text
+    with pytest.raises(RenderError, match="control character"):
+        env_file_text((("A", "x\ny"),))
+    # a changed value changes the unit (so an install sees it), without the value being in it
+    u1 = render_unit(preset(env=(("HF_TOKEN", "hf_one_value_of_the_token"),)), HOST, FACTS, str(REPO))
+    u2 = render_unit(preset(env=(("HF_TOKEN", "hf_another_value_of_token"),)), HOST, FACTS, str(REPO))
+    assert u1 != u2 and "hf_one" not in u1
+    shown = dict(mask_env([("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz"), ("X_API_KEY", "short"), ("MODE", "fast"),
+                           ("PLAIN", "sk-proj-0123456789abcdef")]))
+    assert shown["MODE"] == "fast" and shown["X_API_KEY"] == "****"
+    assert "abcdefghij" not in shown["HF_TOKEN"] and "0123456789" not in shown["PLAIN"]
+    d = masked_preset({"env": [("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz")], "docker": {"environment": [("PASSWORD", "hunter2")]}})
+    assert d["env"][0][1].startswith("hf_****") and d["docker"]["environment"] == [("PASSWORD", "****")]
