@@ -234,7 +234,11 @@ def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
     assert out.exists(), journal
     seen = json.loads(out.read_text())
     assert seen["argv"] == words
-    assert seen["env"] == env
+    assert seen["env"] == env  # through the unit's private EnvironmentFile
+    env_file = tmp_path / "real-state" / "env" / "gpumod-echo.service.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    unit = box.sd.run(["cat", "/run/systemd/system/gpumod-echo.service"]).stdout
+    assert "EnvironmentFile=" in unit and "a b  c" not in unit
 
 
 @pytest.mark.box(default_mode="rag", warm_modes="[rag, chat]")
