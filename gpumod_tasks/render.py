@@ -93,8 +93,15 @@ def _spec(preset: Preset, host: HostSpec, facts: HostFacts, cmd: Command, env: d
         private.pop(k, None)
         public[k] = v
     env_file = env_file_path(facts.state_dir, preset.unit) if private else ""
-    return ExecSpec(argv=cmd.argv, env=tuple(public.items()), pre=(_preflight(preset, host, facts),),
-                    private_env=tuple(private.items()), env_file=env_file)
+    pre = (_preflight(preset, host, facts),)
+    # refused here too, so a supervisor script (quoted by shlex, not by the unit filters) is held to
+    # the same rule as a systemd unit
+    for word in (*cmd.argv, *pre[0], env_file):
+        _no_control(word, f"{preset.file or preset.id}: a command-line word")
+    for k, v in (*public.items(), *private.items()):
+        _no_control(k, f"{preset.file or preset.id}: an environment variable name")
+        _no_control(v, f"{preset.file or preset.id}: environment variable {k}")
+    return ExecSpec(argv=cmd.argv, env=tuple(public.items()), pre=pre, private_env=tuple(private.items()), env_file=env_file)
 
 
 def docker_argv(preset: Preset, bind: str = "127.0.0.1") -> list[str]:

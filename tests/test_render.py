@@ -192,6 +192,9 @@ def test_control_characters_never_reach_a_unit(field):
           "argv": {"unit_vars": {"extra_args": [evil]}}}[field]
     with pytest.raises(RenderError, match="control character"):
         render_unit(preset(**kw), HOST, FACTS, str(REPO))
+    if field in ("env", "argv"):  # the supervisor's script is built from the same ExecSpec
+        with pytest.raises(RenderError, match="presets/x/svc.yaml: .*control character"):
+            real_exec(preset(**kw), HOST, FACTS)
 
 
 def test_private_environment_file_and_masking():
