@@ -254,3 +254,30 @@ def test_sleep_is_bounded_by_its_timeout(tmp_path, gpu):
     finally:
         s.close()
         host.close()
+
+
+def test_requests_arriving_during_a_drain_wait_for_the_wake(tmp_path, gpu):
+    s = VllmStandIn(tmp_path, "--stream-delay-s", "0.15")
+    host = LocalHost(HostSpec(name="t"))
+    try:
+        out: dict = {}
+        th = s.stream(out)
+        sleeper = threading.Thread(target=engines.sleep, args=(host, s.preset, 1))
+        sleeper.start()
+        time.sleep(0.2)  # the drain is under way: the stream still runs, the engine pauses new work
+        late: dict = {}
+        newcomer = threading.Thread(target=lambda: late.update(r=s.c.post(s.url + "/v1/completions", json={"model": "m", "prompt": "x"}),
+                                                                 at=time.monotonic()))
+        newcomer.start()
+        sleeper.join(10)
+        th.join(10)
+        assert out["finish"] == "stop"
+        time.sleep(0.3)
+        assert newcomer.is_alive()  # queued, not run between the drain and the sleep
+        woke_at = time.monotonic()
+        engines.wake(host, s.preset, 1)
+        newcomer.join(10)
+        assert late["r"].status_code == 200 and late["at"] >= woke_at
+    finally:
+        s.close()
+        host.close()
