@@ -4,8 +4,8 @@ Each engine builds its command line as an argv list (``engines/<driver>.py``); t
 what every unit shares (preflight, environment, the private environment file) and quotes it once
 into the unit from ``templates/systemd/<template>.service.j2``.  Every value written into a unit
 is checked again here for control characters (a newline would add a directive), whatever the
-catalog's validation let through.  On a simulated host
-the same preset renders the stand-in server with the same port, VRAM and sleep behaviour.
+catalog's validation let through.  On a simulated host the same preset renders the stand-in
+server with the same port, VRAM and sleep behaviour.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .manager import ExecSpec
 
 if TYPE_CHECKING:
     from .host.base import Host
+
 
 @dataclass(frozen=True)
 class HostFacts:
