@@ -119,12 +119,16 @@ def env_file_path(state_dir: str, unit: str) -> str:
     return f"{state_dir}/env/{unit}.env"
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def env_file_text(env: tuple[tuple[str, str], ...]) -> str:
     """``NAME='value'`` lines, quoted so both systemd's EnvironmentFile= parser and ``sh``'s ``.``
     read each value verbatim (no expansion); control characters are refused."""
     lines = ["# gpumod: private environment of one unit (generated; mode 0600)"]
     for k, v in env:
-        _no_control(k, "an environment variable name")
+        if not _ENV_NAME.match(k):
+            raise RenderError(f"environment variable name {k[:80]!r} is refused (letters, digits and _ only)")
         _no_control(v, f"environment variable {k}")
         lines.append(f"{k}={shlex.quote(v)}")
     return "\n".join(lines) + "\n"

@@ -157,6 +157,10 @@ def test_fastapi_listen_address_placeholder_and_convention():
         real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": ["srv", "--host", "0.0.0.0"]}), HOST, FACTS)
     with pytest.raises(RenderError, match=r"write \{host\}"):
         real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": ["srv", "--host=0.0.0.0"]}), HOST, FACTS)
+    with pytest.raises(RenderError, match=r"write \{host\}"):
+        real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": ["srv", "--host", "0.0.0.0"], "host_flag": ""}), HOST, FACTS)
+    placed = real_exec(preset(driver=Driver.FASTAPI, unit_vars={"command": ["srv", "--host", "{host}"]}), HOST, FACTS)
+    assert placed.argv == ("srv", "--host", "127.0.0.1")
 
 
 @pytest.mark.parametrize("extra_args", [
@@ -208,6 +212,8 @@ def test_private_environment_file_and_masking():
     assert "A='it'\"'\"'s $HOME'" in text
     with pytest.raises(RenderError, match="control character"):
         env_file_text((("A", "x\ny"),))
+    with pytest.raises(RenderError, match="name 'A B' is refused"):
+        env_file_text((("A B", "x"),))
     # a changed value changes the unit (so an install sees it), without the value being in it
     u1 = render_unit(preset(env=(("HF_TOKEN", "hf_one_value_of_the_token"),)), HOST, FACTS, str(REPO))
     u2 = render_unit(preset(env=(("HF_TOKEN", "hf_another_value_of_token"),)), HOST, FACTS, str(REPO))

@@ -37,8 +37,10 @@ class FastApi(Engine):
         if not isinstance(cmd, list) or not cmd:
             raise RenderError(f"{preset.file}: unit_vars.command must be a non-empty list for driver fastapi")
         flag = str(uv.get("host_flag", "--host"))
-        for w in cmd[1:]:
-            if str(w).split("=", 1)[0] in ("--host", flag) and flag and "{host}" not in str(w):
+        words = [str(w) for w in cmd]
+        for i, w in enumerate(words[1:], 1):
+            nxt = words[i + 1] if i + 1 < len(words) and "=" not in w else ""
+            if w.split("=", 1)[0] in {"--host", flag} - {""} and "{host}" not in w + nxt:
                 raise RenderError(f"{preset.file}: unit_vars.command sets {w!r}: write {{host}} for the listen address "
                                   f"(filled from unit_vars.bind, default 127.0.0.1)")
         argv = [fill(a, preset, bind) for a in cmd]
