@@ -239,6 +239,10 @@ def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
     assert env_file.stat().st_mode & 0o777 == 0o600
     unit = box.sd.run(["cat", "/run/systemd/system/gpumod-echo.service"]).stdout
     assert "EnvironmentFile=" in unit and "a b  c" not in unit
+    box.sd.systemctl("stop", "gpumod-echo.service")
+    code_, o, e = run_cli(["-H", "real", "template.uninstall"])
+    assert code_ == 0, e
+    assert not env_file.exists()  # the private env goes with its unit
 
 
 @pytest.mark.box(default_mode="rag", warm_modes="[rag, chat]")
