@@ -16,9 +16,9 @@ from typing import Any
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop_after_delay
 
 from .catalog.model import Preset
-from .drivers import Health, Probe, probe
-from .drivers import sleep as driver_sleep
-from .drivers import wake as driver_wake
+from .engines import Health, Probe, probe
+from .engines import sleep as driver_sleep
+from .engines import wake as driver_wake
 from .errors import GpumodError, HostError, SwitchFailed
 from .facts.meminfo import parse_meminfo
 from .manager import Systemd
@@ -151,7 +151,7 @@ class Executor:
 
     def _do(self, step: Step, plan: Plan, t0: float) -> tuple[str, str]:
         if isinstance(step, InstallUnit):
-            changed = write_unit(self.t, step.unit, step.body)
+            changed = write_unit(self.t, step.unit, step.body, step.spec)
             return ("changed", "") if changed else ("unchanged", "already as rendered")
         if isinstance(step, DaemonReload):
             self._systemd().daemon_reload()

@@ -27,6 +27,8 @@ class ExecSpec:
     env: tuple[tuple[str, str], ...] = ()
     pre: tuple[tuple[str, ...], ...] = ()  # ExecStartPre commands
     workdir: str = ""
+    private_env: tuple[tuple[str, str], ...] = ()  # the preset's env: in env_file (0600), never in the unit
+    env_file: str = ""
 
 
 class ServiceManager(ABC):
@@ -120,11 +122,20 @@ class Supervisor(ServiceManager):
             lines.append(" ".join(shlex.quote(a) for a in argv) + " || exit 1")
         if spec.workdir:
             lines.append(f"cd {shlex.quote(spec.workdir)} || exit 1")
+        if spec.env_file:
+            from .render import env_digest
+
+            lines.append(f"# private environment: {len(spec.private_env)} variables, sha256 {env_digest(spec.private_env)}")
+            lines.append(f"set -a; . {shlex.quote(spec.env_file)} || exit 1; set +a")
         envs = " ".join(shlex.quote(f"{k}={v}") for k, v in spec.env)
         lines.append("exec " + (f"env {envs} " if envs else "") + " ".join(shlex.quote(a) for a in spec.argv))
         return "\n".join(lines) + "\n"
 
     def install(self, unit: str, spec: ExecSpec) -> bool:
+        if spec.env_file:
+            from .render import write_env_file
+
+            write_env_file(self.host, spec)
         return self.host.write_file(self._paths(unit)["spec"], self.script(unit, spec), mode=0o755)
 
     def uninstall(self, unit: str) -> bool:

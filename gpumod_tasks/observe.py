@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from .drivers import probe
+from .engines import probe
 from .errors import GpumodError
 from .facts.batch import run_batch
 from .facts.gpu import GpuFacts

@@ -15,7 +15,7 @@ from .catalog.model import Preset
 from .facts.gpu import GpuFacts
 from .facts.meminfo import MemInfo
 from .facts.units import UnitState
-from .probe import Health, Probe
+from .engines.base import Health, Probe
 from .state import ModeRecord
 
 

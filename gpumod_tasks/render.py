@@ -1,26 +1,34 @@
 """Render what a service runs (``ExecSpec``) and its systemd unit text.
 
-The command line of each driver is built here as an argv list (easy to test, quoted once); the
-unit file around it comes from ``templates/systemd/<template>.service.j2``.  On a simulated host
-the same preset renders the stand-in server with the same port, VRAM and sleep behaviour.
+Each engine builds its command line as an argv list (``engines/<driver>.py``); this module adds
+what every unit shares (preflight, environment, the private environment file) and quotes it once
+into the unit from ``templates/systemd/<template>.service.j2``.  Every value written into a unit
+is checked again here for control characters (a newline would add a directive), whatever the
+catalog's validation let through.  On a simulated host the same preset renders the stand-in
+server with the same port, VRAM and sleep behaviour.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
 import re
+import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .catalog.model import Catalog, Driver, Preset, SleepMode
+from .catalog.model import Catalog, Preset, SleepMode
+from .engines import Command, engine_for, upstream_name
+from .engines import docker as engines_docker
+from .engines import llamacpp as engines_llamacpp
+from .engines import vllm as engines_vllm
 from .errors import RenderError
 from .inventory import HostSpec
 from .manager import ExecSpec
 
-UNSAFE_MOUNT_SOURCES = ("/", "/etc", "/var/run/docker.sock", "/run/docker.sock", "/proc", "/sys", "/dev", "/boot", "/root")
-UNSAFE_DOCKER_FLAGS = ("--privileged", "--pid=host", "--ipc=host", "--cap-add=ALL", "--userns=host")
+if TYPE_CHECKING:
+    from .host.base import Host
 
 
 @dataclass(frozen=True)
@@ -56,125 +64,118 @@ echo "gpumod-preflight: $svc ok: MemAvailable ${avail} MB >= needed ${need} MB"
 """
 
 
-def gpu_memory_utilization(vram_mb: int, total_mb: int) -> float:
-    """vLLM takes a fraction of *total* device memory; users think in MB.  Round up to 3 decimals
-    so the budget is never below the preset's figure, and cap at 0.99."""
-    if total_mb <= 0:
-        raise RenderError("GPU total memory is unknown; declare gpu.total_mb in the inventory")
-    return min(0.99, math.ceil(vram_mb / total_mb * 1000) / 1000)
+# moved to their engine; these names stay for callers that render
+gpu_memory_utilization = engines_vllm.gpu_memory_utilization
+router_model_name = engines_llamacpp.router_model_name
+model_file = engines_llamacpp.model_file
+UNSAFE_MOUNT_SOURCES = engines_docker.UNSAFE_MOUNT_SOURCES
 
 
-def _fmt(value: Any, preset: Preset) -> str:
-    return str(value).replace("{port}", str(preset.port)).replace("{id}", preset.id).replace("{model}", preset.model_id or preset.model_path)
-
-
-def router_model_name(preset: Preset) -> str:
-    """Name of the model inside a llama.cpp router: unit_vars.router_model, else what the router
-    itself calls a ``--models-dir`` entry (a file's name without .gguf, or a directory's name),
-    else the id."""
-    if preset.unit_vars.get("router_model"):
-        return str(preset.unit_vars["router_model"])
-    if preset.model_path:
-        name = Path(preset.model_path).name
-        return name[: -len(".gguf")] if name.endswith(".gguf") else name
-    return preset.id
-
-
-def model_file(preset: Preset, host: HostSpec) -> str:
-    """The model path on the box: a host's ``models_dir`` var re-roots the preset's file name."""
-    root = host.vars.get("models_dir")
-    if root and preset.model_path:
-        return f"{str(root).rstrip('/')}/{Path(preset.model_path).name}"
-    return preset.model_path
+def listen_address(preset: Preset) -> str:
+    """Where a real server listens: the preset's ``unit_vars.bind`` alone (default loopback).  A
+    host-wide var never sets it, so one inventory line cannot expose every server (and vLLM's dev
+    endpoints) on 0.0.0.0; ``extra_args`` that try are refused (``engines.base.extra_args``)."""
+    return str(preset.unit_vars.get("bind", "127.0.0.1"))
 
 
 def real_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
-    uv = {**host.vars, **preset.unit_vars}
-    # the listen address comes from the preset alone: a host-wide var must never expose every
-    # server (and vLLM's dev endpoints) on 0.0.0.0 by accident
-    bind = str(preset.unit_vars.get("bind", "127.0.0.1"))
-    env: list[tuple[str, str]] = []
-    if preset.driver is Driver.VLLM:
-        argv = [str(uv.get("vllm_bin", "vllm")), "serve", preset.model_path or preset.model_id, "--host", bind, "--port", str(preset.port),
-                "--served-model-name", preset.served_model,
-                "--gpu-memory-utilization", f"{gpu_memory_utilization(preset.vram_mb, facts.gpu_total_mb):g}"]
-        if preset.context_size:
-            argv += ["--max-model-len", str(preset.context_size)]
-        if uv.get("task"):
-            argv += ["--task", str(uv["task"])]
-        if preset.can_sleep:
-            argv.append("--enable-sleep-mode")
-            env.append(("VLLM_SERVER_DEV_MODE", "1"))
-        argv += [str(a) for a in uv.get("extra_args", [])]
-    elif preset.driver is Driver.LLAMACPP:
-        argv = [str(uv.get("llama_server_bin", "llama-server")), "--host", bind, "--port", str(preset.port)]
-        if preset.sleep_mode is SleepMode.ROUTER:
-            models_dir = str(uv.get("models_dir") or (str(Path(preset.model_path).parent) if preset.model_path else ""))
-            if uv.get("models_preset"):
-                argv += ["--models-preset", str(uv["models_preset"])]
-            if models_dir:
-                argv += ["--models-dir", models_dir]
-            argv += ["--models-max", str(uv.get("models_max", 1))]
-            if not uv.get("autoload", False):
-                argv.append("--no-models-autoload")
-        else:
-            argv += ["--model", model_file(preset, host), "--alias", preset.served_model]
-        if preset.context_size:
-            argv += ["--ctx-size", str(preset.context_size)]
-        if "n_gpu_layers" in uv:
-            argv += ["--n-gpu-layers", str(uv["n_gpu_layers"])]
-        if "parallel" in uv:
-            argv += ["--parallel", str(uv["parallel"])]
-        argv += [str(a) for a in uv.get("extra_args", [])]
-        # pinned host buffers can hang the NVIDIA driver and freeze the host; presence disables them
-        env.append(("GGML_CUDA_NO_PINNED", "1"))
-    elif preset.driver is Driver.FASTAPI:
-        cmd = uv.get("command")
-        if not isinstance(cmd, list) or not cmd:
-            raise RenderError(f"{preset.file}: unit_vars.command must be a non-empty list for driver fastapi")
-        argv = [_fmt(a, preset) for a in cmd]
-        venv = uv.get("venv")
-        if venv and argv[0] in ("python", "python3"):
-            argv[0] = f"{venv}/bin/python"
-        elif venv and "/" not in argv[0]:
-            argv[0] = f"{venv}/bin/{argv[0]}"
-    elif preset.driver is Driver.DOCKER:
-        argv = docker_argv(preset)
-    else:  # pragma: no cover
-        raise RenderError(f"unknown driver {preset.driver}")
-    # the driver's safety variables win over anything the preset sets
-    merged = dict(_common_env(preset, host))
-    merged.update(env)
-    return ExecSpec(argv=tuple(argv), env=tuple(merged.items()), pre=(_preflight(preset, host, facts),))
+    cmd = engine_for(preset).command(preset, host, facts, listen_address(preset))
+    return _spec(preset, host, facts, cmd, dict(_common_env(preset, host)))
 
 
-def docker_argv(preset: Preset) -> list[str]:
-    d = preset.docker
-    if d is None:
-        raise RenderError(f"{preset.file}: driver docker needs a docker: mapping")
-    if d.network in ("host",) or d.network.startswith("macvlan"):
-        raise RenderError(f"{preset.file}: docker.network {d.network!r} is refused (host and macvlan networks bypass isolation)")
-    for a in d.extra_args:
-        if a in UNSAFE_DOCKER_FLAGS or a.startswith("--privileged") or a.startswith("--network=host") or a.startswith("--net=host"):
-            raise RenderError(f"{preset.file}: docker.extra_args {a!r} is refused")
-    for v in d.volumes:
-        src = v.split(":", 1)[0].rstrip("/") or "/"
-        if src in UNSAFE_MOUNT_SOURCES or src.endswith("docker.sock"):
-            raise RenderError(f"{preset.file}: docker.volumes {v!r} is refused (mounting {src} into a container is unsafe)")
-    argv = ["docker", "run", "--rm", "--name", f"gpumod-{preset.id}", "--gpus", "all"]
-    if d.network:
-        argv += ["--network", d.network]
-    ports = d.ports or (f"127.0.0.1:{preset.port}:{preset.port}",)
-    for p in ports:
-        argv += ["-p", p if p.count(":") >= 2 else f"127.0.0.1:{p}"]
-    for v in d.volumes:
-        argv += ["-v", v]
-    for k, val in d.environment:
-        argv += ["-e", f"{k}={val}"]
-    argv += list(d.extra_args)
-    argv.append(d.image)
-    argv += list(d.command)
-    return argv
+def _spec(preset: Preset, host: HostSpec, facts: HostFacts, cmd: Command, env: dict[str, str]) -> ExecSpec:
+    """The ExecSpec around an engine's command: the preset's ``env`` (and a container's environment)
+    go to the private environment file; gpumod's own variables stay in the unit, and the engine's
+    safety variables win over anything the preset sets."""
+    private = {k: v for k, v in preset.env}
+    private.update(cmd.private_env)
+    public = {k: v for k, v in env.items() if k not in private}
+    for k, v in cmd.env:
+        private.pop(k, None)
+        public[k] = v
+    env_file = env_file_path(facts.state_dir, preset.unit) if private else ""
+    pre = (_preflight(preset, host, facts),)
+    # refused here too, so a supervisor script (quoted by shlex, not by the unit filters) is held to
+    # the same rule as a systemd unit
+    for word in (*cmd.argv, *pre[0], env_file):
+        _no_control(word, f"{preset.file or preset.id}: a command-line word")
+    for k, v in (*public.items(), *private.items()):
+        _no_control(k, f"{preset.file or preset.id}: an environment variable name")
+        _no_control(v, f"{preset.file or preset.id}: environment variable {k}")
+    return ExecSpec(argv=cmd.argv, env=tuple(public.items()), pre=pre, private_env=tuple(private.items()), env_file=env_file)
+
+
+def docker_argv(preset: Preset, bind: str = "127.0.0.1") -> list[str]:
+    """``docker run`` of a container preset (refuses what would bypass its isolation)."""
+    return list(engines_docker.ENGINE.command(preset, HostSpec(name="-"), HostFacts(0, False, ""), bind).argv)
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+def env_file_path(state_dir: str, unit: str) -> str:
+    """A unit's private environment (mode 0600, in a 0700 directory): the preset's ``env`` values,
+    which may be tokens, never go into the 0644 unit or the 0755 supervisor script."""
+    return f"{state_dir}/env/{unit}.env"
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def env_file_text(env: tuple[tuple[str, str], ...]) -> str:
+    """``NAME='value'`` lines, quoted so both systemd's EnvironmentFile= parser and ``sh``'s ``.``
+    read each value verbatim (no expansion); control characters are refused."""
+    lines = ["# gpumod: private environment of one unit (generated; mode 0600)"]
+    for k, v in env:
+        if not _ENV_NAME.match(k):
+            raise RenderError(f"environment variable name {k[:80]!r} is refused (letters, digits and _ only)")
+        _no_control(v, f"environment variable {k}")
+        lines.append(f"{k}={shlex.quote(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_env_file(host: Host, spec: ExecSpec, *, sudo: bool = False) -> bool:
+    """Write a unit's private environment file: mode 0600 in a 0700 directory (made so first, so
+    the file is never readable by others, not even while it is being written)."""
+    d = spec.env_file.rsplit("/", 1)[0] or "/"
+    host.run(["sh", "-c", 'mkdir -p -m 700 -- "$1" && chmod 700 -- "$1" && { [ ! -e "$2" ] || chmod 600 -- "$2"; }',
+              "sh", d, spec.env_file], sudo=sudo, what="private environment directory")
+    return host.write_file(spec.env_file, env_file_text(spec.private_env), mode=0o600, sudo=sudo)
+
+
+def env_digest(env: tuple[tuple[str, str], ...]) -> str:
+    """A short digest of the private environment, written into the unit so that a changed value
+    changes the unit (and the install step sees it) without the value being in the unit."""
+    return hashlib.sha256(env_file_text(env).encode()).hexdigest()[:16]
+
+
+_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSW|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION)", re.I)
+_SECRET_VALUE = re.compile(r"^(hf_|sk-|ghp_|gho_|github_pat_|xox[bp]-|AKIA|glpat-)|^eyJ[A-Za-z0-9_-]+\.")
+
+
+def looks_secret(name: str, value: str) -> bool:
+    """A variable whose name or value looks like a credential (HF_TOKEN, *_API_KEY, hf_..., sk-...)."""
+    return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
+
+
+def mask(value: str) -> str:
+    return "****" if len(value) < 12 else f"{value[:3]}****({len(value)} chars)"
+
+
+def mask_env(env: Any) -> list[tuple[str, str]]:
+    """``(name, value)`` pairs for display, secret-looking values masked."""
+    return [(str(k), mask(str(v)) if looks_secret(str(k), str(v)) else str(v)) for k, v in env]
+
+
+def masked_preset(d: dict[str, Any]) -> dict[str, Any]:
+    """A preset as ``dataclasses.asdict`` gives it, for display: ``env`` and a container's
+    ``environment`` with secret-looking values masked."""
+    out = dict(d)
+    if out.get("env"):
+        out["env"] = mask_env(out["env"])
+    if isinstance(out.get("docker"), dict) and out["docker"].get("environment"):
+        out["docker"] = {**out["docker"], "environment": mask_env(out["docker"]["environment"])}
+    return out
 
 
 def _common_env(preset: Preset, host: HostSpec) -> tuple[tuple[str, str], ...]:
@@ -199,13 +200,13 @@ def metered_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[
             "--release-lag-s", f"{lag:g}"]
     if preset.sleep_mode is SleepMode.ROUTER:
         for p in peers or (preset,):
-            argv += ["--model", f"{router_model_name(p)}={p.vram_mb}"]
+            argv += ["--model", f"{upstream_name(p)}={p.vram_mb}"]
     else:
         argv += ["--vram-mb", str(preset.vram_mb)]
     env = dict(real.env)
     if facts.sim_pythonpath:
         env["PYTHONPATH"] = facts.sim_pythonpath
-    return ExecSpec(argv=(*argv, "--", *real.argv), env=tuple(env.items()), pre=real.pre)
+    return replace(real, argv=(*argv, "--", *real.argv), env=tuple(env.items()))
 
 
 def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
@@ -214,8 +215,8 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pres
         return metered_exec(preset, host, facts, peers)
     t = host.sim_settings
     sim = preset.sim
-    flavor = {"vllm": "vllm", "llamacpp": "llamacpp", "fastapi": "fastapi", "docker": "fastapi"}[preset.driver.value]
-    argv = [facts.python, "-m", facts.sim_module, "--flavor", flavor, "--port", str(preset.port),
+    engine = engine_for(preset)
+    argv = [facts.python, "-m", facts.sim_module, "--flavor", engine.sim_flavor, "--port", str(preset.port),
             "--sim-dir", f"{facts.state_dir}/sim",
             "--load-s", f"{sim.get('load_s', t.load_s):g}",
             "--wake-l1-s", f"{sim.get('wake_l1_s', t.wake_l1_s):g}",
@@ -227,24 +228,8 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pres
     env: dict[str, str] = dict(_common_env(preset, host))
     if facts.sim_pythonpath:
         env["PYTHONPATH"] = facts.sim_pythonpath
-    if preset.driver is Driver.LLAMACPP and preset.sleep_mode is SleepMode.ROUTER:
-        argv += ["--models-max", str(preset.unit_vars.get("models_max", 1)), "--no-models-autoload"]
-        for p in peers or (preset,):
-            argv += ["--sim-model", f"{router_model_name(p)}={p.vram_mb}"]
-        env["GGML_CUDA_NO_PINNED"] = "1"
-    elif preset.driver is Driver.LLAMACPP:
-        argv += ["--model", preset.model_path or preset.id, "--alias", preset.served_model, "--vram-mb", str(preset.vram_mb)]
-        env["GGML_CUDA_NO_PINNED"] = "1"
-    else:
-        argv += ["--model", preset.model_id or preset.id, "--served-model-name", preset.served_model,
-                 "--vram-mb", str(preset.vram_mb), "--sleep-vram-mb", str(preset.residual_mb)]
-        if preset.context_size:
-            argv += ["--max-model-len", str(preset.context_size)]
-        if preset.can_sleep:
-            argv.append("--enable-sleep-mode")
-            if preset.driver is Driver.VLLM:
-                env["VLLM_SERVER_DEV_MODE"] = "1"
-    return ExecSpec(argv=tuple(argv), env=tuple(env.items()), pre=(_preflight(preset, host, facts),))
+    stand_in = engine.stand_in_args(preset, peers)
+    return _spec(preset, host, facts, Command((*argv, *stand_in.argv), stand_in.env), env)
 
 
 def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
@@ -255,10 +240,19 @@ def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pre
 # -- systemd quoting ----------------------------------------------------------------------------
 
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control(value: str, what: str) -> str:
+    """Refuse a control character in a value written into a unit (defense in depth)."""
+    if _CONTROL.search(value):
+        raise RenderError(f"{what} holds a control character ({value[:80]!r}): refused, it would change the unit")
+    return value
 
 
 def systemd_word(arg: str) -> str:
     """Quote one argv word for ExecStart= (systemd splits like a shell, and expands % and $)."""
+    _no_control(arg, "a command-line word")
     s = arg.replace("%", "%%")
     if _SAFE_WORD.match(arg):
         return s
@@ -268,12 +262,27 @@ def systemd_word(arg: str) -> str:
 
 def systemd_env(key: str, value: str) -> str:
     """One Environment= assignment, quoted so spaces, quotes, % and $ survive verbatim."""
+    _no_control(key, "an environment variable name")
+    _no_control(value, f"environment variable {key}")
     v = value.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
     return f'"{key}={v}"'
 
 
 def systemd_command(argv: tuple[str, ...]) -> str:
     return " ".join(systemd_word(a) for a in argv)
+
+
+def unit_text(value: Any) -> str:
+    """Free text in a unit (Description=, a comment): no control characters, % not a specifier."""
+    return _no_control(str(value), "a unit text value").replace("%", "%%")
+
+
+def _finalize(value: Any) -> Any:
+    # every {{ }} of a unit template passes here: whatever a template prints, a newline never
+    # reaches the unit file
+    if isinstance(value, str):
+        _no_control(value, "a value written into a unit")
+    return value
 
 
 def template_dirs(project_root: str) -> list[str]:
@@ -285,9 +294,11 @@ def jinja_env(project_root: str) -> Any:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(loader=FileSystemLoader(template_dirs(project_root)), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                      finalize=_finalize)
     env.filters["systemd_command"] = systemd_command
     env.filters["systemd_env"] = lambda kv: systemd_env(kv[0], kv[1])
+    env.filters["unit_text"] = unit_text
     return env
 
 
@@ -310,6 +321,8 @@ def render_unit(preset: Preset, host: HostSpec, facts: HostFacts, project_root: 
         preset=preset, host=host, facts=facts, spec=spec, deps=deps, simulated=facts.sim,
         router_models=[p.id for p in peers] if preset.router else [],
         user_scope=host.scope == "user", generator="gpumod",
+        env_file=unit_text(spec.env_file) if spec.env_file else "",
+        env_summary=f"{len(spec.private_env)} variables, sha256 {env_digest(spec.private_env)}" if spec.private_env else "",
     )
 
 

@@ -16,7 +16,7 @@ from .facts.gpu import APPS_QUERY, GPU_QUERY, MARK, GpuFacts, nvidia_smi_script,
 from .host.base import Host
 from .host.local import LocalHost
 from .inventory import HostSpec
-from .manager import ServiceManager, Supervisor, Systemd
+from .manager import ExecSpec, ServiceManager, Supervisor, Systemd
 from .paths import local_state_override
 from .render import PREFLIGHT_SCRIPT, HostFacts, preflight_path
 
@@ -121,7 +121,7 @@ class Target:
         import hashlib
 
         python, path, mod = "python3", self.sim_lib_dir(), "gpumod_sim"
-        files = {f: (pkg / f).read_text() for f in ("__init__.py", "ledger.py", "nvidia_smi.py", "http.py", "server.py")}
+        files = {f: (pkg / f).read_text() for f in ("__init__.py", "ledger.py", "nvidia_smi.py", "http.py", "server.py", "openai.py", "vllm.py", "llamacpp.py")}
         helpers = self._shim_text(python, path, mod) + PREFLIGHT_SCRIPT
         stamp = hashlib.sha256(("".join(files[k] for k in sorted(files)) + helpers).encode()).hexdigest()
         stamp_file = f"{self.sim_lib_dir()}/gpumod_sim/STAMP"
@@ -266,6 +266,10 @@ class Target:
         """Install one unit (systemd file or supervisor spec); returns whether it changed."""
         if isinstance(self.manager, Supervisor):
             return self.manager.install(unit, spec)  # type: ignore[arg-type]
+        if isinstance(spec, ExecSpec) and spec.env_file:
+            from .render import write_env_file
+
+            write_env_file(self.host, spec, sudo=self.spec.scope == "system")
         unit_dir = self.host.expand(self.spec.resolved_unit_dir(self.host.home))
         return self.host.write_file(f"{unit_dir}/{unit}", text, sudo=self.spec.scope == "system")
 

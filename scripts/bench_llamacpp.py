@@ -1,7 +1,7 @@
 """llama.cpp router: time from POST /models/load until gpumod sees ``loaded`` — real vs stand-in.
 
 Both routers start with the same flags on a directory of tiny GGUFs; gpumod's own driver and probe
-(``drivers.wake`` + ``drivers.probe``) and its adaptive tenacity wait do the polling, as in a switch.
+(``engines.wake`` + ``engines.probe``) and its adaptive tenacity wait do the polling, as in a switch.
 Usage: .venv/bin/python scripts/bench_llamacpp.py [--runs 10]
 """
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 from tenacity import Retrying, retry_if_result, stop_after_delay  # noqa: E402
 
 from gpumod_tasks.catalog.model import Driver, Preset, SleepMode  # noqa: E402
-from gpumod_tasks.drivers import Health, probe, sleep, wake  # noqa: E402
+from gpumod_tasks.engines import Health, probe, sleep, wake  # noqa: E402
 from gpumod_tasks.execute import adaptive_wait  # noqa: E402
 from gpumod_tasks.host.local import LocalHost  # noqa: E402
 from gpumod_tasks.inventory import HostSpec  # noqa: E402

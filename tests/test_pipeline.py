@@ -38,7 +38,7 @@ def test_importing_the_planner_loads_no_host_code(tmp_path):
     code = ("import sys, gpumod_tasks.plan, gpumod_tasks.observed, gpumod_tasks.daemon.decide\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('subprocess', 'sqlite3', 'httpx', 'fabric', "
             "'paramiko', 'jinja2', 'socket') or m.startswith(('gpumod_tasks.host', 'gpumod_tasks.target', "
-            "'gpumod_tasks.observe', 'gpumod_tasks.execute', 'gpumod_tasks.drivers', 'gpumod_tasks.render')) "
+            "'gpumod_tasks.observe', 'gpumod_tasks.execute', 'gpumod_tasks.engines.registry', 'gpumod_tasks.engines.http', 'gpumod_tasks.render')) "
             "and m != 'gpumod_tasks.observed')\n"
             "print(','.join(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -145,7 +145,9 @@ def test_dry_run_shows_install_reload_unload_and_restart_and_the_run_does_exactl
     assert by_kind["install-unit"]["status"] == "changed" and by_kind["wait-release"]["status"] == "unchanged"
     assert box.sd.show("gpumod-emb.service", "MainPID")["MainPID"] != emb_pid  # a fresh process
     assert box.sd.show("gpumod-router.service", "MainPID")["MainPID"] == router_pid  # router stayed up, model unloaded
-    assert "GPUMOD_TEST_EDIT=one" in box.sd.run(["cat", "/run/systemd/system/gpumod-emb.service"]).stdout
+    from gpumod_tasks.render import env_file_path
+
+    assert "GPUMOD_TEST_EDIT" in Path(env_file_path(str(box.state), "gpumod-emb.service")).read_text()  # the new value reached it
     assert box.sd.show("gpumod-doc.service", "ActiveState")["ActiveState"] == "active"
     # converged: the same switch again changes nothing
     code, rep, err = jrun(box, "mode.switch", "--name", "rag", "--json")

@@ -220,7 +220,7 @@ def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
 
     box.sim.write_preset("speech", "echo", dump({
         "id": "echo", "name": "echo", "driver": "fastapi", "port": 1, "vram_mb": 1, "model_size_mb": 1,
-        "env": env, "unit_vars": {"command": ["/usr/bin/python3", "-c", code, *words]},
+        "env": env, "unit_vars": {"command": ["/usr/bin/python3", "-c", code, *words], "host_flag": ""},
     }))
     inv = "hosts:\n" + box_inventory("real", tmp_path / "box.pid", tmp_path / "real-state", "/run/systemd/system", sim=False)
     (box.sim.root / "inventory" / "hosts.yaml").write_text(inv)
@@ -234,7 +234,15 @@ def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
     assert out.exists(), journal
     seen = json.loads(out.read_text())
     assert seen["argv"] == words
-    assert seen["env"] == env
+    assert seen["env"] == env  # through the unit's private EnvironmentFile
+    env_file = tmp_path / "real-state" / "env" / "gpumod-echo.service.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    unit = box.sd.run(["cat", "/run/systemd/system/gpumod-echo.service"]).stdout
+    assert "EnvironmentFile=" in unit and "a b  c" not in unit
+    box.sd.systemctl("stop", "gpumod-echo.service")
+    code_, o, e = run_cli(["-H", "real", "template.uninstall"])
+    assert code_ == 0, e
+    assert not env_file.exists()  # the private env goes with its unit
 
 
 @pytest.mark.box(default_mode="rag", warm_modes="[rag, chat]")

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..engines.caps import SLEEP_MODES
 from ..errors import CatalogError, Problem
 from .model import Catalog, DockerSpec, Driver, Mode, ModeService, Preset, SleepMode
 from .schema import ENV_NAME_RE, ID_RE, Checker, Field
@@ -85,13 +86,8 @@ MODE_SERVICE_SCHEMA: dict[str, Field] = {
     "sleep_on_idle": Field("int", minimum=1),
 }
 
-# Which sleep modes each driver can honour.
-SLEEP_MODES_BY_DRIVER = {
-    Driver.VLLM: {SleepMode.NONE, SleepMode.L1, SleepMode.L2},
-    Driver.LLAMACPP: {SleepMode.NONE, SleepMode.ROUTER},
-    Driver.FASTAPI: {SleepMode.NONE, SleepMode.L1, SleepMode.L2},
-    Driver.DOCKER: {SleepMode.NONE},
-}
+# Which sleep modes each driver can honour (each engine's row in engines/caps.py).
+SLEEP_MODES_BY_DRIVER = {d: {SleepMode(m) for m in SLEEP_MODES[d.value]} for d in Driver}
 
 
 def _yaml(fast: bool = False) -> Any:

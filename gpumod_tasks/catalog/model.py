@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..engines.caps import DEFAULT_RESIDUAL_MB
+
 
 class Driver(str, Enum):
     VLLM = "vllm"
@@ -25,10 +27,9 @@ class SleepMode(str, Enum):
         return {"l1": 1, "l2": 2}.get(self.value, 0)
 
 
-# VRAM a sleeping service still holds when its preset does not say (CUDA context, graphs,
-# allocator pools).  vLLM keeps a few hundred MB per process; a llama.cpp router that unloaded
-# its model holds none (the child process exits); a custom server is assumed to keep its context.
-DEFAULT_SLEEP_VRAM_MB = {Driver.VLLM: 512, Driver.LLAMACPP: 0, Driver.FASTAPI: 256, Driver.DOCKER: 0}
+# VRAM a sleeping service still holds when its preset does not say: each engine's row in
+# engines/caps.py (a leaf, so the catalog loads no engine code)
+DEFAULT_SLEEP_VRAM_MB = {d: DEFAULT_RESIDUAL_MB[d.value] for d in Driver}
 
 
 @dataclass(frozen=True)

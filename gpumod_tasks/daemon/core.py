@@ -25,12 +25,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalog.model import Catalog, Driver, Preset, SleepMode
+from ..catalog.model import Catalog
+from ..engines import upstream_name
 from ..errors import GpumodError
 from ..observe import observe
 from ..observed import Observed, SvcState
 from ..plan import LEAVING, Plan
-from ..render import router_model_name
 from .decide import NoModeFits, choose_mode, idle_candidates, service_state
 
 
@@ -59,14 +59,6 @@ class Options:
 class Waiter:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     error: str = ""
-
-
-def upstream_name(p: Preset) -> str:
-    """What the service itself calls its model: a llama.cpp router its models-dir entry, others the
-    served name (vLLM's --served-model-name, llama-server's --alias)."""
-    if p.driver is Driver.LLAMACPP and p.sleep_mode is SleepMode.ROUTER:
-        return router_model_name(p)
-    return p.served_model
 
 
 def model_map(cat: Catalog) -> dict[str, str]:

@@ -24,10 +24,11 @@ def show(c, service_id, json_=False):
     """Show one preset as gpumod reads it."""
     import dataclasses
 
+    from ..render import masked_preset
     from ..runtime import catalog
 
     p = catalog().preset(service_id)
-    d = dataclasses.asdict(p)
+    d = masked_preset(dataclasses.asdict(p))  # secret-looking env values are masked
     d["driver"], d["sleep_mode"], d["unit"], d["sleep_residual_mb"] = p.driver.value, p.sleep_mode.value, p.unit, p.residual_mb
     if json_:
         from ..ui import print_json

@@ -93,7 +93,7 @@ def llama_server(c, jobs=None):
 def tiny_gguf(c, dir, names=None):
     """Write tiny random-weight llama GGUFs (~470 KB each) for a real llama-server to load."""
     from ..llamacpp.gguf_tiny import write_tiny_gguf
-    from ..render import router_model_name
+    from ..engines.llamacpp import router_model_name
     from ..runtime import catalog
 
     if names:

@@ -1,0 +1,302 @@
+"""The vLLM stand-in (and custom "fastapi" servers, which speak vLLM's sleep routes): one
+GPU-resident model with vLLM's sleep levels, wake tags and pause modes.
+
+As the real server (../shared/reference/servers.md): no listener until loaded; dev routes only with
+VLLM_SERVER_DEV_MODE=1; a request to a sleeping engine is accepted and waits.  ``POST /sleep``
+takes ``mode``: ``abort`` (the default) cuts off requests in flight (a stream ends with
+``finish_reason: "abort"``), ``wait`` lets them finish before sleeping, ``keep`` freezes them until
+the engine is fully awake, then they go on.  In every mode new requests wait while the engine
+pauses or sleeps.  ``--vllm-version`` below 0.17 plays a server from before pause modes that
+refuses the ``mode`` parameter (400), so a client's fallback can be exercised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+from .http import App, Request, Response
+from .ledger import Ledger, OutOfMemory
+from .openai import completion, embedding, log, oai_error, stream_chat
+
+PAUSE_MODES = ("abort", "wait", "keep")
+
+
+def _version(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split(".")[:2])
+    except ValueError:
+        return (0, 0)
+
+
+class VllmEngine:
+    """One GPU-resident model with vLLM's sleep levels and wake tags."""
+
+    def __init__(self, args: argparse.Namespace, ledger: Ledger, name: str):
+        self.args, self.ledger, self.name = args, ledger, name
+        self.pid = os.getpid()
+        total = args.vram_mb
+        self.runtime_mb = min(args.sleep_vram_mb, total)
+        rest = total - self.runtime_mb
+        self.weights_mb = min(args.weights_mb if args.weights_mb is not None else int(rest * 0.6), rest)
+        self.kv_mb = rest - self.weights_mb
+        self.cond = threading.Condition()
+        self.asleep: set[str] = set()  # tags currently asleep: weights, kv_cache, scheduling
+        self.level: int | None = None
+        self.weights_valid = True
+        self.sleeps_free = args.enable_sleep_mode  # without --enable-sleep-mode /sleep frees nothing
+        self.in_flight = 0
+        self.paused = False  # a sleep is under way or done: new requests wait until fully awake
+        self.epoch = 0  # bumped by an abort: requests begun before it are cut off
+
+    def load(self) -> None:
+        time.sleep(self.args.load_s)
+        snap = self.ledger.snapshot()
+        if snap.free_mb < self.args.vram_mb:
+            log(f"ValueError: Free memory on device ({snap.free_mb / 1024:.2f}/{snap.total_mb / 1024:.2f} GiB) on startup "
+                f"is less than desired GPU memory utilization ({self.args.vram_mb / 1024:.2f} GiB).")
+            raise SystemExit(1)
+        try:
+            self.ledger.alloc(self.pid, self.runtime_mb, "runtime", self.name)
+            self.ledger.alloc(self.pid, self.weights_mb, "weights", self.name)
+            self.ledger.alloc(self.pid, self.kv_mb, "kv_cache", self.name)
+        except OutOfMemory as exc:
+            log(f"torch.OutOfMemoryError: {exc}")
+            raise SystemExit(1) from exc
+        log(f"Model loading took {self.args.load_s:.2f} seconds; {self.args.vram_mb} MiB on GPU")
+
+    @property
+    def sleeping(self) -> bool:
+        return bool(self.asleep)
+
+    def sleep(self, level: int, mode: str = "abort") -> None:
+        with self.cond:
+            if self.asleep:
+                log("Executor is already sleeping.")
+                return
+            self.paused = True  # every pause mode queues new requests
+            if mode == "abort":
+                self.epoch += 1
+                if self.in_flight:
+                    log(f"Aborted {self.in_flight} in-flight requests (sleep mode=abort)")
+            elif mode == "wait":
+                self.cond.wait_for(lambda: self.in_flight == 0)  # drain: in-flight requests finish
+            # keep: in-flight requests freeze at their next step (they wait for the wake)
+            if level == 0:
+                self.asleep = {"scheduling"}
+            else:
+                self.asleep = {"weights", "kv_cache"}
+                if self.sleeps_free:
+                    freed = self.ledger.free(self.pid, "kv_cache", self.args.release_lag_s)
+                    freed += self.ledger.free(self.pid, "weights", self.args.release_lag_s)
+                    if level == 2:
+                        self.weights_valid = False
+                    log(f"Sleep mode freed {freed / 1024:.2f} GiB memory")
+                else:
+                    log("Sleep mode freed 0.00 GiB memory")
+            self.level = level
+            self.cond.notify_all()
+
+    def wake(self, tags: list[str]) -> None:
+        with self.cond:
+            if not self.asleep:
+                log("Executor is not sleeping.")
+                return
+            todo = [t for t in (tags or sorted(self.asleep)) if t in self.asleep]
+            for t in tags:
+                if t not in self.asleep:
+                    log(f"WARNING: tag {t!r} is not asleep; ignored")
+        if "weights" in todo:
+            time.sleep(self.args.wake_l1_s if self.level == 1 else self.args.wake_l2_s * 0.1)
+            if self.sleeps_free:
+                self.ledger.alloc(self.pid, self.weights_mb, "weights", self.name)
+        if "kv_cache" in todo:
+            if self.sleeps_free:
+                self.ledger.alloc(self.pid, self.kv_mb, "kv_cache", self.name)
+        with self.cond:
+            self.asleep -= set(todo)
+            if self.asleep == {"scheduling"} and not tags:
+                self.asleep = set()
+            if not self.asleep:
+                self.level = None
+                self.paused = False
+            self.cond.notify_all()
+
+    def reload_weights(self) -> None:
+        time.sleep(self.args.wake_l2_s * 0.9)
+        self.weights_valid = True
+
+    def wait_awake(self, timeout: float = 600.0) -> bool:
+        """A new request: wait until the engine is fully awake and not pausing."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.asleep and not self.paused, timeout)
+
+    def begin(self) -> int:
+        """A request starts running; returns the epoch that an abort would end."""
+        with self.cond:
+            self.in_flight += 1
+            return self.epoch
+
+    def end(self) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            self.cond.notify_all()
+
+    def step(self, epoch: int) -> bool:
+        """Between two steps of a running request: False when a sleep aborted it; blocks while a
+        ``keep`` sleep froze it."""
+        with self.cond:
+            self.cond.wait_for(lambda: not self.asleep or self.epoch != epoch, 600)
+            return self.epoch == epoch
+
+    def shutdown(self) -> None:
+        self.ledger.free(self.pid, None, self.args.release_lag_s)
+
+
+def vllm_app(args: argparse.Namespace, engine: VllmEngine, served: list[str], fastapi: bool = False) -> App:
+    app = App()
+    dev = _dev_mode() if not fastapi else args.enable_sleep_mode
+    created = int(time.time())
+
+    @app.route("GET", "/health")
+    def health(req: Request) -> Response:
+        return Response(200, None if not fastapi else {"status": "ok"})
+
+    @app.route("GET", "/version")
+    def version(req: Request) -> Response:
+        return Response(200, {"version": args.vllm_version})
+
+    @app.route("GET", "/v1/models")
+    def models(req: Request) -> Response:
+        data = [{
+            "id": name, "object": "model", "created": created, "owned_by": "vllm", "root": args.model, "parent": None,
+            "max_model_len": args.max_model_len,
+            "permission": [{"id": "modelperm-" + uuid.uuid4().hex[:16], "object": "model_permission", "created": created,
+                            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                            "organization": "*", "group": None, "is_blocking": False}],
+        } for name in served]
+        return Response(200, {"object": "list", "data": data})
+
+    @app.route("GET", "/metrics")
+    def metrics(req: Request) -> Response:
+        state = "awake" if not engine.asleep else ("weights_offloaded" if engine.level == 1 else "discard_all")
+        lines = ["# TYPE vllm:engine_sleep_state gauge"]
+        for s in ("awake", "weights_offloaded", "discard_all"):
+            lines.append(f'vllm:engine_sleep_state{{engine="0",model_name="{served[0]}",sleep_state="{s}"}} {1 if s == state else 0}')
+        lines.append(f"vllm:num_requests_running{{model_name=\"{served[0]}\"}} {engine.in_flight}")
+        return Response(200, "\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+
+    def _check_model(body: dict[str, Any]) -> Response | None:
+        m = body.get("model")
+        if m is not None and m not in served:
+            return oai_error(404, f"The model `{m}` does not exist. Valid aliases: {', '.join(served)}.", "NotFoundError", "model")
+        return None
+
+    def _infer(kind: str):  # type: ignore[no-untyped-def]
+        def handler(req: Request) -> Response:
+            try:
+                body = req.json() or {}
+            except json.JSONDecodeError:
+                return oai_error(400, "Invalid JSON body", "BadRequestError")
+            bad = _check_model(body)
+            if bad:
+                return bad
+            # vLLM >= 0.17 queues requests while asleep: accepted, then waits until fully awake
+            if not engine.wait_awake():
+                return oai_error(503, "engine asleep", "ServiceUnavailableError")
+            epoch = engine.begin()
+            streaming = False
+            try:
+                note = "" if engine.weights_valid else "<garbage weights> "
+                model = body.get("model") or served[0]
+                if args.infer_s:
+                    time.sleep(args.infer_s)
+                if not engine.step(epoch):
+                    return Response(200, completion(model, body, kind == "chat", note, finish="abort"))
+                if kind == "embeddings":
+                    inp = body.get("input", "")
+                    items = inp if isinstance(inp, list) else [inp]
+                    data = [{"object": "embedding", "index": i, "embedding": embedding(str(x))} for i, x in enumerate(items)]
+                    return Response(200, {"object": "list", "data": data, "model": model,
+                                          "usage": {"prompt_tokens": len(items), "total_tokens": len(items)}})
+                if kind == "chat" and body.get("stream"):
+                    streaming = True  # in flight until the stream ends
+                    return Response(200, content_type="text/event-stream",
+                                    stream=stream_chat(model, body, note, args.stream_delay_s,
+                                                       gate=lambda: engine.step(epoch), on_done=engine.end))
+                return Response(200, completion(model, body, kind == "chat", note))
+            finally:
+                if not streaming:
+                    engine.end()
+
+        return handler
+
+    app.route("POST", "/v1/chat/completions")(_infer("chat"))
+    app.route("POST", "/v1/completions")(_infer("completions"))
+    app.route("POST", "/v1/embeddings")(_infer("embeddings"))
+
+    if dev:
+        def _body(status: dict[str, Any]) -> Any:
+            return None if args.vllm_version.startswith("0.2") and not fastapi else status
+
+        @app.route("POST", "/sleep")
+        def sleep(req: Request) -> Response:
+            raw = req.arg("level", "1")
+            try:
+                level = int(raw or "")
+                if not 0 <= level <= 2:
+                    raise ValueError
+            except ValueError:
+                return _bad_request(f"level: Input should be a valid integer between 0 and 2, got {raw!r}")
+            mode = req.arg("mode")
+            if mode is not None and _version(args.vllm_version) < (0, 17) and not fastapi:
+                return _bad_request(f"mode: unexpected query parameter (this server predates pause modes), got {mode!r}")
+            if mode is not None and mode not in PAUSE_MODES:
+                return _bad_request(f"mode: Input should be 'abort', 'wait' or 'keep', got {mode!r}")
+            engine.sleep(level, mode or "abort")
+            return Response(200, _body({"status": "sleeping", "level": level}))
+
+        @app.route("POST", "/wake_up")
+        def wake(req: Request) -> Response:
+            tags = req.query.get("tags", [])  # repeatable: ?tags=weights&tags=kv_cache
+            engine.wake(tags)
+            return Response(200, _body({"status": "sleeping" if engine.asleep else "awake", "tags": tags or None}))
+
+        @app.route("GET", "/is_sleeping")
+        def is_sleeping(req: Request) -> Response:
+            return Response(200, {"is_sleeping": engine.sleeping})
+
+        @app.route("POST", "/collective_rpc")
+        def rpc(req: Request) -> Response:
+            try:
+                body = req.json()
+            except json.JSONDecodeError:
+                return Response(400, {"error": "invalid JSON"})
+            if not isinstance(body, dict) or "method" not in body:
+                return Response(400, {"error": "missing 'method'"})
+            if body["method"] == "reload_weights":
+                engine.reload_weights()
+                return Response(200, {"results": [None]})
+            return Response(200, {"results": [str(None)]})
+
+    return app
+
+
+def _bad_request(message: str) -> Response:
+    # vLLM's validation handler turns FastAPI's 422 into this 400
+    return Response(400, {"error": {"message": message, "type": "Bad Request", "param": None, "code": 400}})
+
+
+def _dev_mode() -> bool:
+    raw = os.environ.get("VLLM_SERVER_DEV_MODE", "0")
+    try:
+        return bool(int(raw))
+    except ValueError:  # vLLM itself raises on "true"; a stand-in refuses the same way
+        log(f"ValueError: invalid literal for int() with base 10: {raw!r} (VLLM_SERVER_DEV_MODE)")
+        raise SystemExit(1) from None
