@@ -57,6 +57,11 @@ class Host(ABC):
 
     #: commands, files and /run are this very machine's (so facts may be read directly)
     is_this_machine = False
+    #: the host's processes run on this machine's kernel and disk (this machine itself, or a
+    #: namespace of it): a path names the same file here and there, so this interpreter and this
+    #: package run there as they are, an flock taken by this process holds there, a command costs
+    #: no round trip, and NVML read in this process sees its GPUs. False for a box reached over SSH.
+    colocated = False
 
     def __init__(self, spec: HostSpec):
         self.spec = spec
