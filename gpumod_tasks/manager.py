@@ -112,8 +112,11 @@ wait "$pid"; echo $? > "$rc"
 '''
 
 # ``ident PIDFILE`` sets why (running | gone | reused | garbled), pid (the unit's, or 0), pstart and
-# rawpid; ``reap SPEC PIDFILE RC LOG`` stops a unit whose pid file cannot be read, through its
-# runner shell (found by the paths in its command line; never this script itself), logging why.
+# rawpid. A unit whose pid file cannot be read is found through its runner shell (``runners SPEC
+# PIDFILE RC``: by the paths in its command line, a process-group leader, never this script
+# itself; sets found and kids): its state reads running with Result=pidfile-garbled while the
+# runner's child lives (failed when none is found), and ``reap SPEC PIDFILE RC LOG`` stops it,
+# logging why.
 IDENTITY_SH = r'''set -f
 ident() {
   pid=0; why=gone; pstart=0; rawpid=; raw=; idl=
@@ -136,20 +139,24 @@ ident() {
   case "$st" in Z|X|'') return 0;; esac
   if [ "$1" = "$want" ] && [ "$boot" = "$wboot" ]; then pid=$p; pstart=$1; why=running; else why=reused; fi
 }
-reap() {
-  r_pidf=$2; r_log=$4
-  what=$(head -c 60 "$2" 2>/dev/null | tr -cd '[:print:]')
+runners() {
+  found=; kids=
   re=$(printf '%s' "$1 $2 $3" | sed 's/[][\.*^$+?(){}|]/\\&/g')
-  found=
   for g in $(pgrep -f -- "$re" 2>/dev/null); do
     [ "$g" = $$ ] && continue
     line=; read -r line 2>/dev/null < "/proc/$g/stat" || continue
     rest=${line##*) }; set -- $rest
-    [ "$3" = "$g" ] && found="$found $g"  # a runner leads its own process group (setsid)
+    [ "$3" = "$g" ] || continue  # a runner leads its own process group (setsid)
+    found="$found $g"; kids="$kids $(pgrep -P "$g")"
   done
+  return 0
+}
+reap() {
+  r_pidf=$2; r_log=$4
+  what=$(head -c 60 "$2" 2>/dev/null | tr -cd '[:print:]')
+  runners "$1" "$2" "$3"
   echo "-- gpumod supervisor: pid file $r_pidf unreadable ('$what'); stopping the unit's runner${found:- (none found)}" >> "$r_log"
   [ -n "$found" ] || return 0
-  kids=; for g in $found; do kids="$kids $(pgrep -P "$g")"; done
   for c in $kids; do kill -TERM "$c" 2>/dev/null; done  # the unit, as a plain stop would
   i=0; while [ $i -lt 600 ]; do
     alive=; for c in $kids; do
@@ -211,7 +218,8 @@ class Supervisor(ServiceManager):
 
     def state_argv(self, units: Sequence[str]) -> list[str]:
         # prints systemctl-show-shaped blocks; one round trip for all units
-        # fork-free (shell builtins only): this runs on every observation, for every unit
+        # fork-free (shell builtins only) but for an unreadable pid file: this runs on every
+        # observation, for every unit
         script = IDENTITY_SH + r'''
 root=$1; shift
 for u in "$@"; do
@@ -223,7 +231,14 @@ for u in "$@"; do
     if [ "$why" = running ]; then
       active=active; sub=running; start=$pstart
     elif [ "$why" = garbled ]; then
-      active=failed; sub=failed; result=pidfile-garbled
+      # the pid file says nothing; the unit's runner shell, if alive, still knows its child
+      result=pidfile-garbled; active=failed; sub=failed
+      runners "$root/units/$u.sh" "$pidf" "$rc"
+      for c in $kids; do
+        line=; read -r line 2>/dev/null < "/proc/$c/stat" || continue
+        rest=${line##*) }; set -- $rest; [ "$1" = Z ] && continue; shift 19
+        pid=$c; start=$1; active=active; sub=running; break
+      done
     else
       code=0
       [ -f "$rc" ] && read -r code < "$rc"
@@ -246,7 +261,19 @@ spec=$1; pidf=$2; rc=$3; stopped=$4; log=$5
 [ -f "$spec" ] || { echo "unit $(basename "$spec" .sh) is not installed" >&2; exit 5; }
 ident "$pidf"
 [ "$why" = running ] && exit 0
-[ "$why" = garbled ] && reap "$spec" "$pidf" "$rc" "$log"
+if [ "$why" = garbled ]; then
+  # the runner still running the unit is the truth: write its child's identity back, no restart
+  runners "$spec" "$pidf" "$rc"
+  for c in $kids; do
+    line=; read -r line 2>/dev/null < "/proc/$c/stat" || continue
+    rest=${line##*) }; set -- $rest; [ "$1" = Z ] && continue; shift 19
+    read -r boot 2>/dev/null < /proc/sys/kernel/random/boot_id || boot=-
+    echo "-- gpumod supervisor: pid file $pidf unreadable; pid $c of the unit's runner written back" >> "$log"
+    printf '%s %s\n' "$1" "$boot" > "$pidf.id.new" && mv -f "$pidf.id.new" "$pidf.id"
+    printf '%s\n' "$c" > "$pidf.new" && mv -f "$pidf.new" "$pidf"
+    exit 0
+  done
+fi
 mkdir -p "$(dirname "$pidf")" "$(dirname "$log")"
 rm -f "$pidf" "$pidf.id" "$rc" "$stopped"
 echo "-- gpumod supervisor: starting $(basename "$spec" .sh) at $(date '+%F %T')" >> "$log"
