@@ -215,6 +215,19 @@ def test_write_and_remove_through_sudo(hut):
     assert h.run(["test", "-e", path], sudo=True, ok=(0, 1)).exit_code == 1
 
 
+def test_a_file_the_login_user_may_not_reach_is_unreadable_not_missing(hut):
+    h, d = hut.host, hut.root_dir
+    h.write_file(f"{d}/private", "x\n", mode=0o600, sudo=True)
+    if h.is_root:
+        assert h.read_file(f"{d}/private") == "x\n"
+    else:
+        with pytest.raises(CommandFailed, match="exit code 13"):
+            h.read_file(f"{d}/private")
+        with pytest.raises(CommandFailed):
+            h.read_file(f"{d}/absent")  # cannot tell: never "missing"
+    assert h.read_file(f"{d}/absent", sudo=True) is None
+
+
 def test_remove_file_and_makedirs(hut):
     h, d = hut.host, hut.scratch
     h.makedirs(f"{d}/m/n/o")
