@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .lock import describe_holder, lock_path
+from .lock import describe_holder, held_lock_text
 from .observe import Observed, observe
 from .target import Target
 
@@ -60,7 +60,7 @@ def watch(t: Target, con: Any, interval: float = 1.0, iterations: int = 0) -> No
                 seen = observe(t)
                 up = t.host.read_file(uptime_file)
                 now_mono = float(up.split()[0]) if up and up.split() else None
-                lock_text = t.host.read_file(lock_path(t.state_dir))
+                lock_text = held_lock_text(t.host, t.state_dir)
                 live.update(render(t, seen, now_mono, lock_text, tick), refresh=True)
                 tick += 1
                 if iterations and tick >= iterations:

@@ -3,6 +3,10 @@
 The lock is held *on the box* and dies with the holder: locally an ``flock`` on
 ``<state_dir>/switch.lock`` held by this process; over SSH an ``flock`` held by a remote command
 whose channel stays open for the duration (a lost connection ends it and frees the lock).
+
+The file's text names the holder (pid, controller, what, since).  A crashed holder leaves its text
+behind while the kernel frees its lock, so the text alone never means a switch is in progress:
+``held_lock_text`` asks whether the lock is really held (and the recorded pid alive) first.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from pathlib import Path
 
 from .errors import LockBusy
 from .host.base import Host
-from .host.local import LocalHost
 
 
 def lock_path(state_dir: str) -> str:
@@ -29,7 +32,7 @@ def lock_path(state_dir: str) -> str:
 @contextlib.contextmanager
 def host_lock(host: Host, state_dir: str, *, what: str, wait: bool = True, timeout: float = 900,
               on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    if isinstance(host, LocalHost):
+    if host.colocated:  # an flock taken by this process holds there
         with _local_lock(lock_path(state_dir), what=what, wait=wait, timeout=timeout, on_wait=on_wait):
             yield
     else:
@@ -41,13 +44,81 @@ def _holder_text(what: str) -> str:
     return json.dumps({"pid": os.getpid(), "controller": socket.gethostname(), "what": what, "since": time.time()})
 
 
+# Is the lock held right now? A shared flock tried without waiting: refused while a holder has it.
+# (Exit 3: no lock file; 4: nobody holds it; 0: held, its text on stdout.)
+_PROBE_SCRIPT = '[ -e "$1" ] || exit 3; exec 9<"$1"; if flock -n -s 9; then exit 4; fi; cat -- "$1"'
+
+
+def held_lock_text(host: Host, state_dir: str) -> str | None:
+    """The holder's record when a switch holds the host lock now; None when the lock is free (the
+    text a crashed switch left behind is no holder) or when its recorded pid, on this controller,
+    has died."""
+    path = lock_path(state_dir)
+    if host.colocated:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text: str | None = Path(path).read_text()
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+        finally:
+            os.close(fd)
+    else:
+        r = host.run(["sh", "-c", _PROBE_SCRIPT, "sh", path], ok=(0, 3, 4), what="probe the host lock")
+        text = r.stdout if r.exit_code == 0 else None
+    if text is None or not _holder_alive(text):
+        return None
+    return text.strip() or "{}"
+
+
+def _holder_alive(text: str) -> bool:
+    """False only when the holder is known dead: a controller of this machine's name whose pid is gone."""
+    try:
+        d = json.loads(text)
+        pid = int(d.get("pid", 0))
+    except (ValueError, TypeError, AttributeError):
+        return True  # a holder mid-write, or a foreign record: the lock itself says it is held
+    if d.get("controller") != socket.gethostname() or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def describe_holder(text: str) -> str:
     try:
         d = json.loads(text)
         ago = time.time() - float(d.get("since", time.time()))
         return f"{d.get('what', '?')} (pid {d.get('pid')} on {d.get('controller')}, {ago:.0f}s ago)"
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):
         return "another gpumod process"
+
+
+#: how long a lock found taken is tried again before it counts as busy: an observer's probe
+#: (``held_lock_text``) holds it for a moment, and must not make a --no-wait switch refuse
+BUSY_GRACE_S = 0.1
+
+
+def _flock_within(fd: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextlib.contextmanager
@@ -56,7 +127,7 @@ def _local_lock(path: str, *, what: str, wait: bool, timeout: float, on_wait: Ca
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_within(fd, BUSY_GRACE_S)
         except BlockingIOError:
             holder = describe_holder(Path(path).read_text() or "{}")
             if not wait:
@@ -92,7 +163,7 @@ def _remote_lock(host: Host, path: str, *, what: str, wait: bool, timeout: float
     info = shlex.quote(_holder_text(what))
     script = (
         f"mkdir -p $(dirname {q}); exec 9>>{q}; "
-        f"if ! flock -n 9; then echo BUSY; cat {q}; echo; "
+        f"if ! flock -w {BUSY_GRACE_S:g} 9; then echo BUSY; cat {q}; echo; "
         + (f"flock -w {int(timeout)} 9 || {{ echo TIMEOUT; exit 1; }}; " if wait else "exit 1; ")
         + f"fi; : > {q}; printf %s {info} > {q}; echo LOCKED; cat > /dev/null"
     )

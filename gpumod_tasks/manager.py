@@ -9,7 +9,6 @@ shaped blocks so one parser serves both.  It does not restart crashed services (
 
 from __future__ import annotations
 
-import json
 import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -99,6 +98,80 @@ class Systemd(ServiceManager):
         return self.host.run(argv, sudo=not self.user, ok=(0, 1)).stdout
 
 
+# The supervisor's runner shell (``sh -c WRAPPER gpumod-supervise SPEC PIDFILE RCFILE``, the leader
+# of its own session and process group): starts the unit, records its identity, waits, records the
+# exit code. Identity: ``PIDFILE`` holds the pid, ``PIDFILE.id`` the process's start time (field 22
+# of /proc/PID/stat, clock ticks since boot) and the boot id; a pid is the unit's only while both
+# match, so a pid reused by another process after the unit died is never taken for it.
+WRAPPER_SH = r'''spec=$1; pidf=$2; rc=$3
+sh "$spec" & pid=$!
+start=0; boot=-
+if read -r line < "/proc/$pid/stat"; then rest=${line##*) }; set -f; set -- $rest; shift 19; start=$1; fi
+read -r boot 2>/dev/null < /proc/sys/kernel/random/boot_id || boot=-
+printf '%s %s\n' "$start" "$boot" > "$pidf.id.new" && mv -f "$pidf.id.new" "$pidf.id"
+printf '%s\n' "$pid" > "$pidf.new" && mv -f "$pidf.new" "$pidf"
+wait "$pid"; echo $? > "$rc"
+'''
+
+# ``ident PIDFILE`` sets why (running | gone | reused | garbled), pid (the unit's, or 0), pstart and
+# rawpid. A unit whose pid file cannot be read is found through its runner shell (``runners SPEC
+# PIDFILE RC``: by the paths in its command line, a process-group leader, never this script
+# itself; sets found and kids): its state reads running with Result=pidfile-garbled while the
+# runner's child lives (failed when none is found), and ``reap SPEC PIDFILE RC LOG`` stops it,
+# logging why.
+IDENTITY_SH = r'''set -f
+ident() {
+  pid=0; why=gone; pstart=0; rawpid=; raw=; idl=
+  [ -f "$1" ] || return 0
+  read -r raw 2>/dev/null < "$1"
+  read -r idl 2>/dev/null < "$1.id"
+  set -- $raw
+  rawpid=$1
+  [ $# -eq 1 ] || { why=garbled; return 0; }
+  case "$1" in *[!0-9]*|0*) why=garbled; return 0;; esac
+  p=$1
+  set -- $idl
+  [ $# -eq 2 ] || { why=garbled; return 0; }
+  case "$1" in ''|*[!0-9]*) why=garbled; return 0;; esac
+  want=$1; wboot=$2; boot=-
+  read -r boot 2>/dev/null < /proc/sys/kernel/random/boot_id || boot=-
+  line=
+  read -r line 2>/dev/null < "/proc/$p/stat" || return 0
+  rest=${line##*) }; set -- $rest; st=$1; shift 19
+  case "$st" in Z|X|'') return 0;; esac
+  if [ "$1" = "$want" ] && [ "$boot" = "$wboot" ]; then pid=$p; pstart=$1; why=running; else why=reused; fi
+}
+runners() {
+  found=; kids=
+  re=$(printf '%s' "$1 $2 $3" | sed 's/[][\.*^$+?(){}|]/\\&/g')
+  for g in $(pgrep -f -- "$re" 2>/dev/null); do
+    [ "$g" = $$ ] && continue
+    line=; read -r line 2>/dev/null < "/proc/$g/stat" || continue
+    rest=${line##*) }; set -- $rest
+    [ "$3" = "$g" ] || continue  # a runner leads its own process group (setsid)
+    found="$found $g"; kids="$kids $(pgrep -P "$g")"
+  done
+  return 0
+}
+reap() {
+  r_pidf=$2; r_log=$4
+  what=$(head -c 60 "$2" 2>/dev/null | tr -cd '[:print:]')
+  runners "$1" "$2" "$3"
+  echo "-- gpumod supervisor: pid file $r_pidf unreadable ('$what'); stopping the unit's runner${found:- (none found)}" >> "$r_log"
+  [ -n "$found" ] || return 0
+  for c in $kids; do kill -TERM "$c" 2>/dev/null; done  # the unit, as a plain stop would
+  i=0; while [ $i -lt 600 ]; do
+    alive=; for c in $kids; do
+      line=; read -r line 2>/dev/null < "/proc/$c/stat" || continue
+      rest=${line##*) }; case "$rest" in Z*|X*) ;; *) alive=1;; esac
+    done
+    [ -n "$alive" ] || break; sleep 0.005; i=$((i+1)); done
+  for g in $found; do kill -KILL "-$g" 2>/dev/null; done  # what is left of the runner's group
+  return 0
+}
+'''
+
+
 class Supervisor(ServiceManager):
     kind = "supervisor"
 
@@ -156,29 +229,36 @@ class Supervisor(ServiceManager):
 
     def state_argv(self, units: Sequence[str]) -> list[str]:
         # prints systemctl-show-shaped blocks; one round trip for all units
-        # fork-free (shell builtins only): this runs on every observation, for every unit
-        script = r'''
+        # fork-free (shell builtins only) but for an unreadable pid file: this runs on every
+        # observation, for every unit
+        script = IDENTITY_SH + r'''
 root=$1; shift
 for u in "$@"; do
   pidf="$root/run/$u.pid"; rc="$root/run/$u.rc"; load=loaded
   [ -f "$root/units/$u.sh" ] || load=not-found
-  pid=0; active=inactive; sub=dead; result=success; start=0
+  active=inactive; sub=dead; result=success; start=0
   if [ -f "$pidf" ]; then
-    read -r pid < "$pidf" || pid=0
-    st=
-    if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
-      # field 3 is the state, field 22 the start time in clock ticks since boot (USER_HZ = 100)
-      read -r line < "/proc/$pid/stat" 2>/dev/null && { rest=${line##*) }; st=${rest%% *}; set -- $rest; shift 19; start=${1:-0}; }
-    fi
-    if [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]; then
-      active=active; sub=running
+    ident "$pidf"
+    if [ "$why" = running ]; then
+      active=active; sub=running; start=$pstart
+    elif [ "$why" = garbled ]; then
+      # the pid file says nothing; the unit's runner shell, if alive, still knows its child
+      result=pidfile-garbled; active=failed; sub=failed
+      runners "$root/units/$u.sh" "$pidf" "$rc"
+      for c in $kids; do
+        line=; read -r line 2>/dev/null < "/proc/$c/stat" || continue
+        rest=${line##*) }; set -- $rest; [ "$1" = Z ] && continue; shift 19
+        pid=$c; start=$1; active=active; sub=running; break
+      done
     else
-      pid=0; code=0; start=0
+      code=0
       [ -f "$rc" ] && read -r code < "$rc"
       if [ -f "$rc" ] && [ ! -f "$root/run/$u.stopped" ] && [ "$code" != 0 ]; then
         active=failed; sub=failed; result=exit-code
       fi
     fi
+  else
+    pid=0
   fi
   printf 'Id=%s\nLoadState=%s\nActiveState=%s\nSubState=%s\nMainPID=%s\nResult=%s\nExecMainStartTimestampMonotonic=%s0000\n\n' "$u" "$load" "$active" "$sub" "$pid" "$result" "$start"
 done
@@ -187,36 +267,55 @@ done
 
     def start(self, unit: str) -> None:
         p = self._paths(unit)
-        script = r'''
+        script = IDENTITY_SH + r'''
 spec=$1; pidf=$2; rc=$3; stopped=$4; log=$5
 [ -f "$spec" ] || { echo "unit $(basename "$spec" .sh) is not installed" >&2; exit 5; }
-if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then exit 0; fi
+ident "$pidf"
+[ "$why" = running ] && exit 0
+if [ "$why" = garbled ]; then
+  # the runner still running the unit is the truth: write its child's identity back, no restart
+  runners "$spec" "$pidf" "$rc"
+  for c in $kids; do
+    line=; read -r line 2>/dev/null < "/proc/$c/stat" || continue
+    rest=${line##*) }; set -- $rest; [ "$1" = Z ] && continue; shift 19
+    read -r boot 2>/dev/null < /proc/sys/kernel/random/boot_id || boot=-
+    echo "-- gpumod supervisor: pid file $pidf unreadable; pid $c of the unit's runner written back" >> "$log"
+    printf '%s %s\n' "$1" "$boot" > "$pidf.id.new" && mv -f "$pidf.id.new" "$pidf.id"
+    printf '%s\n' "$c" > "$pidf.new" && mv -f "$pidf.new" "$pidf"
+    exit 0
+  done
+fi
 mkdir -p "$(dirname "$pidf")" "$(dirname "$log")"
-rm -f "$pidf" "$rc" "$stopped"
+rm -f "$pidf" "$pidf.id" "$rc" "$stopped"
 echo "-- gpumod supervisor: starting $(basename "$spec" .sh) at $(date '+%F %T')" >> "$log"
-setsid sh -c 'sh "$0" & echo $! > "$1"; wait $!; echo $? > "$2"' "$spec" "$pidf" "$rc" >> "$log" 2>&1 < /dev/null &
+setsid sh -c "$WRAPPER" gpumod-supervise "$spec" "$pidf" "$rc" >> "$log" 2>&1 < /dev/null &
 i=0; while [ ! -s "$pidf" ] && [ $i -lt 200 ]; do sleep 0.005; i=$((i+1)); done
 '''
-        self.host.run(["sh", "-c", script, "sh", p["spec"], p["pid"], p["rc"], p["stopped"], p["log"]], what=f"start {unit}")
+        self.host.run(["sh", "-c", f"WRAPPER={shlex.quote(WRAPPER_SH)}\n" + script, "sh",
+                       p["spec"], p["pid"], p["rc"], p["stopped"], p["log"]], what=f"start {unit}")
 
     def stop(self, unit: str) -> None:
+        """Stop the unit's process, and only it: a pid file whose pid now names another process is
+        dropped without a signal; an unreadable one is reaped through the unit's supervisor shell."""
         p = self._paths(unit)
-        script = r'''
-pidf=$1; stopped=$2
+        script = IDENTITY_SH + r'''
+pidf=$1; stopped=$2; log=$3; spec=$4; rc=$5
 [ -f "$pidf" ] || exit 0
-touch "$stopped"; pid=$(cat "$pidf")
-kill -TERM "$pid" 2>/dev/null
-i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 600 ]; do
-  st=$(sed -e 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1); [ "$st" = Z ] && break
-  sleep 0.005; i=$((i+1)); done
-kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-rm -f "$pidf"
+touch "$stopped"
+ident "$pidf"
+if [ "$why" = running ]; then
+  kill -TERM "$pid" 2>/dev/null
+  i=0; while [ $i -lt 600 ]; do ident "$pidf"; [ "$why" = running ] || break; sleep 0.005; i=$((i+1)); done
+  [ "$why" = running ] && kill -KILL "$pid" 2>/dev/null
+elif [ "$why" = garbled ]; then
+  reap "$spec" "$pidf" "$rc" "$log"
+elif [ "$why" = reused ]; then
+  echo "-- gpumod supervisor: pid $rawpid of $(basename "$pidf" .pid) is another process now; not signalled" >> "$log"
+fi
+rm -f "$pidf" "$pidf.id"
 '''
-        self.host.run(["sh", "-c", script, "sh", p["pid"], p["stopped"]], what=f"stop {unit}")
+        self.host.run(["sh", "-c", script, "sh", p["pid"], p["stopped"], p["log"], p["spec"], p["rc"]], what=f"stop {unit}")
 
     def logs(self, unit: str, lines: int = 30) -> str:
         r = self.host.run(["tail", "-n", str(lines), self._paths(unit)["log"]], ok=(0, 1))
         return r.stdout
-
-    def status_json(self) -> str:
-        return json.dumps({"kind": self.kind, "root": self.root})

@@ -131,3 +131,77 @@ def test_cgroup_walk_parser_and_the_real_script(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+# -- reading the GPU from a host: the backend fallback and its exit-code table ----------------------
+def _sim_box(tmp_path, **spec):
+    from gpumod_tasks.host import LocalHost
+    from gpumod_tasks.inventory import HostSpec
+    from gpumod_tasks.simhost import SimSetup
+
+    hs = HostSpec(name="box", sim=True, gpu_total_mb=24564, **spec)
+    host = LocalHost(hs)
+    return host, SimSetup(host, hs, str(tmp_path / "state"))
+
+
+def test_gpu_reader_nvidia_smi_backend_answers_and_its_failures_in_words(tmp_path, monkeypatch):
+    from gpumod_tasks.errors import CommandFailed, GpuProbeError
+    from gpumod_tasks.facts.gpu_read import EXIT_CODES, GpuReader
+
+    host, sim = _sim_box(tmp_path)
+    sim.ensure()
+    # the simulator's nvidia-smi, found on PATH under the real binary's name
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").symlink_to(sim.shim_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("GPUMOD_SIM_DIR", sim.sim_dir)
+    r = GpuReader(host, "box", backend="nvidia-smi")
+    g = r.read()
+    assert (g.backend, g.primary.total_mb, g.primary.used_mb) == ("nvidia-smi", 24564, 0)
+    assert r.used_mb() == 0
+    assert r.parse_fact(0, host.run(r.fact_argv()).stdout) == g
+    # no driver (the shim's exit 9 and message, as the real one prints it): an answer, in words
+    Path(sim.ledger_path).unlink()
+    with pytest.raises(GpuProbeError, match=r"nvidia-smi: NVIDIA driver not loaded \(exit 9\): NVIDIA-SMI has failed"):
+        r.read()
+    with pytest.raises(GpuProbeError, match="NVIDIA driver not loaded"):
+        r.used_mb()
+    # not installed at all
+    (bin_dir / "nvidia-smi").unlink()
+    with pytest.raises(GpuProbeError, match=r"nvidia-smi not installed \(exit 127\)"):
+        r.read()
+    # an exit code no backend declares is the host failing, not an answer
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho odd >&2\nexit 42\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    assert 42 not in EXIT_CODES["nvidia-smi"]
+    with pytest.raises(CommandFailed):
+        r.read()
+
+
+def test_gpu_reader_sets_up_a_missing_simulated_gpu_then_reads_it(tmp_path):
+    from gpumod_tasks.facts.gpu_read import SHIM_REPAIRABLE, SIM_BACKEND, GpuReader, accepted
+
+    host, sim = _sim_box(tmp_path)
+    assert SHIM_REPAIRABLE <= set(accepted("shim"))
+    calls = []
+    r = GpuReader(host, "box", shim=sim.shim_path, repair=lambda: calls.append(sim.ensure()))
+    g = r.read()  # the shim does not exist yet (exit 127): set up once, asked again
+    assert len(calls) == 1 and "nvidia-smi shim" in calls[0]
+    assert (g.backend, g.primary.name, g.primary.total_mb) == (SIM_BACKEND, "NVIDIA GeForce RTX 4090", 24564)
+    Path(sim.ledger_path).unlink()  # exit 9: no simulated GPU
+    assert r.parse_fact(9, "").primary.total_mb == 24564 and len(calls) == 2
+    assert r.read().primary.used_mb == 0 and len(calls) == 2  # nothing to repair: no set-up
+
+
+@pytest.mark.skipif(Path("/proc/driver/nvidia/version").exists(), reason="a real NVIDIA driver answers NVML here")
+def test_gpu_reader_falls_back_from_nvml_and_names_every_backend_that_failed(tmp_path, monkeypatch):
+    from gpumod_tasks.errors import GpuProbeError
+    from gpumod_tasks.facts.gpu_read import GpuReader
+
+    host, _ = _sim_box(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi either
+    with pytest.raises(GpuProbeError, match=r"no GPU backend answered: NVML: .+; nvidia-smi: nvidia-smi not installed"):
+        GpuReader(host, "box", backend="auto").read()
+    with pytest.raises(GpuProbeError, match=r"\[box\] NVML failed"):
+        GpuReader(host, "box", backend="nvml").read()

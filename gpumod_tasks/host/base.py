@@ -43,7 +43,9 @@ class CommandResult:
 
 # Files through commands (for hosts whose files are not this machine's): read, and write atomically
 # (a temp file in the target directory, then a rename) with the content on stdin.
-READ_SCRIPT = 'if [ -e "$1" ]; then cat -- "$1"; else exit 44; fi'
+# (A file behind a directory the login user may not enter is unreadable, not missing: exit 13.)
+READ_SCRIPT = ('if [ -e "$1" ]; then cat -- "$1"; elif [ -d "${1%/*}" ] && [ ! -x "${1%/*}" ]; then '
+               'echo "cannot look into ${1%/*}: permission denied" >&2; exit 13; else exit 44; fi')
 WRITE_SCRIPT = 'set -e; d=$(dirname "$1"); mkdir -p "$d"; t=$(mktemp "$d/.gpumod.XXXXXX"); cat > "$t"; chmod "$2" "$t"; mv -f "$t" "$1"'
 
 
@@ -57,6 +59,11 @@ class Host(ABC):
 
     #: commands, files and /run are this very machine's (so facts may be read directly)
     is_this_machine = False
+    #: the host's processes run on this machine's kernel and disk (this machine itself, or a
+    #: namespace of it): a path names the same file here and there, so this interpreter and this
+    #: package run there as they are, an flock taken by this process holds there, a command costs
+    #: no round trip, and NVML read in this process sees its GPUs. False for a box reached over SSH.
+    colocated = False
 
     def __init__(self, spec: HostSpec):
         self.spec = spec

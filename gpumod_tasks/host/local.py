@@ -14,6 +14,7 @@ from .base import WRITE_SCRIPT, CommandResult, Host
 
 class LocalHost(Host):
     is_this_machine = True
+    colocated = True
 
     @property
     def is_root(self) -> bool:

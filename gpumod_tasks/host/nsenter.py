@@ -17,7 +17,8 @@ from .local import LocalHost
 
 
 class NsenterHost(LocalHost):
-    is_this_machine = False
+    is_this_machine = False  # its /run and PID numbers are the namespace's own
+    colocated = True  # the disk, this interpreter and the kernel's GPUs are shared
 
     @property
     def pid(self) -> str:
