@@ -18,10 +18,9 @@ Exactly one place (``program.Gpumod``) turns these into a red message and an exi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .host.base import CommandResult
+from .result import CommandResult
 
 
 class GpumodError(Exception):
