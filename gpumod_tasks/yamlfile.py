@@ -397,7 +397,15 @@ def read_yaml(path: Path, rel: str, problems: list[Problem], fast: bool = False)
         problems.append(Problem(rel, line, col, "", "not UTF-8 text"))
         return None
     try:
-        return _yaml(fast).load(text)
+        doc = _yaml(fast).load(text)
+        if not fast:
+            # the round-trip loader turns an alias to its own enclosing node into null, so the
+            # cycle the fast loader built is found on the composed nodes
+            cycle = _alias_cycle(text)
+            if cycle:
+                problems.append(Problem(rel, cycle[0], cycle[1], "", "YAML error: an alias refers to a mapping or list that contains it"))
+                return None
+        return doc
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -414,6 +422,36 @@ def read_yaml(path: Path, rel: str, problems: list[Problem], fast: bool = False)
         # integer of thousands of digits
         line, col = _unbuildable_scalar(text)
         problems.append(Problem(rel, line, col, "", f"YAML error: cannot read this value: {shown(exc)}"))
+    return None
+
+
+def _alias_cycle(text: str) -> tuple[int, int] | None:
+    """Position of a mapping or list that contains itself through an alias, or None."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    try:
+        root = _yaml(fast=False).compose(text)
+    except Exception:  # noqa: BLE001 - load() already succeeded; nothing more to find
+        return None
+    if root is None:
+        return None
+    open_ids: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            open_ids.discard(id(node))
+            done.add(id(node))
+            continue
+        if id(node) in open_ids:
+            return (node.start_mark.line + 1, node.start_mark.column + 1)
+        if id(node) in done or not isinstance(node, (MappingNode, SequenceNode)):
+            continue
+        open_ids.add(id(node))
+        stack.append((node, True))
+        children = node.value if isinstance(node, SequenceNode) else [x for kv in node.value for x in kv]
+        stack.extend((c, False) for c in reversed(children))
     return None
 
 
