@@ -256,3 +256,33 @@ def test_cli_refuses_an_inventory_whose_hosts_is_a_list(sim_host):
     assert code == 2, (out, err)
     assert "hosts.yaml:2:3: hosts: expected a mapping, got a list" in err
     assert "Traceback" not in out + err
+
+
+# -- API keys ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, why", [(" ", "is blank"), ("", "is blank"), ("\n", "is blank"),
+                                      ("ab cd", "contains spaces"), ("k\u00e9y", "non-ASCII"), ("a\x00b", "control")])
+def test_unusable_api_keys_are_refused_naming_their_source(key, why):
+    from gpumod_tasks.apikey import checked_api_key
+    from gpumod_tasks.errors import SettingInvalid
+
+    with pytest.raises(SettingInvalid) as ei:
+        checked_api_key(key, "/etc/gpumod/key")
+    assert str(ei.value).startswith("the API key from /etc/gpumod/key ") and why in str(ei.value)
+
+
+def test_an_api_key_file_keeps_its_key_without_the_newline():
+    from gpumod_tasks.apikey import checked_api_key
+
+    assert checked_api_key("s3cret-Key_1\n", "f") == "s3cret-Key_1"
+
+
+def test_router_refuses_a_key_file_holding_one_space(sim_host, tmp_path, monkeypatch):
+    key_file = tmp_path / "key"
+    key_file.write_text(" \n")
+    monkeypatch.setenv("GPUMOD_ROUTER_API_KEY_FILE", str(key_file))
+    monkeypatch.delenv("GPUMOD_ROUTER_API_KEY", raising=False)
+    code, out, err = sim_host.inv("router.serve", "--bind", "0.0.0.0", "--port", "1")
+    assert code == 2, out + err
+    assert f"the API key from {key_file} is blank" in err
+    assert "Traceback" not in out + err
