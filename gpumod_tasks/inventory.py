@@ -319,6 +319,9 @@ def _load_inventory(path: str | os.PathLike[str], fast: bool) -> Inventory:
             continue
         if node is None:
             node = {}
+        elif not isinstance(node, dict):
+            ck.add(hosts_node, name, f"hosts.{name}", f"expected a mapping of settings, got {kind_of(node)}")
+            continue
         v = _host_settings(ck, node, f"hosts.{name}.")
         hosts[name] = _host_from(name, {**defaults, **v}, ck, node)
     if "local" not in hosts:

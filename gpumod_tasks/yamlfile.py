@@ -2,7 +2,7 @@
 
 ``read_yaml`` turns a file into ruamel nodes, or into a Problem with file:line:column: unreadable
 bytes, YAML syntax, duplicate keys, values YAML itself cannot build (``2001-13-45``).  ``Checker``
-walks those nodes against declared ``Field``\\ s and collects *every* problem, so a user fixes a
+walks those nodes against declared fields and collects *every* problem, so a user fixes a
 file in one pass.  ``load_twice`` reads with the fast C loader and, only when something is wrong,
 again with the round-trip loader, which knows where every key and item is.
 

@@ -286,3 +286,8 @@ def test_router_refuses_a_key_file_holding_one_space(sim_host, tmp_path, monkeyp
     assert code == 2, out + err
     assert f"the API key from {key_file} is blank" in err
     assert "Traceback" not in out + err
+
+
+def test_a_host_that_is_not_a_mapping_is_named_at_its_key(tmp_path):
+    got = only(inventory_problems(tmp_path, "hosts:\n  local:\n    sim: true\n  box: 5\n"))
+    assert got == "hosts.yaml:4:8: hosts.box: expected a mapping of settings, got an integer (5)"
