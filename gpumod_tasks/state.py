@@ -77,8 +77,14 @@ def parse_mode_record(text: str | None, file: str = "mode.json") -> ModeRecord:
     try:
         return check_mode_record(text, file)
     except StateFileInvalid as exc:
-        log.warning("warning: %s; the mode is treated as unknown until the next switch rewrites it", exc)
+        # said once per file and problem: the router daemon observes every few seconds
+        if _warned.get(file) != exc.reason:
+            _warned[file] = exc.reason
+            log.warning("warning: %s; the mode is treated as unknown until the next switch rewrites it", exc)
         return ModeRecord(None)
+
+
+_warned: dict[str, str] = {}
 
 
 def _json_kind(value: Any) -> str:

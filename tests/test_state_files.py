@@ -43,12 +43,17 @@ def test_a_record_of_the_wrong_shape_is_refused_naming_the_file(text, why):
 
 def test_the_lenient_reader_treats_a_bad_record_as_unknown_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="gpumod.state"):
-        assert parse_mode_record('{"mode": ["rag"]}', "/s/mode.json") == ModeRecord(None)
-    assert "/s/mode.json: not a valid mode record: mode: expected a mode id or null, got a list" in caplog.text
+        assert parse_mode_record('{"mode": ["rag"]}', "/s/lenient/mode.json") == ModeRecord(None)
+    assert "/s/lenient/mode.json: not a valid mode record: mode: expected a mode id or null, got a list" in caplog.text
     assert "treated as unknown" in caplog.text
     caplog.clear()
-    assert parse_mode_record(None, "/s/mode.json") == ModeRecord(None)
-    assert caplog.text == ""  # no file: nothing recorded yet, nothing to warn about
+    with caplog.at_level(logging.WARNING, logger="gpumod.state"):
+        parse_mode_record('{"mode": ["rag"]}', "/s/lenient/mode.json")
+        assert caplog.text == ""  # the same problem again (a daemon observing every few seconds): said once
+        assert parse_mode_record(None, "/s/lenient/mode.json") == ModeRecord(None)
+        assert caplog.text == ""  # no file: nothing recorded yet, nothing to warn about
+        parse_mode_record("[]", "/s/lenient/mode.json")
+    assert "expected a JSON object, got a list" in caplog.text  # a new problem is said again
 
 
 def test_status_and_blank_still_work_with_a_corrupt_mode_record(sim_host, caplog):

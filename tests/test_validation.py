@@ -200,7 +200,8 @@ def inventory_problems(tmp_path: Path, text: str) -> list[str]:
 @pytest.mark.parametrize("text, expected", [
     ("hosts:\n  - a\n  - b\n", "hosts.yaml:2:3: hosts: expected a mapping, got a list"),
     ("- a\n", "hosts.yaml:1:1: (document): expected a mapping of defaults, hosts and groups, got a list"),
-    ("hosts:\n  a:\n    preflight: {factor: lots}\n", "hosts.yaml:3:25: hosts.a.preflight.factor: expected a number, got a string ('lots')"),
+    ("hosts:\n  a:\n    preflight: {factor: lots}\n",
+     "hosts.yaml:3:25: hosts.a.preflight.factor: expected a number, got a string ('lots')"),
     ("hosts:\n  a:\n    preflight: {factor: .nan}\n", "hosts.yaml:3:25: hosts.a.preflight.factor: must be a finite number, got nan"),
     ("defaults:\n  preflight: {margin_mb: -5}\n", "hosts.yaml:2:26: defaults.preflight.margin_mb: must be >= 0, got -5"),
     ("hosts:\n  a:\n    gpu: {total_mb: -24564}\n", "hosts.yaml:3:21: hosts.a.gpu.total_mb: must be >= 0, got -24564"),

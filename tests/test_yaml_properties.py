@@ -114,8 +114,11 @@ def test_a_valid_preset_with_one_field_of_any_value(field, value):
 HOSTS = documents(HOST_SCHEMA, {"gpu": {"name": 0, "total_mb": 0}, "preflight": {"factor": 0, "margin_mb": 0},
                                 "router_daemon": {"port": 0, "bind": 0, "api_key_file": 0}, "vars": {"extra_args": 0}})
 INVENTORIES = st.one_of(
-    st.fixed_dictionaries({}, optional={"defaults": HOSTS, "hosts": st.one_of(values, st.dictionaries(st.one_of(text, st.integers()), HOSTS, max_size=3)),
-                                        "groups": st.one_of(values, st.dictionaries(text, st.lists(st.one_of(text, values), max_size=3), max_size=2))}),
+    st.fixed_dictionaries({}, optional={
+        "defaults": HOSTS,
+        "hosts": st.one_of(values, st.dictionaries(st.one_of(text, st.integers()), HOSTS, max_size=3)),
+        "groups": st.one_of(values, st.dictionaries(text, st.lists(st.one_of(text, values), max_size=3), max_size=2)),
+    }),
     values,
 )
 

@@ -251,7 +251,8 @@ def _mode(doc: Any, rel: str, problems: list[Problem]) -> Mode | None:
     services: list[ModeService] = []
     raw = doc.get("services") if isinstance(doc, dict) else None
     if isinstance(doc, dict) and "services" in doc and raw is None:
-        ck.add(doc, "services", "services", at_key=True, message="is empty; list the mode's services (write services: [] for a mode that runs nothing)")
+        ck.add(doc, "services", "services", at_key=True,
+               message="is empty; list the mode's services (write services: [] for a mode that runs nothing)")
     elif raw is not None:
         if not isinstance(raw, list):
             ck.add(doc, "services", "services", "expected a list of service ids (or {id, sleep_on_idle} mappings)")
