@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from .check import CheckResult
 from .errors import GpumodError
 from .target import Target
+from .venv import check_venv
+
+__all__ = ["FOOTGUNS", "CheckResult", "check_all", "check_gpu", "check_oom_protection", "check_presets", "check_sysctl",
+           "check_units", "check_venv", "footguns", "print_result", "print_table"]
 
 # Flags known to inflate VRAM far beyond a preset's figure.
 FOOTGUNS = {
     "--swa-full": "full-size sliding-window KV cache: on multi-slot Gemma presets this multiplies KV memory by the slot count",
     "--no-kv-offload": "keeps the KV cache off the GPU budget gpumod planned for (host RAM use explodes instead)",
 }
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    ok: bool
-    message: str
-    fix: str = ""
 
 
 def check_gpu(t: Target) -> CheckResult:
@@ -130,12 +126,6 @@ def check_oom_protection(t: Target) -> CheckResult:
         return CheckResult("oom-protection", False, "oom-protection PROBLEM: " + "; ".join(problems),
                            "inv host.oom-protection   (or: sudo scripts/oom-protection/install.sh)")
     return CheckResult("oom-protection", True, "oom-protection OK: drop-ins installed and directives correct")
-
-
-def check_venv(t: Target, service_id: str) -> CheckResult:
-    from .venv import check_venv as run_check
-
-    return run_check(t, service_id)
 
 
 def check_all(t: Target) -> list[CheckResult]:

@@ -3,6 +3,8 @@
     GpumodError
     ├── CatalogError            presets/modes/inventory invalid (every problem, file:line:col field)
     ├── UnknownName (LookupError)   unknown mode, service or host
+    ├── StateFileInvalid (ValueError)   a state file gpumod wrote has the wrong shape (names the file)
+    ├── SettingInvalid (ValueError)     a setting from a flag, the environment or a file is unusable
     ├── HostError               a command/file/HTTP operation on a host failed
     │   ├── CommandFailed       non-accepted exit code (carries the CommandResult)
     │   └── HostUnreachable     SSH connection could not be made / was lost
@@ -18,10 +20,9 @@ Exactly one place (``program.Gpumod``) turns these into a red message and an exi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .host.base import CommandResult
+from .result import CommandResult
 
 
 class GpumodError(Exception):
@@ -69,6 +70,20 @@ class UnknownName(GpumodError, LookupError):
         self.kind, self.name, self.known = kind, name, sorted(known)
         shown = ", ".join(self.known) if self.known else "(none)"
         super().__init__(f"unknown {kind} {name!r}; known: {shown}")
+
+
+class StateFileInvalid(GpumodError, ValueError):
+    """A state file (mode record, switch history) that cannot be used as it is."""
+
+    exit_code = 2
+
+    def __init__(self, file: str, message: str):
+        self.file, self.reason = file, message
+        super().__init__(f"{file}: {message}")
+
+
+class SettingInvalid(GpumodError, ValueError):
+    exit_code = 2
 
 
 class HostError(GpumodError):

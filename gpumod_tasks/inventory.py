@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .catalog.schema import Checker, Field
 from .errors import CatalogError, Problem, UnknownName
+from .yamlfile import MB_MAX, NAME_MAX, Checker, Field, kind_of, load_twice, read_yaml, shown
 
 SSH_TARGET_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>\d+))?$")
 
@@ -137,41 +137,77 @@ class Inventory:
         ]
 
 
+def _port(p: int) -> str | None:
+    return None if 1 <= p <= 65535 else f"port {p} is outside 1-65535"
+
+
+def _sim_flag(v: Any) -> str | None:
+    return None if v is True or v is False or v == "auto" else "expected true, false or auto"
+
+
+def _router_daemon(v: Any) -> str | None:
+    ok = v is True or v is False or v is None or isinstance(v, dict)
+    return None if ok else "expected true, false or a mapping of port, bind, api_key_file"
+
+
+def _nonblank(v: str) -> str | None:
+    return None if v.strip() else "is empty"
+
+
+GPU_SCHEMA: dict[str, Field] = {
+    "name": Field("str", max_len=NAME_MAX),
+    "total_mb": Field("int", minimum=0, maximum=MB_MAX),
+}
+PREFLIGHT_SCHEMA: dict[str, Field] = {
+    "factor": Field("number", minimum=0, maximum=100),
+    "margin_mb": Field("int", minimum=0, maximum=MB_MAX),
+}
+SIM_TIMINGS_SCHEMA: dict[str, Field] = {k: Field("number", minimum=0, maximum=3600) for k in SimSettings.__dataclass_fields__}
+ROUTER_DAEMON_SCHEMA: dict[str, Field] = {
+    "port": Field("int", check=_port),
+    "bind": Field("str", check=_nonblank),
+    "api_key_file": Field("str", check=_nonblank),
+}
+
 HOST_SCHEMA: dict[str, Field] = {
     "connection": Field("str", choices=("local", "ssh", "nsenter")),
-    "nsenter": Field("str"),
+    "nsenter": Field("str", check=_nonblank),
     "ssh": Field("str"),
     "identity": Field("str"),
     "scope": Field("str", choices=("system", "user")),
     "state_dir": Field("str"),
     "unit_dir": Field("str"),
-    "sim": Field("any"),
-    "gpu": Field("map"),
+    "sim": Field("any", check=_sim_flag),
+    "gpu": Field("map", schema=GPU_SCHEMA),
     "gpu_backend": Field("str", choices=("auto", "nvml", "nvidia-smi")),
     "service_manager": Field("str", choices=("auto", "systemd", "supervisor")),
-    "reserve_mb": Field("int", minimum=0),
-    "preflight": Field("map"),
-    "quiesce_s": Field("number", minimum=0),
-    "quiesce_threshold_mb": Field("int", minimum=0),
-    "release_timeout_s": Field("number", minimum=0.1),
-    "release_tolerance_mb": Field("int", minimum=0),
+    "reserve_mb": Field("int", minimum=0, maximum=MB_MAX),
+    "preflight": Field("map", schema=PREFLIGHT_SCHEMA),
+    "quiesce_s": Field("number", minimum=0, maximum=3600),
+    "quiesce_threshold_mb": Field("int", minimum=0, maximum=MB_MAX),
+    "release_timeout_s": Field("number", minimum=0.1, maximum=3600),
+    "release_tolerance_mb": Field("int", minimum=0, maximum=MB_MAX),
     "keep_warm": Field("str", choices=("sleep", "stop")),
     "procfs": Field("str"),
     "default_mode": Field("id"),
     "warm_modes": Field("id_list"),
-    "oom_protect": Field("str_list"),
+    "oom_protect": Field("str_list", max_len=255),
     "oom_memory_min": Field("str"),
-    "oom_score_adj": Field("int", minimum=-1000),
-    "min_free_kbytes": Field("int", minimum=0),
+    "oom_score_adj": Field("int", minimum=-1000, maximum=1000),
+    "min_free_kbytes": Field("int", minimum=0, maximum=64 * 1024 * 1024),
     "root_prefix": Field("str"),
-    "sim_timings": Field("map"),
+    "sim_timings": Field("map", schema=SIM_TIMINGS_SCHEMA),
     "sim_real": Field("str_list"),
-    "router_daemon": Field("any"),
+    "router_daemon": Field("any", check=_router_daemon, schema=ROUTER_DAEMON_SCHEMA),
     "vars": Field("map"),
 }
+#: host and group names: what -H takes (comma-separated) and an ssh_config alias can be
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+HOST_NAME_MAX = 253
 
 
 def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec:
+    """A HostSpec from values the schema already checked (``v``: defaults merged with the host's)."""
     kw: dict[str, Any] = {"name": name}
     conn = v.get("connection", "ssh" if "ssh" in v else "nsenter" if "nsenter" in v else "local")
     kw["connection"] = conn
@@ -179,6 +215,8 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
         m = SSH_TARGET_RE.match(v["ssh"])
         if m is None:
             ck.add(node, "ssh", f"hosts.{name}.ssh", f"{v['ssh']!r} is not user@host:port or an ssh_config alias")
+        elif m.group("port") and _port(int(m.group("port"))):
+            ck.add(node, "ssh", f"hosts.{name}.ssh", str(_port(int(m.group("port")))))
         else:
             kw.update(ssh_host=m.group("host").strip("[]"), ssh_user=m.group("user") or "")
             if m.group("port"):
@@ -197,21 +235,11 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
     for key in simple:
         if key in v:
             kw[key] = v[key]
-    if "sim" in v:
-        if v["sim"] in (True, False):
-            kw["sim"] = v["sim"]
-        elif v["sim"] != "auto":
-            ck.add(node, "sim", f"hosts.{name}.sim", "expected true, false or auto")
+    if v.get("sim") in (True, False):
+        kw["sim"] = v["sim"]
     if "gpu" in v:
-        g = v["gpu"]
-        if not isinstance(g.get("total_mb", 0), int) or isinstance(g.get("total_mb"), bool):
-            ck.add(node, "gpu", f"hosts.{name}.gpu.total_mb", "expected an integer")
-        else:
-            kw["gpu_total_mb"] = int(g.get("total_mb", 0))
-        kw["gpu_name"] = str(g.get("name", ""))
-        unknown = set(g) - {"name", "total_mb"}
-        if unknown:
-            ck.add(node, "gpu", f"hosts.{name}.gpu", f"unknown key(s): {', '.join(sorted(unknown))} (known: name, total_mb)")
+        kw["gpu_total_mb"] = int(v["gpu"].get("total_mb", 0))
+        kw["gpu_name"] = str(v["gpu"].get("name", ""))
     if "preflight" in v:
         p = v["preflight"]
         if "factor" in p:
@@ -222,22 +250,15 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
         rd = v["router_daemon"]
         if rd is True:
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1"}
-        elif isinstance(rd, dict) and set(rd) <= {"port", "bind", "api_key_file"}:
+        elif isinstance(rd, dict):
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1", **dict(rd)}
-        elif rd not in (False, None):
-            ck.add(node, "router_daemon", f"hosts.{name}.router_daemon", "expected true, false or a mapping of port, bind, api_key_file")
     if "sim_real" in v:
         bad = [d for d in v["sim_real"] if d != "llamacpp"]
         if bad:
             ck.add(node, "sim_real", f"hosts.{name}.sim_real", f"{', '.join(bad)}: only llamacpp runs for real on a simulated host (it needs no GPU)")
         kw["sim_real"] = tuple(v["sim_real"])
     if "sim_timings" in v:
-        t = v["sim_timings"]
-        known = {f for f in SimSettings.__dataclass_fields__}
-        bad = set(t) - known
-        if bad:
-            ck.add(node, "sim_timings", f"hosts.{name}.sim_timings", f"unknown key(s): {', '.join(sorted(bad))} (known: {', '.join(sorted(known))})")
-        kw["sim_settings"] = SimSettings(**{k: float(x) for k, x in t.items() if k in known})
+        kw["sim_settings"] = SimSettings(**{k: float(x) for k, x in v["sim_timings"].items()})
     return HostSpec(**kw)
 
 
@@ -247,44 +268,78 @@ def load_inventory(path: str | os.PathLike[str] | None) -> Inventory:
     Read with the fast loader; on any problem again with the round-trip one for positions."""
     if path is None or not Path(path).exists():
         return Inventory(hosts={"local": HostSpec(name="local")}, groups={}, file=str(path or ""))
-    try:
-        return _load_inventory(path, fast=True)
-    except CatalogError:
-        return _load_inventory(path, fast=False)
+    return load_twice(lambda fast: _load_inventory(path, fast))
+
+
+def _host_settings(ck: Checker, node: Any, prefix: str) -> dict[str, Any]:
+    v = ck.mapping(node, HOST_SCHEMA, prefix=prefix)
+    if "vars" in v:
+        # host-wide command-line words: a list, never a string split into characters
+        for key in ("extra_args", "command"):
+            ck.arg_list(node["vars"], key, f"{prefix}vars.{key}")
+    return v
+
+
+def _name_ok(ck: Checker, parent: Any, key: Any, field: str, what: str) -> bool:
+    if not isinstance(key, str):
+        ck.add(parent, key, field, f"a {what} name must be a string, got {key!r}", at_key=True)
+        return False
+    if not HOST_NAME_RE.match(key) or len(key) > HOST_NAME_MAX:
+        ck.add(parent, key, field, f"not a valid {what} name (letters, digits, '.', '_', '-'; at most {HOST_NAME_MAX})",
+               at_key=True)
+        return False
+    return True
 
 
 def _load_inventory(path: str | os.PathLike[str], fast: bool) -> Inventory:
-    from .catalog.load import _read_yaml
-
     rel = str(path)
     problems: list[Problem] = []
-    doc = _read_yaml(Path(path), rel, problems, fast)
+    doc = read_yaml(Path(path), rel, problems, fast)
     if problems:
         raise CatalogError(problems)
+    if doc is None:  # an empty file: just the implicit local host
+        doc = {}
     ck = Checker(rel)
-    top = ck.mapping(doc or {}, {"defaults": Field("map"), "hosts": Field("map"), "groups": Field("map")})
+    if not isinstance(doc, dict):
+        ck.add(doc, None, "(document)", f"expected a mapping of defaults, hosts and groups, got {kind_of(doc)}")
+        raise CatalogError(ck.problems)
+    for key, value in doc.items():
+        if key not in ("defaults", "hosts", "groups"):
+            ck.add(doc, key, shown(key), "unknown key (known keys: defaults, groups, hosts)", at_key=True)
+        elif value is not None and not isinstance(value, dict):
+            ck.add(doc, key, key, f"expected a mapping, got {kind_of(value)}")
+    if ck.problems:
+        raise CatalogError(ck.problems)
     hosts: dict[str, HostSpec] = {}
-    defaults_node = (doc or {}).get("defaults") or {}
-    defaults = ck.mapping(defaults_node, HOST_SCHEMA, prefix="defaults.") if "defaults" in top else {}
-    for name, node in ((doc or {}).get("hosts") or {}).items():
-        if not isinstance(node, dict):
-            node = {} if node is None else node
-        v = ck.mapping(node, HOST_SCHEMA, prefix=f"hosts.{name}.")
-        hosts[str(name)] = _host_from(str(name), {**defaults, **v}, ck, node)
+    defaults_node = doc.get("defaults") or {}
+    defaults = _host_settings(ck, defaults_node, "defaults.") if "defaults" in doc else {}
+    hosts_node = doc.get("hosts") or {}
+    for name, node in hosts_node.items():
+        if not _name_ok(ck, hosts_node, name, f"hosts.{shown(name)}", "host"):
+            continue
+        if node is None:
+            node = {}
+        elif not isinstance(node, dict):
+            ck.add(hosts_node, name, f"hosts.{name}", f"expected a mapping of settings, got {kind_of(node)}")
+            continue
+        v = _host_settings(ck, node, f"hosts.{name}.")
+        hosts[name] = _host_from(name, {**defaults, **v}, ck, node)
     if "local" not in hosts:
         hosts["local"] = _host_from("local", dict(defaults), ck, defaults_node)
     # a template for ad hoc ssh targets given with -H user@host
     hosts["_ssh_defaults"] = _host_from("_ssh_defaults", {**defaults, "connection": "ssh"}, ck, defaults_node)
     groups: dict[str, tuple[str, ...]] = {}
-    gnode = (doc or {}).get("groups") or {}
+    gnode = doc.get("groups") or {}
     for gname, members in gnode.items():
+        if not _name_ok(ck, gnode, gname, f"groups.{shown(gname)}", "group"):
+            continue
         if not isinstance(members, list):
             ck.add(gnode, gname, f"groups.{gname}", "expected a list of host names")
             continue
         for i, m in enumerate(members):
-            if m not in hosts:
-                ck.add(members, None, f"groups.{gname}[{i}]", f"unknown host {m!r}", index=i)
-        groups[str(gname)] = tuple(str(m) for m in members if m in hosts)
+            if not isinstance(m, str) or m not in hosts:
+                ck.add(members, None, f"groups.{gname}[{i}]", f"unknown host {shown(m)!r}", index=i)
+        groups[gname] = tuple(m for m in members if isinstance(m, str) and m in hosts)
     if ck.problems:
         raise CatalogError(ck.problems)
     return Inventory(hosts=hosts, groups=groups, file=rel)

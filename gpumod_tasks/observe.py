@@ -87,7 +87,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     gpu_error = str(exc)
             mem_text = out["meminfo"].stdout if out["meminfo"].exit_code == 0 else None
             rec_text = out["mode"].stdout if out["mode"].exit_code == 0 else None
-        record = parse_mode_record(rec_text)
+        record = parse_mode_record(rec_text, mode_file(target.state_dir))
         probes = {k: f.result() for k, f in f_probes.items()}
     mem = parse_meminfo(mem_text) if mem_text else None
     pid_owner: dict[int, str] = {}

@@ -7,6 +7,8 @@ The recorded mode is advisory: the switch engine plans against what really runs.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the planner reads ModeRecord: importing this module loads no host code or sqlite
     from .host.base import Host
+
+from .errors import StateFileInvalid
+
+log = logging.getLogger("gpumod.state")
 
 
 @dataclass(frozen=True)
@@ -44,24 +50,79 @@ def mode_file(state_dir: str) -> str:
     return f"{state_dir}/mode.json"
 
 
-def parse_mode_record(text: str | None) -> ModeRecord:
-    if not text:
-        return ModeRecord(None)
+def check_mode_record(text: str, file: str = "mode.json") -> ModeRecord:
+    """The record in ``text``; StateFileInvalid naming ``file`` when its shape is wrong.
+
+    Keys this version does not know are ignored, so a newer gpumod's record still reads."""
+    def bad(message: str) -> StateFileInvalid:
+        return StateFileInvalid(file, f"not a valid mode record: {message}")
+
+    if not text.strip():
+        raise bad("the file is empty")
     try:
         d = json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as exc:
+        raise bad(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"not JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise bad(f"expected a JSON object, got {_json_kind(d)}")
+    mode = d.get("mode")
+    if mode is not None and not (isinstance(mode, str) and mode):
+        raise bad(f"mode: expected a mode id or null, got {_json_kind(mode)}")
+    since = d.get("since", 0)
+    if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since) or since < 0:
+        raise bad(f"since: expected a time in seconds, got {_json_kind(since)}")
+    levels = d.get("sleep_levels") or {}
+    if not isinstance(levels, dict):
+        raise bad(f"sleep_levels: expected an object, got {_json_kind(levels)}")
+    for k, v in levels.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2:
+            raise bad(f"sleep_levels.{k}: expected a sleep level 0-2, got {_json_kind(v)}")
+    last = d.get("last_switch") or {}
+    if not isinstance(last, dict):
+        raise bad(f"last_switch: expected an object, got {_json_kind(last)}")
+    failure = d.get("failure") or {}
+    if not isinstance(failure, dict):
+        raise bad(f"failure: expected an object, got {_json_kind(failure)}")
+    return ModeRecord(mode=mode, since=float(since), sleep_levels={str(k): int(v) for k, v in levels.items()}, last_switch=last,
+                      failure=failure)
+
+
+def parse_mode_record(text: str | None, file: str = "mode.json") -> ModeRecord:
+    """The recorded mode; no file means none recorded.  A record of the wrong shape is treated the
+    same way, with a warning naming the file, so ``status`` and a switch (``blank`` above all)
+    still work: the recorded mode is advisory, and the next switch writes a good one."""
+    if text is None:
         return ModeRecord(None)
-    return ModeRecord(
-        mode=d.get("mode"),
-        since=float(d.get("since", 0)),
-        sleep_levels={str(k): int(v) for k, v in (d.get("sleep_levels") or {}).items()},
-        last_switch=d.get("last_switch") or {},
-        failure=d.get("failure") or {},
-    )
+    try:
+        return check_mode_record(text, file)
+    except StateFileInvalid as exc:
+        # said once per file and problem: the router daemon observes every few seconds
+        if _warned.get(file) != exc.reason:
+            _warned[file] = exc.reason
+            log.warning("warning: %s; the mode is treated as unknown until the next switch rewrites it", exc)
+        return ModeRecord(None)
+
+
+_warned: dict[str, str] = {}
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def read_mode(host: Host, state_dir: str) -> ModeRecord:
-    return parse_mode_record(host.read_file(mode_file(state_dir)))
+    path = mode_file(state_dir)
+    return parse_mode_record(host.read_file(path), path)
 
 
 def write_mode(host: Host, state_dir: str, record: ModeRecord) -> None:
@@ -95,7 +156,11 @@ class History:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, timeout=10)
-        self.db.executescript(self.SCHEMA)
+        try:
+            self.db.executescript(self.SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StateFileInvalid(path, f"not a usable switch history ({exc}); move it away and gpumod starts a new one") from None
 
     def add_switch(self, host: str, started: float, duration_s: float, from_mode: str | None, to_mode: str, ok: bool,
                    steps: list[dict[str, Any]], error: str = "") -> None:
@@ -119,12 +184,20 @@ class History:
             q += " WHERE host = ?"
             args = (host,)
         q += " ORDER BY id DESC LIMIT ?"
-        rows = self.db.execute(q, (*args, limit)).fetchall()
+        import sqlite3
+
+        try:
+            rows = self.db.execute(q, (*args, limit)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StateFileInvalid(self.path, f"cannot read the switch history ({exc})") from None
         keys = ("host", "started", "duration_s", "from_mode", "to_mode", "ok", "steps", "error")
         out = []
         for r in rows:
             d = dict(zip(keys, r))
-            d["steps"] = json.loads(d["steps"])
+            try:
+                d["steps"] = json.loads(d["steps"])
+            except (TypeError, ValueError):
+                d["steps"] = []  # one damaged row shows without its steps
             d["ok"] = bool(d["ok"])
             out.append(d)
         return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from .doctor import CheckResult
+from .check import CheckResult
 from .target import Target
 
 QUERY = ("import json, sys\nfrom importlib import metadata\nout = {}\nfor n in sys.argv[1:]:\n"

@@ -116,3 +116,17 @@ def test_invalid_catalog_via_cli_exits_nonzero_and_names_file(sim_host):
     code, out, err = sim_host.inv("mode.list")
     assert code == 2
     assert "presets/embedding/emb.yaml:4:7: port: expected an integer" in err
+
+
+def test_catalog_and_inventory_load_nothing_but_their_leaves():
+    """errors, result and yamlfile are leaves: reading YAML never pulls in host code (no import circle)."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json; import gpumod_tasks.catalog, gpumod_tasks.inventory; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('gpumod_tasks'))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert json.loads(out) == ["gpumod_tasks", "gpumod_tasks.catalog", "gpumod_tasks.catalog.load", "gpumod_tasks.catalog.model",
+                               "gpumod_tasks.errors", "gpumod_tasks.inventory", "gpumod_tasks.result", "gpumod_tasks.yamlfile"]

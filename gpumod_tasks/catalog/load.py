@@ -8,15 +8,25 @@ with file:line:column and the field; nothing is changed when the catalog is inva
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from ..engines.caps import SLEEP_MODES
 from ..errors import CatalogError, Problem
+from ..yamlfile import ENV_NAME_RE, MB_MAX, NAME_MAX, Checker, Field, load_twice, read_yaml, relative
 from .model import Catalog, DockerSpec, Driver, Mode, ModeService, Preset, SleepMode
-from .schema import ENV_NAME_RE, ID_RE, Checker, Field
 
 _PORT = Field("int", required=True, check=lambda p: None if 1 <= p <= 65535 else f"port {p} is outside 1-65535")
+
+# Upper bounds: generous for any real model and box, small enough that a typo (a value in bytes,
+# an extra three zeros) is caught here rather than by the planner or systemd.
+CONTEXT_MAX = 2**24  # tokens (16 M; the largest contexts served today are 10 M)
+KV_PER_1K_MAX = 1024 * 1024  # MB of KV cache per 1k tokens
+STARTUP_TIMEOUT_MAX = 86_400  # s: one day
+SLEEP_ON_IDLE_MAX = 7 * 86_400  # s: one week
+SIM_DELAY_MAX = 3600.0  # s
+TEMPLATE_RE = re.compile(r"^systemd/[A-Za-z0-9_][A-Za-z0-9._-]*\.j2$")
 
 
 def _endpoint(value: str) -> str | None:
@@ -30,23 +40,24 @@ def _env_names(pairs: tuple[tuple[str, str], ...]) -> str | None:
 
 PRESET_SCHEMA: dict[str, Field] = {
     "id": Field("id", required=True),
-    "name": Field("str", required=True),
+    "name": Field("str", required=True, max_len=NAME_MAX),
     "driver": Field("str", required=True, choices=tuple(d.value for d in Driver)),
     "description": Field("str"),
     "port": _PORT,
-    "vram_mb": Field("int", required=True, minimum=0),
+    "vram_mb": Field("int", required=True, minimum=0, maximum=MB_MAX),
     "model_id": Field("str"),
     "model_path": Field("str"),
-    "model_size_mb": Field("int", minimum=0),
-    "context_size": Field("int", minimum=0),
-    "kv_cache_per_1k": Field("number", minimum=0),
+    "model_size_mb": Field("int", minimum=0, maximum=MB_MAX),
+    "context_size": Field("int", minimum=0, maximum=CONTEXT_MAX),
+    "kv_cache_per_1k": Field("number", minimum=0, maximum=KV_PER_1K_MAX),
     "health_endpoint": Field("str", check=_endpoint),
-    "startup_timeout": Field("int", minimum=1),
+    "startup_timeout": Field("int", minimum=1, maximum=STARTUP_TIMEOUT_MAX),
     "supports_sleep": Field("bool"),
     "sleep_mode": Field("str", choices=tuple(s.value for s in SleepMode)),
-    "sleep_vram_mb": Field("int", minimum=0),
+    "sleep_vram_mb": Field("int", minimum=0, maximum=MB_MAX),
     "depends_on": Field("id_list"),
-    "unit_template": Field("str"),
+    "unit_template": Field("str", check=lambda t: None if TEMPLATE_RE.match(t) and ".." not in t else
+                           f"{t!r} must name a template in templates/systemd/ (e.g. systemd/vllm.service.j2)"),
     "unit_vars": Field("map"),
     "env": Field("str_map", check=_env_names),
     "compat": Field("str_map"),
@@ -66,67 +77,28 @@ DOCKER_SCHEMA: dict[str, Field] = {
 }
 
 SIM_SCHEMA: dict[str, Field] = {
-    "load_s": Field("number", minimum=0),
-    "wake_l1_s": Field("number", minimum=0),
-    "wake_l2_s": Field("number", minimum=0),
-    "release_lag_s": Field("number", minimum=0),
-    "infer_s": Field("number", minimum=0),
-    "stream_delay_s": Field("number", minimum=0),
+    "load_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
+    "wake_l1_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
+    "wake_l2_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
+    "release_lag_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
+    "infer_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
+    "stream_delay_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
 }
 
 MODE_SCHEMA: dict[str, Field] = {
     "id": Field("id", required=True),
-    "name": Field("str", required=True),
+    "name": Field("str", required=True, max_len=NAME_MAX),
     "description": Field("str"),
     "services": Field("any", required=True),
 }
 
 MODE_SERVICE_SCHEMA: dict[str, Field] = {
     "id": Field("id", required=True),
-    "sleep_on_idle": Field("int", minimum=1),
+    "sleep_on_idle": Field("int", minimum=1, maximum=SLEEP_ON_IDLE_MAX),
 }
 
 # Which sleep modes each driver can honour (each engine's row in engines/caps.py).
 SLEEP_MODES_BY_DRIVER = {d: {SleepMode(m) for m in SLEEP_MODES[d.value]} for d in Driver}
-
-
-def _yaml(fast: bool = False) -> Any:
-    from ruamel.yaml import YAML
-
-    # fast: the C-backed safe loader (no positions); rt: the round-trip loader, which knows the
-    # line and column of every key and is used to report problems precisely.
-    y = YAML(typ="safe", pure=False) if fast else YAML(typ="rt")
-    y.allow_duplicate_keys = False
-    return y
-
-
-def _read_yaml(path: Path, rel: str, problems: list[Problem], fast: bool = False) -> Any:
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(rel, 0, 0, "", f"cannot read: {exc}"))
-        return None
-    try:
-        return _yaml(fast).load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        what = (exc.problem or str(exc)).strip()
-        if "duplicate key" in str(exc).lower():
-            what = "duplicate key: " + str(exc).split("found duplicate key")[-1].split("\n")[0].strip(' "')
-        problems.append(Problem(rel, line, col, "", f"YAML error: {what}"))
-    except YAMLError as exc:
-        problems.append(Problem(rel, 0, 0, "", f"YAML error: {exc}"))
-    return None
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def load_catalog(root: str | os.PathLike[str]) -> Catalog:
@@ -135,10 +107,7 @@ def load_catalog(root: str | os.PathLike[str]) -> Catalog:
     A valid catalog is read with the fast C loader; when anything is wrong it is read again with
     the round-trip loader so every problem carries its file:line:column.
     """
-    try:
-        return _load_catalog(root, fast=True)
-    except CatalogError:
-        return _load_catalog(root, fast=False)
+    return load_twice(lambda fast: _load_catalog(root, fast))
 
 
 def _load_catalog(root: str | os.PathLike[str], fast: bool) -> Catalog:
@@ -147,14 +116,14 @@ def _load_catalog(root: str | os.PathLike[str], fast: bool) -> Catalog:
     presets: dict[str, Preset] = {}
     preset_nodes: dict[str, tuple[str, Any]] = {}
     for path in sorted((base / "presets").glob("**/*.y*ml")):
-        rel = _rel(path, base)
-        doc = _read_yaml(path, rel, problems, fast)
+        rel = relative(path, base)
+        doc = read_yaml(path, rel, problems, fast)
         if doc is None:
             if not any(p.file == rel for p in problems):
-                problems.append(Problem(rel, 0, 0, "", "file is empty"))
+                problems.append(Problem(rel, 1, 1, "", "file is empty"))
             continue
         category = path.parent.name if path.parent != base / "presets" else ""
-        preset = _preset(doc, rel, category, problems)
+        preset = _preset(doc, rel, category, problems, base)
         if preset is None:
             continue
         if preset.id in presets:
@@ -169,11 +138,11 @@ def _load_catalog(root: str | os.PathLike[str], fast: bool) -> Catalog:
     modes: dict[str, Mode] = {}
     mode_nodes: dict[str, tuple[str, Any]] = {}
     for path in sorted((base / "modes").glob("*.y*ml")):
-        rel = _rel(path, base)
-        doc = _read_yaml(path, rel, problems, fast)
+        rel = relative(path, base)
+        doc = read_yaml(path, rel, problems, fast)
         if doc is None:
             if not any(p.file == rel for p in problems):
-                problems.append(Problem(rel, 0, 0, "", "file is empty"))
+                problems.append(Problem(rel, 1, 1, "", "file is empty"))
             continue
         mode = _mode(doc, rel, problems)
         if mode is None:
@@ -192,9 +161,15 @@ def _load_catalog(root: str | os.PathLike[str], fast: bool) -> Catalog:
     return Catalog(presets=presets, modes=modes, root=str(base))
 
 
-def _preset(doc: Any, rel: str, category: str, problems: list[Problem]) -> Preset | None:
+def _preset(doc: Any, rel: str, category: str, problems: list[Problem], base: Path) -> Preset | None:
     ck = Checker(rel)
     v = ck.mapping(doc, PRESET_SCHEMA)
+    if "unit_vars" in v:
+        # command-line words: a list, never a string (which would be split into characters)
+        for key in ("extra_args", "command"):
+            ck.arg_list(doc["unit_vars"], key, f"unit_vars.{key}")
+    if "unit_template" in v and not (base / "templates" / v["unit_template"]).is_file():
+        ck.add(doc, "unit_template", "unit_template", f"{v['unit_template']!r}: no such template in {base / 'templates' / 'systemd'}")
     docker = None
     if "docker" in v:
         d = ck.mapping(doc["docker"], DOCKER_SCHEMA, prefix="docker.")
@@ -271,7 +246,10 @@ def _mode(doc: Any, rel: str, problems: list[Problem]) -> Mode | None:
     v = ck.mapping(doc, MODE_SCHEMA)
     services: list[ModeService] = []
     raw = doc.get("services") if isinstance(doc, dict) else None
-    if raw is not None:
+    if isinstance(doc, dict) and "services" in doc and raw is None:
+        ck.add(doc, "services", "services", at_key=True,
+               message="is empty; list the mode's services (write services: [] for a mode that runs nothing)")
+    elif raw is not None:
         if not isinstance(raw, list):
             ck.add(doc, "services", "services", "expected a list of service ids (or {id, sleep_on_idle} mappings)")
         else:
@@ -279,8 +257,7 @@ def _mode(doc: Any, rel: str, problems: list[Problem]) -> Mode | None:
             for i, item in enumerate(raw):
                 field = f"services[{i}]"
                 if isinstance(item, str):
-                    if not ID_RE.match(item):
-                        ck.add(raw, None, field, f"{item!r} is not a valid id (must match [a-z0-9][a-z0-9._-]*)", index=i)
+                    if not ck.id(raw, None, field, item, index=i):
                         continue
                     entry = ModeService(id=str(item))
                 elif isinstance(item, dict):

@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any
 
 from ..engines.caps import DEFAULT_RESIDUAL_MB
+from ..errors import UnknownName
 
 
 class Driver(str, Enum):
@@ -126,16 +127,12 @@ class Catalog:
         return tuple(sorted((p for p in self.presets.values() if p.router == preset.router), key=lambda p: p.id))
 
     def preset(self, service_id: str) -> Preset:
-        from ..errors import UnknownName
-
         try:
             return self.presets[service_id]
         except KeyError:
             raise UnknownName("service", service_id, list(self.presets)) from None
 
     def mode(self, mode_id: str) -> Mode:
-        from ..errors import UnknownName
-
         try:
             return self.modes[mode_id]
         except KeyError:

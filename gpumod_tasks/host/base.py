@@ -13,32 +13,20 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import CommandFailed
+from ..result import CommandResult
 
 if TYPE_CHECKING:
     import httpx
 
     from ..inventory import HostSpec
 
+__all__ = ["READ_SCRIPT", "TRACE", "WRITE_SCRIPT", "CommandResult", "Host", "shell_join"]
 
 #: GPUMOD_TRACE=1 prints every command sent to a host, with its time (and so the round trips)
 TRACE = bool(os.environ.get("GPUMOD_TRACE"))
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    host: str
-    argv: tuple[str, ...]
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
 
 
 # Files through commands (for hosts whose files are not this machine's): read, and write atomically

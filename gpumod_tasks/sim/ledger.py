@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
+import sys
 import time
 
 # No dataclasses/pathlib here: the nvidia-smi shim imports this module on every call, and the
@@ -30,6 +32,43 @@ class OutOfMemory(Exception):
             f"CUDA out of memory. Tried to allocate {requested_mb} MiB. GPU {gpu} has a total capacity of "
             f"{total_mb} MiB of which {free_mb} MiB is free."
         )
+
+
+class LedgerInvalid(ValueError):
+    """The ledger file exists but is not a ledger (truncated, hand-edited, written by something else)."""
+
+    def __init__(self, path: str, why: str):
+        self.path, self.why = path, why
+        super().__init__(f"simulated GPU ledger {path}: {why} (inv sim.reset starts a new one)")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_ledger(data: object, path: str) -> dict:
+    """``data`` if it has a ledger's shape; LedgerInvalid naming ``path`` otherwise."""
+    if not isinstance(data, dict):
+        raise LedgerInvalid(path, f"expected a JSON object, got {type(data).__name__}")
+    if not _is_int(data.get("total_mb")) or data["total_mb"] < 0:
+        raise LedgerInvalid(path, f"total_mb: expected a number of MB, got {data.get('total_mb')!r}")
+    if not isinstance(data.get("name", ""), str):
+        raise LedgerInvalid(path, "name: expected a string")
+    lag = data.get("release_lag_s", 0.4)
+    if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag < 0:
+        raise LedgerInvalid(path, f"release_lag_s: expected seconds, got {lag!r}")
+    allocs = data.get("allocs")
+    if not isinstance(allocs, list):
+        raise LedgerInvalid(path, f"allocs: expected a list, got {type(allocs).__name__}")
+    for i, a in enumerate(allocs):
+        if not isinstance(a, dict) or not _is_int(a.get("pid")) or not _is_int(a.get("mb")) or a["mb"] < 0:
+            raise LedgerInvalid(path, f"allocs[{i}]: expected {{pid, mb, ...}} with whole numbers")
+        rel = a.get("release_at")
+        if rel is not None and (isinstance(rel, bool) or not isinstance(rel, (int, float)) or not math.isfinite(rel)):
+            raise LedgerInvalid(path, f"allocs[{i}].release_at: expected a time or null, got {rel!r}")
+        if not isinstance(a.get("tag", ""), str):
+            raise LedgerInvalid(path, f"allocs[{i}].tag: expected a string")
+    return data
 
 
 class GpuSnapshot:
@@ -99,9 +138,20 @@ class Ledger:
     def _read(self) -> dict:
         try:
             with open(self.path, encoding="utf-8") as fh:
-                return json.load(fh)
+                text = fh.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"no simulated GPU ledger at {self.path} (run: inv sim.up)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerInvalid(self.path, f"cannot be read ({exc})") from None
+        if not text.strip():
+            raise LedgerInvalid(self.path, "the file is empty")
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise LedgerInvalid(self.path, f"truncated or not JSON ({exc})") from None
+        except RecursionError:
+            raise LedgerInvalid(self.path, "not a ledger (nested too deeply)") from None
+        return check_ledger(data, self.path)
 
     def _write(self, data: dict) -> None:
         d, name = os.path.split(self.path)
@@ -112,7 +162,11 @@ class Ledger:
 
     @staticmethod
     def create(path: str | os.PathLike[str], *, name: str, total_mb: int, index: int = 0, release_lag_s: float = 0.4) -> Ledger:
-        """Create the GPU (idempotent: an existing ledger keeps its allocations)."""
+        """Create the GPU (idempotent: an existing ledger keeps its allocations).
+
+        A ledger that is not one (truncated by a full disk, edited by hand) is kept beside as
+        ``<path>.corrupt`` and a new one started, and stderr says so: the allocations it held are
+        no longer counted, which only a restart of the stand-ins (``inv sim.reset``) puts right."""
         led = Ledger(path)
         os.makedirs(os.path.dirname(led.lock_path) or ".", exist_ok=True)
         with open(led.lock_path, "a+") as lock:
@@ -120,7 +174,13 @@ class Ledger:
             try:
                 try:
                     data = led._read()
-                except (FileNotFoundError, json.JSONDecodeError):
+                except FileNotFoundError:
+                    data = {"allocs": []}
+                except LedgerInvalid as exc:
+                    kept = led.path + ".corrupt"
+                    os.replace(led.path, kept)
+                    sys.stderr.write(f"warning: {exc.path}: {exc.why}; kept as {kept} and started empty: VRAM held by "
+                                     "running stand-ins is no longer counted (inv sim.reset restarts them)\n")
                     data = {"allocs": []}
                 data.update(name=name, total_mb=int(total_mb), index=index, release_lag_s=float(release_lag_s))
                 data.setdefault("uuid", f"GPU-5151-{index:04d}-gpumod-sim")

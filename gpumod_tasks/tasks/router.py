@@ -46,12 +46,18 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     if len(specs) != 1 or not specs[0].is_local:
         raise Exit("router.serve runs on the GPU box itself (services bind 127.0.0.1 there): start it on the box, "
                    "or install it as a unit there with `router_daemon:` in the inventory and template.install-all", code=2)
-    key = api_key or os.environ.get("GPUMOD_ROUTER_API_KEY") or None
+    from ..apikey import checked_api_key
+
+    key = None
     key_file = os.environ.get("GPUMOD_ROUTER_API_KEY_FILE")
-    if not key and key_file:  # the unit points at a file, so the key never sits in a unit file
+    if api_key is not None:
+        key = checked_api_key(api_key, "--api-key")
+    elif os.environ.get("GPUMOD_ROUTER_API_KEY"):
+        key = checked_api_key(os.environ["GPUMOD_ROUTER_API_KEY"], "$GPUMOD_ROUTER_API_KEY")
+    elif key_file:  # the unit points at a file, so the key never sits in a unit file
         try:
             with open(key_file) as fh:
-                key = fh.read().strip() or None
+                key = checked_api_key(fh.read(), key_file)
         except OSError as exc:
             raise Exit(f"cannot read the API key file {key_file}: {exc}", code=2) from None
     if bind not in ("127.0.0.1", "localhost", "::1") and not key:
