@@ -128,5 +128,7 @@ def test_catalog_and_inventory_load_nothing_but_their_leaves():
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('gpumod_tasks'))))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout
+    # engines.caps: each engine's sleep modes and default residual, a table (engines/__init__ and base load no engine)
     assert json.loads(out) == ["gpumod_tasks", "gpumod_tasks.catalog", "gpumod_tasks.catalog.load", "gpumod_tasks.catalog.model",
+                               "gpumod_tasks.engines", "gpumod_tasks.engines.base", "gpumod_tasks.engines.caps",
                                "gpumod_tasks.errors", "gpumod_tasks.inventory", "gpumod_tasks.result", "gpumod_tasks.yamlfile"]
