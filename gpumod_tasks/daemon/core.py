@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,19 +26,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog.model import Catalog, Driver, Preset, SleepMode
-from ..errors import GpumodError, PlanRefused
+from ..errors import CatalogError, GpumodError, PlanRefused
 from ..observe import Observed, SvcState, observe
 from ..plan import Plan, Sleep, Stop
 from ..render import router_model_name
 
+log = logging.getLogger("gpumod.router")
+
+NAME_SHOWN = 80  # characters of a client-given name echoed back in an error
+
+
+def shown(name: Any) -> str:
+    """A client-given name for an error message: repr'd, and cut short (a megabyte of name is not echoed)."""
+    text = repr(name)
+    return text if len(text) <= NAME_SHOWN else f"{text[:NAME_SHOWN]}... ({len(text)} characters)"
+
 
 class RouteError(Exception):
-    """A request the daemon answers itself: status code, message, optional Retry-After."""
+    """A request the daemon answers itself: status code, message, optional Retry-After, and the
+    problems behind it (a catalog's, say), one a line."""
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None):
+    def __init__(self, status: int, message: str, retry_after: int | None = None, problems: list[str] | None = None):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.problems = problems or []
 
 
 @dataclass
@@ -100,6 +113,10 @@ class ModelManager:
         self.drained = asyncio.Condition()
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
+        self.slot_waiters: collections.defaultdict[str, collections.deque[asyncio.Future[None]]] = \
+            collections.defaultdict(collections.deque)
+        self.observed_at = 0.0  # time.monotonic() of the last observation
+        self.loop_errors: dict[str, str] = {}  # background loop -> its last error (logged once)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._target_cm: Any = None
         self._target: Any = None
@@ -132,11 +149,23 @@ class ModelManager:
 
     async def refresh(self) -> Observed:
         seen = await asyncio.to_thread(self._observe)
-        self.seen = seen
+        before, self.seen = self.seen, seen
+        self.observed_at = time.monotonic()
         self.mode = seen.record.mode
+        self._start_idle_clocks(before, seen)
         if self.metrics:
             self.metrics.observed(self, seen)
         return seen
+
+    def _start_idle_clocks(self, before: Observed | None, seen: Observed) -> None:
+        """A service seen running that was not before (woken or started, by a switch, a request or
+        the CLI) has its idle clock start now: idle time counts from its wake, not from a request
+        it answered before it last slept (which would sleep it again at once)."""
+        now = time.monotonic()
+        for sid, o in seen.services.items():
+            was = before.services.get(sid) if before else None
+            if o.state is SvcState.RUNNING and (was is None or was.state is not SvcState.RUNNING):
+                self.last_request[sid] = max(self.last_request.get(sid, 0.0), now)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -178,15 +207,28 @@ class ModelManager:
             raise RouteError(400, "the request has no 'model'")
         sid = self.models.get(model)
         if sid is None:
-            raise RouteError(404, f"model {model!r} is not served here; known: {', '.join(sorted(self.models))}")
+            raise RouteError(404, f"model {shown(model)} is not served here; known: {', '.join(sorted(self.models))}")
         return sid
 
     # -- requests ---------------------------------------------------------------------------
     async def acquire(self, sid: str) -> None:
-        """Wait until ``sid`` is ready (making it so), then count the request in flight."""
+        """Wait until ``sid`` is ready (making it so), then count the request in flight.
+
+        A request arriving while ``sid`` is at its concurrency limit gets 429 at once; one that
+        waited in the queue for ``sid`` to become ready then waits for a free slot as well (the
+        limit holds for every request in flight, queued or not), within the same timeout."""
         if self.in_flight[sid] >= self.opts.concurrency:
             raise RouteError(429, f"{sid}: {self.in_flight[sid]} requests in flight (limit {self.opts.concurrency})", 1)
         deadline = time.monotonic() + self.opts.request_timeout_s
+        while True:
+            await self._wait_ready(sid, deadline)
+            if self.in_flight[sid] < self.opts.concurrency:
+                break
+            await self._wait_slot(sid, deadline)
+        self.in_flight[sid] += 1
+        self.last_request[sid] = time.monotonic()
+
+    async def _wait_ready(self, sid: str, deadline: float) -> None:
         while not self.ready(sid):
             if self.waiting[sid] >= self.opts.queue_max:
                 raise RouteError(503, f"{sid}: {self.waiting[sid]} requests already waiting for it", 5)
@@ -208,15 +250,55 @@ class ModelManager:
                     self.metrics.queue(sid, self.waiting[sid])
             if w.error:
                 raise RouteError(503, w.error, 30)
-        self.in_flight[sid] += 1
-        self.last_request[sid] = time.monotonic()
+
+    async def _wait_slot(self, sid: str, deadline: float) -> None:
+        """Wait until a request in flight for ``sid`` ends (``release`` wakes the oldest waiter)."""
+        assert self.loop is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.slot_waiters[sid].append(fut)
+        self.waiting[sid] += 1
+        try:
+            await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise RouteError(503, f"{sid}: no free slot within {self.opts.request_timeout_s:g}s "
+                                  f"({self.in_flight[sid]} in flight, limit {self.opts.concurrency})", 5) from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._wake_slot(sid)  # woken, but the client left: the slot goes to the next waiter
+            raise
+        finally:
+            self.waiting[sid] -= 1
+            if not fut.done():
+                fut.cancel()
+            if fut in self.slot_waiters[sid]:
+                self.slot_waiters[sid].remove(fut)
+
+    def _wake_slot(self, sid: str) -> None:
+        q = self.slot_waiters.get(sid)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
     async def release(self, sid: str) -> None:
         self.in_flight[sid] -= 1
         self.last_request[sid] = time.monotonic()
+        self._wake_slot(sid)
         if self.draining:  # only a switch waiting to sleep/stop a service listens
             async with self.drained:
                 self.drained.notify_all()
+
+    async def lost(self, sid: str, since: float) -> None:
+        """A request found ``sid``'s port closed (killed, crashed) at ``since``: observe the host now
+        rather than at the next reconcile, so the request (and the ones after it) wait for the
+        restart instead of failing."""
+        if self.observed_at > since:
+            return
+        log.info("%s: its port refused a connection; re-observing", sid)
+        async with self.switch_lock:
+            if self.observed_at <= since:  # another request's loss may have re-observed meanwhile
+                await self.refresh()
 
     # -- making a model ready ---------------------------------------------------------------
     async def _worker(self) -> None:
@@ -226,11 +308,15 @@ class ModelManager:
             while self.pending:
                 sid, w = next(iter(self.pending.items()))
                 try:
-                    await self.ensure(sid)
+                    done = await self.ensure(sid)
+                    log_done(done)
                 except (GpumodError, RouteError) as exc:
                     w.error = f"{sid} could not be made ready: {exc}"
+                    log.error("%s", w.error)
                 except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
                     w.error = f"{sid} could not be made ready: {type(exc).__name__}: {exc}"
+                    log.error("%s", w.error)
+                    log.debug("traceback", exc_info=True)
                 self.pending.pop(sid, None)
                 w.event.set()
 
@@ -331,29 +417,51 @@ class ModelManager:
 
     async def switch_mode(self, mode: str) -> dict[str, Any]:
         if mode not in self.cat.modes:
-            raise RouteError(404, f"unknown mode {mode!r}; known: {', '.join(sorted(self.cat.modes))}")
+            raise RouteError(404, f"unknown mode {shown(mode)}; known: {', '.join(sorted(self.cat.modes))}")
         async with self.switch_lock:
             return await self._switch(mode)
 
     # -- background loops -------------------------------------------------------------------
+    # Each catches everything but its own cancellation, logs it and carries on: a loop that died
+    # would leave a killed service answering 502 until the daemon is restarted.
+    def _loop_failed(self, loop: str, exc: BaseException) -> None:
+        """Log a background loop's error once (and again only when it changes); the traceback at debug."""
+        text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, GpumodError) else str(exc)
+        if self.loop_errors.get(loop) != text:
+            log.error("%s: %s (carrying on)", loop, text)
+        log.debug("%s: traceback", loop, exc_info=exc)
+        self.loop_errors[loop] = text
+
+    def _loop_ok(self, loop: str) -> None:
+        if self.loop_errors.pop(loop, None) is not None:
+            log.info("%s: working again", loop)
+
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.opts.reconcile_s)
             if self.switch_lock.locked():
                 continue
             try:
-                async with self.switch_lock:
-                    seen = await self.refresh()
-                await self._watch_health(seen)
-            except GpumodError:
-                continue
-            # put to sleep or stopped behind the daemon's back while it had requests in flight: a
-            # sleeping vLLM holds such requests without an answer, so wake it and they complete
-            for sid, n in list(self.in_flight.items()):
-                o = seen.services.get(sid)
-                if n > 0 and o is not None and o.state in (SvcState.SLEEPING, SvcState.STOPPED) and sid not in self.pending:
-                    self.pending[sid] = Waiter()
-                    self.kick.set()
+                await self._reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see above
+                self._loop_failed("reconcile", exc)
+            else:
+                self._loop_ok("reconcile")
+
+    async def _reconcile_once(self) -> None:
+        async with self.switch_lock:
+            seen = await self.refresh()
+        await self._watch_health(seen)
+        # put to sleep or stopped behind the daemon's back while it had requests in flight: a
+        # sleeping vLLM holds such requests without an answer, so wake it and they complete
+        for sid, n in list(self.in_flight.items()):
+            o = seen.services.get(sid)
+            if n > 0 and o is not None and o.state in (SvcState.SLEEPING, SvcState.STOPPED) and sid not in self.pending:
+                log.info("%s: %s behind the daemon's back with %d requests in flight; waking it", sid, o.state.value, n)
+                self.pending[sid] = Waiter()
+                self.kick.set()
 
     async def _watch_health(self, seen: Observed) -> None:
         from ..services import service_action
@@ -368,39 +476,55 @@ class ModelManager:
                 continue
             if self.unhealthy_count[sid] >= self.opts.health_failures:
                 detail = o.probe.detail if o.probe else ""
+                if sid not in self.errors:
+                    log.error("%s: unhealthy for %d checks while its process lives: %s", sid, self.unhealthy_count[sid], detail)
                 self.errors[sid] = f"unhealthy for {self.unhealthy_count[sid]} checks while its process lives: {detail}"
                 if self.opts.restart_unhealthy:
                     async with self.switch_lock:
                         try:
+                            log.info("%s: restarting (hung)", sid)
                             await asyncio.to_thread(service_action, self.target(), "restart", sid, quiesce=False)
                             self.errors.pop(sid, None)
                             self.unhealthy_count.pop(sid, None)
                         except GpumodError as exc:
                             self.errors[sid] = f"restart after hanging failed: {exc}"
+                            log.error("%s: %s", sid, self.errors[sid])
                         await self.refresh()
 
     async def _idle_loop(self) -> None:
-        from ..services import service_action
-
         while True:
             await asyncio.sleep(self.opts.idle_check_s)
-            mode = self.cat.modes.get(self.mode or "")
-            if mode is None or self.switch_lock.locked():
+            try:
+                await self._idle_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see above
+                self._loop_failed("idle", exc)
+            else:
+                self._loop_ok("idle")
+
+    async def _idle_once(self) -> None:
+        from ..services import service_action
+
+        mode = self.cat.modes.get(self.mode or "")
+        if mode is None or self.switch_lock.locked():
+            return
+        now = time.monotonic()
+        for ms in mode.services:
+            if not ms.sleep_on_idle or not self.ready(ms.id) or self.in_flight[ms.id] or ms.id in self.pending:
                 continue
-            now = time.monotonic()
-            for ms in mode.services:
-                if not ms.sleep_on_idle or not self.ready(ms.id) or self.in_flight[ms.id] or ms.id in self.pending:
-                    continue
-                # a service never asked for since the daemon started counts from now
-                idle = now - self.last_request.setdefault(ms.id, now)
-                if idle < ms.sleep_on_idle or not self.cat.presets[ms.id].can_sleep:
-                    continue
-                async with self.switch_lock:
-                    try:
-                        await asyncio.to_thread(service_action, self.target(), "sleep", ms.id)
-                    except GpumodError as exc:
-                        self.errors[ms.id] = f"idle sleep failed: {exc}"
-                    await self.refresh()
+            # a service never asked for since the daemon started counts from now
+            idle = now - self.last_request.setdefault(ms.id, now)
+            if idle < ms.sleep_on_idle or not self.cat.presets[ms.id].can_sleep:
+                continue
+            async with self.switch_lock:
+                try:
+                    await asyncio.to_thread(service_action, self.target(), "sleep", ms.id)
+                    log.info("%s: idle sleep after %.0f s without requests", ms.id, idle)
+                except GpumodError as exc:
+                    self.errors[ms.id] = f"idle sleep failed: {exc}"
+                    log.error("%s: %s", ms.id, self.errors[ms.id])
+                await self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------
     def _use_catalog(self, cat: Catalog) -> None:
@@ -409,12 +533,20 @@ class ModelManager:
         self.upstream_names = {sid: upstream_name(p) for sid, p in cat.presets.items()}
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the catalog; re-render units and restart only running services whose unit changed."""
+        """Re-read the catalog; re-render units and restart only running services whose unit changed.
+
+        A catalog with problems is refused (RouteError 422 listing them) and the one in force stays."""
         from ..services import service_action
         from ..units import install_all
 
         async with self.switch_lock:
-            cat = self.load_catalog()
+            try:
+                cat = await asyncio.to_thread(self.load_catalog)
+            except CatalogError as exc:
+                log.error("reload refused: %s; the catalog in force stays", exc)
+                for line in exc.details():
+                    log.error("  %s", line)
+                raise RouteError(422, f"{exc}; the catalog in force stays", problems=exc.details()) from None
             t = self.target()
             old_units = {p.id: p.unit for p in self.cat.presets.values()}
             t.catalog = cat
@@ -429,5 +561,14 @@ class ModelManager:
                     restarted.append(sid)
             if restarted:
                 await self.refresh()
+            log.info("reloaded the catalog: %d services, %d modes; units changed: %s; restarted: %s", len(cat.presets),
+                     len(cat.modes), ", ".join(sorted(changed_units)) or "none", ", ".join(restarted) or "none")
             return {"units_changed": sorted(changed_units), "units_removed": rep.removed, "restarted": restarted,
                     "services": len(cat.presets), "modes": len(cat.modes)}
+
+
+def log_done(done: dict[str, Any]) -> None:
+    """One line for what making a model ready took (nothing when it already was)."""
+    if done.get("action") and done.get("action") != "none":
+        log.info("%s ready: %s in %.2f s (mode %s)", done.get("service"), done["action"], done.get("duration_s", 0.0),
+                 done.get("mode"))
