@@ -34,8 +34,8 @@ def is_loopback(bind: str) -> bool:
 
 def secret_from(flag: str | None, env: str, what: str) -> str | None:
     """A secret from the flag, else ``$ENV``, else the file ``$ENV_FILE`` names (so a unit file
-    never holds it). A value that is only whitespace counts as none. Raises OSError-derived
-    ``ValueError`` with a message when the file cannot be read."""
+    never holds it). A value that is only whitespace counts as none. Raises ``ValueError`` with a
+    message when the file cannot be read."""
     for v in (flag, os.environ.get(env)):
         if v and v.strip():
             return v.strip()
