@@ -225,3 +225,62 @@ def test_idle_clock_starts_at_wake_and_verify_accepts_an_idle_sleeper(sim_host, 
     assert sim_host.inv("service.stop", "--service-id", "doc")[0] == 0
     code, out, _ = run_cli(["mode.verify", "--json"])
     assert code == 1 and json.loads(out)["problems"] == {"doc": "stopped"}
+
+
+def test_router_serve_logs_one_line_per_action(sim_host, tmp_path):
+    """`inv router.serve` as a process: plain lines (no colour) for listening, switches, refusals
+    and a refused reload (SIGHUP with a broken catalog, which leaves the old one in force)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, free_ports, run_cli
+
+    code, _, err = run_cli(["router.serve", "--log-level", "loud"])
+    assert code == 2 and "--log-level loud" in err
+    code, _, err = run_cli(["router.serve", "--bind", "0.0.0.0", "--api-key", " "])
+    assert code == 2 and "without an API key" in err
+    assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
+    port = free_ports(1)[0]
+    errlog = open(tmp_path / "stderr", "w+")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("JOURNAL_STREAM", None)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from gpumod_tasks.program import main; sys.exit(main())",
+                             "router.serve", "--port", str(port)], env=env, cwd=str(REPO),
+                            stdout=subprocess.DEVNULL, stderr=errlog)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _up(url) or proc.poll() is not None, 30) and proc.poll() is None
+        chat = {"model": "big", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(url + "/v1/chat/completions", json=chat, timeout=60, trust_env=False).status_code == 200
+        assert httpx.post(url + "/v1/chat/completions", json={**chat, "model": "nosuch"}, trust_env=False).status_code == 404
+        p = next((sim_host.root / "presets").rglob("doc.yaml"))
+        p.write_text(p.read_text().replace("vram_mb: 5000", "vram_mb: lots"))
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload refused" in (tmp_path / "stderr").read_text(), 10)
+        assert httpx.post(url + "/v1/chat/completions", json=chat, timeout=60, trust_env=False).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    errlog.seek(0)
+    text = errlog.read()
+    assert "\x1b[" not in text
+    lines = text.splitlines()
+
+    def one(fragment: str) -> str:
+        found = [ln for ln in lines if fragment in ln]
+        assert len(found) == 1, (fragment, text)
+        return found[0]
+
+    assert one(f"listening on http://127.0.0.1:{port}").split()[2] == "INFO"
+    assert "big ready: switched to chat in" in one("big ready")
+    assert "404 model 'nosuch' is not served here" in one("refused POST /v1/chat/completions")
+    assert "catalog invalid" in one("reload refused")
+    assert any("doc.yaml:" in ln and "vram_mb" in ln for ln in lines), text
+    assert "ERROR" in one("reload refused") and "stopping" in lines[-1]
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False

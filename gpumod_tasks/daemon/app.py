@@ -329,6 +329,7 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         try:
             yield
         finally:
+            log.info("stopping (services keep running)")
             await manager.stop()
             await state["upstream"].close()
 

@@ -110,7 +110,6 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     shown = f"[{bind}]" if ":" in bind else bind
     log.info("listening on http://%s:%d for host %s (log level %s)", shown, int(port), spec.name, str(log_level).lower())
     uvicorn.Server(server_config(app, bind, int(port), limits)).run()
-    log.info("stopped")
 
 
 ns = Collection("router")
