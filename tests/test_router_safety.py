@@ -4,7 +4,6 @@ services whose requests wait for the restart, a broken catalog on reload, idle s
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os

@@ -295,9 +295,9 @@ class ModelManager:
         restart instead of failing."""
         if self.observed_at > since:
             return
-        log.info("%s: its port refused a connection; re-observing", sid)
         async with self.switch_lock:
             if self.observed_at <= since:  # another request's loss may have re-observed meanwhile
+                log.info("%s: its port refused a connection; looking again", sid)
                 await self.refresh()
 
     # -- making a model ready ---------------------------------------------------------------

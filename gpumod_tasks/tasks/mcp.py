@@ -43,8 +43,10 @@ def serve(c, http=False, host="127.0.0.1", port=8765, token=None, allowed_host=N
     if http:
         import uvicorn
 
+        from ..daemon.app import server_config  # the router's HTTP settings: head timeout, keep-alive
+
         app = http_app(server, Guard(bind=host, allowed_hosts=tuple(allowed_host or ()), token=key))
-        uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False, proxy_headers=False)
+        uvicorn.Server(server_config(app, host, int(port))).run()
     else:
         server.run("stdio")
 
