@@ -159,6 +159,8 @@ def test_front_door(sim_host, daemon_factory):
     assert r.status_code == 200
     # a request head that trickles in is cut off after the head timeout; so is a body
     got, after = raw_request(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", 5)
+    assert got.startswith(b"HTTP/1.1 408") and after < 3, (got, after)
+    got, after = raw_request(port, b"", 5)  # connected, and nothing sent at all
     assert got == b"" and after < 3, after
     got, after = raw_request(port, b"POST /switch HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k3y\r\n"
                                    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo", 5)

@@ -297,12 +297,8 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         if declared.isdigit() and int(declared) > lim.max_body_bytes:
             raise _BodyError(413, f"the body ({int(declared)} bytes) is over the limit of {lim.max_body_bytes} bytes")
         chunks, size = [], 0
-        deadline = time.monotonic() + lim.body_timeout_s
-        while True:
-            try:
-                msg = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise _BodyError(408, f"the body did not arrive within {lim.body_timeout_s:g}s") from None
+        while True:  # the time it may take is the protocol's (http_protocol): it closes a slow body
+            msg = await receive()
             if msg["type"] == "http.disconnect":
                 raise _BodyError(0, "the client left")
             piece = msg.get("body", b"")
@@ -394,46 +390,74 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
     return app
 
 
-def http_protocol(header_timeout_s: float) -> type:
-    """uvicorn's httptools protocol with a deadline for the request head: uvicorn closes idle
-    kept-alive connections (``timeout_keep_alive``) but waits forever for a head that trickles in."""
+def http_protocol(header_timeout_s: float, body_timeout_s: float) -> type:
+    """uvicorn's httptools protocol with deadlines for a request's head and body: uvicorn closes
+    idle kept-alive connections (``timeout_keep_alive``) but waits forever for a request that
+    trickles in. A request that arrives whole in one read (nearly all) arms no timer at all: the
+    timers are set after a read only when the request is still incomplete. On expiry the client gets
+    408 and the connection is closed (the app, waiting for the body, sees the client leave)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class HeadTimeoutProtocol(HttpToolsProtocol):  # type: ignore[misc]
-        _head_timer: Any = None
+    class DeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        _phase: str | None = "head"  # what of the current request is still to come: head, body, or nothing
+        _timer: Any = None
+        _timer_phase: str | None = None
+        _got_bytes = False
 
-        def _arm_head_timer(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(header_timeout_s, self._head_expired)
+        def _set_timer(self) -> None:
+            if self._timer_phase == self._phase:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_phase = None
+            if self._phase is not None and not self.transport.is_closing():
+                limit = header_timeout_s if self._phase == "head" else body_timeout_s
+                self._timer = self.loop.call_later(limit, self._expired, limit)
+                self._timer_phase = self._phase
 
-        def _disarm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_expired(self) -> None:
-            self._head_timer = None
-            if not self.transport.is_closing():
-                log.debug("closing a connection whose request head took over %gs", header_timeout_s)
-                self.transport.close()
+        def _expired(self, limit: float) -> None:
+            what, self._timer, self._timer_phase = self._phase, None, None
+            if self.transport.is_closing() or what is None:
+                return
+            log.debug("closing a connection whose request %s took over %gs", what, limit)
+            if self._got_bytes:
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                                     b"connection: close\r\ncontent-length: 25\r\n\r\nthe request took too long")
+            self.transport.close()
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._arm_head_timer()
+            self._set_timer()
+
+        def data_received(self, data: bytes) -> None:
+            self._got_bytes = True
+            super().data_received(data)
+            self._set_timer()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._arm_head_timer()
+            self._phase = "head"
 
         def on_headers_complete(self) -> None:
-            self._disarm_head_timer()
+            self._phase = "body"
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            self._phase = None
+            self._got_bytes = False
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # the keep-alive timer now waits for the next request
+            self._set_timer()
+
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_head_timer()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_phase = None
             super().connection_lost(exc)
 
-    return HeadTimeoutProtocol
+    return DeadlineProtocol
 
 
 def server_config(app: Any, host: str, port: int, limits: Limits | None = None) -> Any:
@@ -441,6 +465,6 @@ def server_config(app: Any, host: str, port: int, limits: Limits | None = None) 
     import uvicorn
 
     lim = limits or Limits()
-    return uvicorn.Config(app, host=host, port=port, http=http_protocol(lim.header_timeout_s), lifespan="on",
+    return uvicorn.Config(app, host=host, port=port, http=http_protocol(lim.header_timeout_s, lim.body_timeout_s), lifespan="on",
                           timeout_keep_alive=lim.keep_alive_s, log_level="warning", access_log=False,
                           proxy_headers=False, server_header=True, date_header=True, log_config=None)
