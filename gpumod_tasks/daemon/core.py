@@ -11,6 +11,12 @@ Decisions:
   during a switch become one change for A (both A requests), then one for B.
 - A service about to be slept or stopped is drained first: new requests to it wait, requests in
   flight get up to ``drain_s`` to finish.
+- The concurrency limit holds for every request in flight: one arriving at the limit gets 429 at
+  once, one released from the queue when its model became ready waits for a free slot.
+- The background loops (worker, reconcile, idle) never end on an error: they log it (once while it
+  repeats) and carry on, since a dead loop would leave a killed service unnoticed for good.
+- Idle time counts from a service's last request or from when it was seen waking or starting,
+  whichever is later.
 """
 
 from __future__ import annotations
@@ -165,7 +171,7 @@ class ModelManager:
         for sid, o in seen.services.items():
             was = before.services.get(sid) if before else None
             if o.state is SvcState.RUNNING and (was is None or was.state is not SvcState.RUNNING):
-                self.last_request[sid] = max(self.last_request.get(sid, 0.0), now)
+                self.last_request[sid] = now
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -307,9 +313,9 @@ class ModelManager:
             self.kick.clear()
             while self.pending:
                 sid, w = next(iter(self.pending.items()))
+                done: Any = None
                 try:
                     done = await self.ensure(sid)
-                    log_done(done)
                 except (GpumodError, RouteError) as exc:
                     w.error = f"{sid} could not be made ready: {exc}"
                     log.error("%s", w.error)
@@ -319,6 +325,8 @@ class ModelManager:
                     log.debug("traceback", exc_info=True)
                 self.pending.pop(sid, None)
                 w.event.set()
+                if isinstance(done, dict):
+                    log_done(done)
 
     async def ensure(self, sid: str) -> dict[str, Any]:
         """The smallest change that makes ``sid`` ready; returns what was done."""
