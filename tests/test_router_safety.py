@@ -30,8 +30,8 @@ def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
 
 
 def test_background_loops_survive_failing_observations(sim_host, daemon_factory, caplog):
-    """Corrupt mode records make observations (and the idle loop) raise for several cycles; the
-    loops log it and carry on: a service killed afterwards is still noticed and restarted, and
+    """Corrupt mode records and an unreadable one (an OSError) make observations (and the idle
+    loop) raise for several cycles; the loops log it and carry on: a service killed afterwards is still noticed and restarted, and
     idle sleep still happens."""
     caplog.set_level(logging.INFO, logger="gpumod.router")
     (sim_host.root / "modes" / "idle.yaml").write_text(
@@ -46,12 +46,17 @@ def test_background_loops_survive_failing_observations(sim_host, daemon_factory,
         time.sleep(0.6)
         record.write_text(json.dumps({**json.loads(good), "since": "yesterday"}))
         time.sleep(0.6)
+        record.unlink()
+        record.mkdir()  # reading it is an OSError (IsADirectoryError)
+        time.sleep(0.6)
     finally:
+        if record.is_dir():
+            record.rmdir()
         record.write_text(good)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any(m.startswith("reconcile: ") for m in errors), errors
+    assert any(m.startswith("reconcile: ") and "mode.json" in m for m in errors), errors
     # logged once per distinct error, not once per cycle
-    assert len(errors) <= 4, errors
+    assert len(errors) <= 6, errors
     # the reconcile loop still runs: a kill behind the daemon's back shows as stopped ...
     pid = d.manager.seen.services["doc"].unit.main_pid
     os.kill(pid, signal.SIGKILL)
