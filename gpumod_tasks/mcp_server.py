@@ -1,11 +1,17 @@
 """gpumod as an MCP server (the official ``mcp`` SDK): the same functions the tasks call, as tools
 an agent can use, and the catalog as resources.  Tools act on the host the server was started for
 (``inv -H gpubox mcp.serve``); a switch takes the same host lock as the CLI.  Bad input becomes a
-tool error that names what is known (modes, services)."""
+tool error that names what is known (modes, services).
+
+Over HTTP the same front door as the router daemon's (``webguard``) stands before the SDK's app:
+the bearer token (required off loopback), ``Host`` and ``Origin``.  The SDK's own DNS-rebinding
+settings get the same host list where they can express it (a fixed bind address); its own
+static-token route would need an OAuth issuer, which a token in a file does not have."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,14 +32,33 @@ def mode_dict(cat: Catalog, m: Any) -> dict[str, Any]:
             "vram_mb": sum(cat.presets[s].vram_mb for s in m.service_ids if s in cat.presets)}
 
 
+def gpumod_version() -> str:
+    """gpumod's version as installed (package metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpumod")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def quiet_http_loggers() -> None:
+    """httpx and httpcore log a line per request at INFO, and every status probe is requests."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Catalog], host_label: str) -> Any:
     """``open_target()`` is a context manager yielding a Target for the served host."""
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
 
-    server = MCPServer("gpumod", instructions=(
+    server = MCPServer("gpumod", version=gpumod_version(), log_level="WARNING", instructions=(
         f"Switch the GPU host {host_label} between modes of inference services without running out of VRAM. "
         "Use simulate_mode before a switch you are unsure fits; gpu_mode_status shows what runs."))
+    quiet_http_loggers()  # after the SDK configured logging
 
     @contextmanager
     def target() -> Iterator[Target]:
@@ -89,7 +114,7 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
                 raise ToolError("no mode is recorded on the host; name one")
             known_mode(t.catalog, mode_id)
             m = t.catalog.modes[mode_id]
-            bad = seen.not_running(m.service_ids)
+            bad = seen.not_running(m.service_ids, [ms.id for ms in m.services if ms.sleep_on_idle])
             return {"mode": mode_id, "ok": not bad, "problems": bad}
 
     @server.tool()
@@ -155,3 +180,35 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
         return json.dumps(mode_dict(cat, cat.modes[mode_id]), indent=1)
 
     return server
+
+
+def http_app(server: Any, guard: Any) -> Any:
+    """The SDK's streamable-HTTP app behind gpumod's front door (``webguard.Guard``)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from .webguard import WILDCARDS, header
+
+    if guard.bind in WILDCARDS:  # any IP literal is fine there, which the SDK's list cannot say: the guard checks
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    else:
+        hosts = sorted(f"[{n}]" if ":" in n else n for n in guard.names)
+        security = TransportSecuritySettings(
+            allowed_hosts=[*hosts, *(f"{h}:*" for h in hosts)],
+            allowed_origins=[f"{scheme}://{h}{port}" for scheme in ("http", "https") for h in hosts for port in ("", ":*")])
+    inner = server.streamable_http_app(host=guard.bind, transport_security=security)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            no = guard.refusal(scope["headers"])
+            if no is None and not guard.authorized(header(scope["headers"], b"authorization")):
+                no = (401, "missing or wrong token (Authorization: Bearer ...)")
+            if no is not None:
+                body = json.dumps({"error": no[1]}).encode()
+                extra = [(b"www-authenticate", b"Bearer")] if no[0] == 401 else []
+                await send({"type": "http.response.start", "status": no[0], "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await inner(scope, receive, send)
+
+    return app

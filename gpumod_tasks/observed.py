@@ -92,9 +92,12 @@ class Observed:
     def external_mb(self) -> int:
         return sum(self.unmapped_pids.values())
 
-    def not_running(self, ids: Iterable[str]) -> dict[str, str]:
-        """Services of ``ids`` that are not running and healthy, with their state (mode.verify)."""
-        return {s: self.services[s].state.value for s in ids if self.services[s].state is not SvcState.RUNNING}
+    def not_running(self, ids: Iterable[str], may_sleep: Iterable[str] = ()) -> dict[str, str]:
+        """Services of ``ids`` that are not running and healthy, with their state (mode.verify);
+        those in ``may_sleep`` (a mode's ``sleep_on_idle`` services) may be asleep instead."""
+        asleep_ok = set(may_sleep)
+        return {s: self.services[s].state.value for s in ids if self.services[s].state is not SvcState.RUNNING
+                and not (s in asleep_ok and self.services[s].state is SvcState.SLEEPING)}
 
     def started_at(self, sid: str) -> float:
         """Wall-clock start of the service's process (0.0 when unknown or not running)."""

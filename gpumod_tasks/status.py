@@ -112,7 +112,7 @@ def verify(c: Context, name: str | None, as_json: bool) -> None:
         if not mode_id:
             raise Exit("no mode recorded on this host; give --name", code=2)
         mode = t.catalog.mode(mode_id)
-        bad = seen.not_running(mode.service_ids)
+        bad = seen.not_running(mode.service_ids, [ms.id for ms in mode.services if ms.sleep_on_idle])
         if as_json:
             print(json.dumps({"mode": mode_id, "ok": not bad, "problems": bad}, indent=1))
         elif bad:

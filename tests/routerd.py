@@ -50,18 +50,21 @@ def start_daemon(host: str | None = None, **opts) -> Daemon:
     import uvicorn
     from invoke import Context
 
-    from gpumod_tasks.daemon.app import create_app
+    from gpumod_tasks.daemon.app import Limits, create_app, server_config
     from gpumod_tasks.daemon.core import ModelManager, Options
     from gpumod_tasks.daemon.metrics import Metrics
     from gpumod_tasks.runtime import catalog, inventory, open_target
+    from gpumod_tasks.webguard import Guard
 
     api_key = opts.pop("api_key", None)
+    allowed_hosts = tuple(opts.pop("allowed_hosts", ()))
+    limits = Limits(**opts.pop("limits", {}))
     spec = inventory().resolve(host)[0]
     metrics = Metrics()
     mgr = ModelManager(lambda: open_target(Context(), spec), catalog, Options(**opts), metrics)
-    app = create_app(mgr, metrics, api_key=api_key)
+    app = create_app(mgr, metrics, guard=Guard(bind="127.0.0.1", allowed_hosts=allowed_hosts, token=api_key), limits=limits)
     port = free_ports(1)[0]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, limits))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     deadline = time.monotonic() + 20

@@ -12,12 +12,19 @@ Decisions:
   during a switch become one change for A (both A requests), then one for B.
 - A service about to be slept or stopped is drained first: new requests to it wait, requests in
   flight get up to ``drain_s`` to finish.
+- The concurrency limit holds for every request in flight: one arriving at the limit gets 429 at
+  once, one released from the queue when its model became ready waits for a free slot.
+- The background loops (worker, reconcile, idle) never end on an error: they log it (once while it
+  repeats) and carry on, since a dead loop would leave a killed service unnoticed for good.
+- Idle time counts from a service's last request or from when it was seen waking or starting,
+  whichever is later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,20 +34,32 @@ from typing import Any
 
 from ..catalog.model import Catalog
 from ..engines import upstream_name
-from ..errors import GpumodError
+from ..errors import CatalogError, GpumodError
 from ..observe import observe
 from ..observed import Observed, SvcState
 from ..plan import LEAVING, Plan
 from .decide import NoModeFits, choose_mode, idle_candidates, service_state
 
+log = logging.getLogger("gpumod.router")
+
+NAME_SHOWN = 80  # characters of a client-given name echoed back in an error
+
+
+def shown(name: Any) -> str:
+    """A client-given name for an error message: repr'd, and cut short (a megabyte of name is not echoed)."""
+    text = repr(name)
+    return text if len(text) <= NAME_SHOWN else f"{text[:NAME_SHOWN]}... ({len(text)} characters)"
+
 
 class RouteError(Exception):
-    """A request the daemon answers itself: status code, message, optional Retry-After."""
+    """A request the daemon answers itself: status code, message, optional Retry-After, and the
+    problems behind it (a catalog's, say), one a line."""
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None):
+    def __init__(self, status: int, message: str, retry_after: int | None = None, problems: list[str] | None = None):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.problems = problems or []
 
 
 @dataclass
@@ -95,6 +114,10 @@ class ModelManager:
         self.drained = asyncio.Condition()
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
+        self.slot_waiters: collections.defaultdict[str, collections.deque[asyncio.Future[None]]] = \
+            collections.defaultdict(collections.deque)
+        self.observed_at = 0.0  # time.monotonic() of the last observation
+        self.loop_errors: dict[str, str] = {}  # background loop -> its last error (logged once)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._target_cm: Any = None
         self._target: Any = None
@@ -127,11 +150,23 @@ class ModelManager:
 
     async def refresh(self) -> Observed:
         seen = await asyncio.to_thread(self._observe)
-        self.seen = seen
+        before, self.seen = self.seen, seen
+        self.observed_at = time.monotonic()
         self.mode = seen.record.mode
+        self._start_idle_clocks(before, seen)
         if self.metrics:
             self.metrics.observed(self, seen)
         return seen
+
+    def _start_idle_clocks(self, before: Observed | None, seen: Observed) -> None:
+        """A service seen running that was not before (woken or started, by a switch, a request or
+        the CLI) has its idle clock start now: idle time counts from its wake, not from a request
+        it answered before it last slept (which would sleep it again at once)."""
+        now = time.monotonic()
+        for sid, o in seen.services.items():
+            was = before.services.get(sid) if before else None
+            if o.state is SvcState.RUNNING and (was is None or was.state is not SvcState.RUNNING):
+                self.last_request[sid] = now
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -165,15 +200,28 @@ class ModelManager:
             raise RouteError(400, "the request has no 'model'")
         sid = self.models.get(model)
         if sid is None:
-            raise RouteError(404, f"model {model!r} is not served here; known: {', '.join(sorted(self.models))}")
+            raise RouteError(404, f"model {shown(model)} is not served here; known: {', '.join(sorted(self.models))}")
         return sid
 
     # -- requests ---------------------------------------------------------------------------
     async def acquire(self, sid: str) -> None:
-        """Wait until ``sid`` is ready (making it so), then count the request in flight."""
+        """Wait until ``sid`` is ready (making it so), then count the request in flight.
+
+        A request arriving while ``sid`` is at its concurrency limit gets 429 at once; one that
+        waited in the queue for ``sid`` to become ready then waits for a free slot as well (the
+        limit holds for every request in flight, queued or not), within the same timeout."""
         if self.in_flight[sid] >= self.opts.concurrency:
             raise RouteError(429, f"{sid}: {self.in_flight[sid]} requests in flight (limit {self.opts.concurrency})", 1)
         deadline = time.monotonic() + self.opts.request_timeout_s
+        while True:
+            await self._wait_ready(sid, deadline)
+            if self.in_flight[sid] < self.opts.concurrency:
+                break
+            await self._wait_slot(sid, deadline)
+        self.in_flight[sid] += 1
+        self.last_request[sid] = time.monotonic()
+
+    async def _wait_ready(self, sid: str, deadline: float) -> None:
         while not self.ready(sid):
             if self.waiting[sid] >= self.opts.queue_max:
                 raise RouteError(503, f"{sid}: {self.waiting[sid]} requests already waiting for it", 5)
@@ -195,15 +243,55 @@ class ModelManager:
                     self.metrics.queue(sid, self.waiting[sid])
             if w.error:
                 raise RouteError(503, w.error, 30)
-        self.in_flight[sid] += 1
-        self.last_request[sid] = time.monotonic()
+
+    async def _wait_slot(self, sid: str, deadline: float) -> None:
+        """Wait until a request in flight for ``sid`` ends (``release`` wakes the oldest waiter)."""
+        assert self.loop is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.slot_waiters[sid].append(fut)
+        self.waiting[sid] += 1
+        try:
+            await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise RouteError(503, f"{sid}: no free slot within {self.opts.request_timeout_s:g}s "
+                                  f"({self.in_flight[sid]} in flight, limit {self.opts.concurrency})", 5) from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._wake_slot(sid)  # woken, but the client left: the slot goes to the next waiter
+            raise
+        finally:
+            self.waiting[sid] -= 1
+            if not fut.done():
+                fut.cancel()
+            if fut in self.slot_waiters[sid]:
+                self.slot_waiters[sid].remove(fut)
+
+    def _wake_slot(self, sid: str) -> None:
+        q = self.slot_waiters.get(sid)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
     async def release(self, sid: str) -> None:
         self.in_flight[sid] -= 1
         self.last_request[sid] = time.monotonic()
+        self._wake_slot(sid)
         if self.draining:  # only a switch waiting to sleep/stop a service listens
             async with self.drained:
                 self.drained.notify_all()
+
+    async def lost(self, sid: str, since: float) -> None:
+        """A request found ``sid``'s port closed (killed, crashed) at ``since``: observe the host now
+        rather than at the next reconcile, so the request (and the ones after it) wait for the
+        restart instead of failing."""
+        if self.observed_at > since:
+            return
+        async with self.switch_lock:
+            if self.observed_at <= since:  # another request's loss may have re-observed meanwhile
+                log.info("%s: its port refused a connection; looking again", sid)
+                await self.refresh()
 
     # -- making a model ready ---------------------------------------------------------------
     async def _worker(self) -> None:
@@ -212,14 +300,20 @@ class ModelManager:
             self.kick.clear()
             while self.pending:
                 sid, w = next(iter(self.pending.items()))
+                done: Any = None
                 try:
-                    await self.ensure(sid)
+                    done = await self.ensure(sid)
                 except (GpumodError, RouteError) as exc:
                     w.error = f"{sid} could not be made ready: {exc}"
+                    log.error("%s", w.error)
                 except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
                     w.error = f"{sid} could not be made ready: {type(exc).__name__}: {exc}"
+                    log.error("%s", w.error)
+                    log.debug("traceback", exc_info=True)
                 self.pending.pop(sid, None)
                 w.event.set()
+                if isinstance(done, dict):
+                    log_done(done)
 
     async def ensure(self, sid: str) -> dict[str, Any]:
         """The smallest change that makes ``sid`` ready; returns what was done."""
@@ -308,29 +402,51 @@ class ModelManager:
 
     async def switch_mode(self, mode: str) -> dict[str, Any]:
         if mode not in self.cat.modes:
-            raise RouteError(404, f"unknown mode {mode!r}; known: {', '.join(sorted(self.cat.modes))}")
+            raise RouteError(404, f"unknown mode {shown(mode)}; known: {', '.join(sorted(self.cat.modes))}")
         async with self.switch_lock:
             return await self._switch(mode)
 
     # -- background loops -------------------------------------------------------------------
+    # Each catches everything but its own cancellation, logs it and carries on: a loop that died
+    # would leave a killed service answering 502 until the daemon is restarted.
+    def _loop_failed(self, loop: str, exc: BaseException) -> None:
+        """Log a background loop's error once (and again only when it changes); the traceback at debug."""
+        text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, GpumodError) else str(exc)
+        if self.loop_errors.get(loop) != text:
+            log.error("%s: %s (carrying on)", loop, text)
+        log.debug("%s: traceback", loop, exc_info=exc)
+        self.loop_errors[loop] = text
+
+    def _loop_ok(self, loop: str) -> None:
+        if self.loop_errors.pop(loop, None) is not None:
+            log.info("%s: working again", loop)
+
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.opts.reconcile_s)
             if self.switch_lock.locked():
                 continue
             try:
-                async with self.switch_lock:
-                    seen = await self.refresh()
-                await self._watch_health(seen)
-            except GpumodError:
-                continue
-            # put to sleep or stopped behind the daemon's back while it had requests in flight: a
-            # sleeping vLLM holds such requests without an answer, so wake it and they complete
-            for sid, n in list(self.in_flight.items()):
-                o = seen.services.get(sid)
-                if n > 0 and o is not None and o.state in (SvcState.SLEEPING, SvcState.STOPPED) and sid not in self.pending:
-                    self.pending[sid] = Waiter()
-                    self.kick.set()
+                await self._reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see above
+                self._loop_failed("reconcile", exc)
+            else:
+                self._loop_ok("reconcile")
+
+    async def _reconcile_once(self) -> None:
+        async with self.switch_lock:
+            seen = await self.refresh()
+        await self._watch_health(seen)
+        # put to sleep or stopped behind the daemon's back while it had requests in flight: a
+        # sleeping vLLM holds such requests without an answer, so wake it and they complete
+        for sid, n in list(self.in_flight.items()):
+            o = seen.services.get(sid)
+            if n > 0 and o is not None and o.state in (SvcState.SLEEPING, SvcState.STOPPED) and sid not in self.pending:
+                log.info("%s: %s behind the daemon's back with %d requests in flight; waking it", sid, o.state.value, n)
+                self.pending[sid] = Waiter()
+                self.kick.set()
 
     async def _watch_health(self, seen: Observed) -> None:
         from ..services import service_action
@@ -345,40 +461,57 @@ class ModelManager:
                 continue
             if self.unhealthy_count[sid] >= self.opts.health_failures:
                 detail = o.probe.detail if o.probe else ""
+                if sid not in self.errors:
+                    log.error("%s: unhealthy for %d checks while its process lives: %s", sid, self.unhealthy_count[sid], detail)
                 self.errors[sid] = f"unhealthy for {self.unhealthy_count[sid]} checks while its process lives: {detail}"
                 if self.opts.restart_unhealthy:
                     async with self.switch_lock:
                         try:
+                            log.info("%s: restarting (hung)", sid)
                             await asyncio.to_thread(service_action, self.target(), "restart", sid, quiesce=False)
                             self.errors.pop(sid, None)
                             self.unhealthy_count.pop(sid, None)
                         except GpumodError as exc:
                             self.errors[sid] = f"restart after hanging failed: {exc}"
+                            log.error("%s: %s", sid, self.errors[sid])
                         await self.refresh()
 
     async def _idle_loop(self) -> None:
-        from ..services import service_action
-
         while True:
             await asyncio.sleep(self.opts.idle_check_s)
-            mode = self.cat.modes.get(self.mode or "")
-            if mode is None or self.switch_lock.locked():
+            try:
+                await self._idle_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see above
+                self._loop_failed("idle", exc)
+            else:
+                self._loop_ok("idle")
+
+    async def _idle_once(self) -> None:
+        from ..services import service_action
+
+        mode = self.cat.modes.get(self.mode or "")
+        if mode is None or self.switch_lock.locked():
+            return
+        now = time.monotonic()
+        for ms in mode.services:  # a service never asked for since the daemon started counts from now
+            if ms.sleep_on_idle:
+                self.last_request.setdefault(ms.id, now)
+        due = idle_candidates(self.cat, mode, self.seen, last_request=self.last_request, in_flight=self.in_flight,
+                              pending=set(self.pending), errors=self.errors, now=now)
+        for sid in due:
+            if not self.ready(sid):
                 continue
-            now = time.monotonic()
-            for ms in mode.services:  # a service never asked for since the daemon started counts from now
-                if ms.sleep_on_idle:
-                    self.last_request.setdefault(ms.id, now)
-            due = idle_candidates(self.cat, mode, self.seen, last_request=self.last_request, in_flight=self.in_flight,
-                                  pending=set(self.pending), errors=self.errors, now=now)
-            for sid in due:
-                if not self.ready(sid):
-                    continue
-                async with self.switch_lock:
-                    try:
-                        await asyncio.to_thread(service_action, self.target(), "sleep", sid)
-                    except GpumodError as exc:
-                        self.errors[sid] = f"idle sleep failed: {exc}"
-                    await self.refresh()
+            idle = now - self.last_request[sid]
+            async with self.switch_lock:
+                try:
+                    await asyncio.to_thread(service_action, self.target(), "sleep", sid)
+                    log.info("%s: idle sleep after %.0f s without requests", sid, idle)
+                except GpumodError as exc:
+                    self.errors[sid] = f"idle sleep failed: {exc}"
+                    log.error("%s: %s", sid, self.errors[sid])
+                await self.refresh()
 
     # -- catalog ----------------------------------------------------------------------------
     def _use_catalog(self, cat: Catalog) -> None:
@@ -393,14 +526,29 @@ class ModelManager:
         from ..units import install_all
 
         async with self.switch_lock:
-            cat = self.load_catalog()
+            try:
+                cat = await asyncio.to_thread(self.load_catalog)
+            except CatalogError as exc:
+                log.error("reload refused: %s; the catalog in force stays", exc)
+                for line in exc.details():
+                    log.error("  %s", line)
+                raise RouteError(422, f"{exc}; the catalog in force stays", problems=exc.details()) from None
             t = self.target()
             t.catalog = cat
             self._use_catalog(cat)
             out = await asyncio.to_thread(run, t, Refresh())
             rep = await asyncio.to_thread(install_all, t)  # the daemon's own unit, removed presets' units
             await self.refresh()
-            installed = [s.unit for s in out.plan.steps if s.kind == "install-unit"]
-            return {"units_changed": sorted(set(installed) | set(rep.changed)), "units_removed": rep.removed,
-                    "restarted": list(out.plan.restarted), "services": len(cat.presets), "modes": len(cat.modes),
-                    "steps": [s.describe() for s in out.plan.steps]}
+            installed = sorted({s.unit for s in out.plan.steps if s.kind == "install-unit"} | set(rep.changed))
+            restarted = list(out.plan.restarted)
+            log.info("reloaded the catalog: %d services, %d modes; units changed: %s; restarted: %s", len(cat.presets),
+                     len(cat.modes), ", ".join(installed) or "none", ", ".join(restarted) or "none")
+            return {"units_changed": installed, "units_removed": rep.removed, "restarted": restarted,
+                    "services": len(cat.presets), "modes": len(cat.modes), "steps": [s.describe() for s in out.plan.steps]}
+
+
+def log_done(done: dict[str, Any]) -> None:
+    """One line for what making a model ready took (nothing when it already was)."""
+    if done.get("action") and done.get("action") != "none":
+        log.info("%s ready: %s in %.2f s (mode %s)", done.get("service"), done["action"], done.get("duration_s", 0.0),
+                 done.get("mode"))

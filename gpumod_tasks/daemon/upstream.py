@@ -41,6 +41,11 @@ class UpstreamTimeout(UpstreamError):
     """The service sent nothing for longer than the read timeout."""
 
 
+class UpstreamUnreachable(UpstreamError):
+    """Nothing accepts connections on the service's port (it died, or is restarting): the request
+    never reached it, so it can be sent again once the service is back."""
+
+
 class _Stale(UpstreamError):
     """A reused connection broke before any byte of the answer: safe to retry once."""
 
@@ -239,7 +244,7 @@ class Pool:
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"port {port} did not accept a connection in {self.connect_timeout:g}s") from None
         except OSError as exc:
-            raise UpstreamError(f"port {port}: {exc.strerror or exc}") from None
+            raise UpstreamUnreachable(f"port {port}: {exc.strerror or exc}") from None
         return conn
 
     def _idle_conn(self, port: int) -> _Connection | None:

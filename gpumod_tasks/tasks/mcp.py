@@ -5,12 +5,15 @@ from __future__ import annotations
 from invoke import Collection, Exit, task
 
 
-@task(help={
+@task(iterable=["allowed_host"], help={
     "http": "Serve streamable HTTP instead of stdio.",
-    "host": "With --http: address to bind (default 127.0.0.1).",
+    "host": "With --http: address to bind (default 127.0.0.1; anything else requires a token).",
     "port": "With --http: port (default 8765).",
+    "token": "With --http: require 'Authorization: Bearer TOKEN' (default: $GPUMOD_MCP_TOKEN, or the file "
+             "$GPUMOD_MCP_TOKEN_FILE names).",
+    "allowed-host": "With --http: another name clients reach the server by; repeatable (other Host headers: 421).",
 })
-def serve(c, http=False, host="127.0.0.1", port=8765):
+def serve(c, http=False, host="127.0.0.1", port=8765, token=None, allowed_host=None):
     """Serve gpumod to agents over MCP (stdio by default, --http for streamable HTTP).
 
     Tools: gpu_mode_switch, gpu_mode_status, gpu_mode_verify, simulate_mode, service_list,
@@ -18,7 +21,18 @@ def serve(c, http=False, host="127.0.0.1", port=8765):
 
     With -H the tools act on that remote host; a switch takes the same host lock as the CLI.
     """
-    from ..mcp_server import build_server
+    from ..webguard import Guard, is_loopback, secret_from
+
+    key = None
+    if http:  # refused before anything is imported or opened
+        try:
+            key = secret_from(token, "GPUMOD_MCP_TOKEN", "MCP token")
+        except ValueError as exc:
+            raise Exit(str(exc), code=2) from None
+        if not is_loopback(host) and not key:
+            raise Exit(f"refusing to serve MCP on {host} without a token (--token, $GPUMOD_MCP_TOKEN or "
+                       "$GPUMOD_MCP_TOKEN_FILE): its tools switch this host's modes", code=2)
+    from ..mcp_server import build_server, http_app
     from ..runtime import catalog, host_specs, open_target
 
     specs = host_specs(c)
@@ -27,7 +41,12 @@ def serve(c, http=False, host="127.0.0.1", port=8765):
     spec = specs[0]
     server = build_server(lambda: open_target(c, spec, catalog()), catalog, spec.label)
     if http:
-        server.run("streamable-http", host=host, port=int(port))
+        import uvicorn
+
+        from ..daemon.app import server_config  # the router's HTTP settings: head timeout, keep-alive
+
+        app = http_app(server, Guard(bind=host, allowed_hosts=tuple(allowed_host or ()), token=key))
+        uvicorn.Server(server_config(app, host, int(port))).run()
     else:
         server.run("stdio")
 
