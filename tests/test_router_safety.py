@@ -244,6 +244,8 @@ def test_router_serve_logs_one_line_per_action(sim_host, tmp_path):
     code, _, err = run_cli(["router.serve", "--log-level", "loud"])
     assert code == 2 and "--log-level loud" in err
     code, _, err = run_cli(["router.serve", "--bind", "0.0.0.0", "--api-key", " "])
+    assert code == 2 and "the API key from --api-key is blank" in err  # a blank key is refused, never "no key"
+    code, _, err = run_cli(["router.serve", "--bind", "0.0.0.0"])
     assert code == 2 and "without an API key" in err
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
     port = free_ports(1)[0]
