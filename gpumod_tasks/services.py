@@ -18,6 +18,9 @@ def _one_step(t: Target, step: Step, seen_mode: str | None) -> SwitchReport:
     plan = Plan(mode=seen_mode or "", steps=(step,), keep=(), projected_mb=0, budget_mb=0, gpu_total_mb=0, previous_mode=seen_mode)
     ex = Executor(t, policy_for(t), release_timeout_s=t.spec.release_timeout_s)
     report = ex.run(plan, None)  # type: ignore[arg-type]
+    from .history import record_service
+
+    record_service(t, step, report)
     raise_if_failed(report)
     return report
 
