@@ -4,8 +4,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # The tests use real parts: systemd (unshare/nsenter), Debian's sshd in network namespaces
-# (iproute2; sudo for a non-root login there), and a llama-server compiled from source (cmake,
-# g++). Install what is missing.
+# (iproute2; sudo for a non-root login there), a llama-server compiled from source (cmake,
+# g++), and Debian's chromium with its chromedriver for the dashboard. Install what is missing.
 need=""
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v ssh-keygen >/dev/null || need="$need openssh-client"
@@ -13,6 +13,8 @@ command -v ip >/dev/null || need="$need iproute2"
 command -v sudo >/dev/null || need="$need sudo"
 command -v cmake >/dev/null || need="$need cmake"
 command -v g++ >/dev/null || need="$need g++"
+[ -x /usr/bin/chromium ] || need="$need chromium"
+[ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing:$need" >&2
