@@ -227,6 +227,9 @@ def test_switch_shows_its_plan_then_streams_the_steps_and_the_bars_change(sim_ho
         "const li = document.querySelector('#live li[data-status=running]');"
         "return !!li && li.dataset.step.startsWith('start big') && !document.querySelector('#result').dataset.ok"),
         timeout=10, what="start big running before the end")
+    # the bars follow the steps: doc is asleep (its residual only) while big still loads
+    wait_for(lambda: browser.execute_script("return !document.querySelector('#result').dataset.ok")
+             and segments(browser, "measured").get("doc", 0) < 1000, timeout=10, what="doc's VRAM released mid-switch")
     path = shot(browser, artifacts, "dashboard-switch.png")
     assert path.stat().st_size > 10_000
     done_before = browser.execute_script("return document.querySelectorAll('#live li[data-status=done]').length")

@@ -79,6 +79,10 @@ class Dashboard:
         self._key: tuple[int, int] | None = None
         self._extras: dict[str, Any] = {}
         self._extras_lock = asyncio.Lock()
+        # while a dashboard action runs, the page shows the host as observed after each step (the
+        # manager's own observation is refreshed when the action ends)
+        self.live_seen: Any = None
+        self._observe_again = False
 
     # -- what is shown ------------------------------------------------------------------------
     async def _observed(self, seen: Any) -> dict[str, Any]:
@@ -106,7 +110,7 @@ class Dashboard:
 
     async def snapshot(self) -> dict[str, Any]:
         m = self.m
-        seen = m.seen
+        seen = self.live_seen if self.busy is not None and self.live_seen is not None else m.seen
         ex = await self._observed(seen) if seen is not None else {}
         services = []
         for sid, p in m.cat.presets.items():
@@ -145,6 +149,28 @@ class Dashboard:
             return {"service": sid, "unit": p.unit, "manager": t.manager.kind, "text": t.manager.logs(p.unit, n)}
 
         return await asyncio.to_thread(tail)
+
+    def reobserve(self) -> None:
+        """A step ended: observe again now rather than at the next tick."""
+        self._observe_again = True
+
+    async def _watch_action(self) -> None:
+        """While an action runs: observe the host for the page about twice a second and after every
+        step, so the bars and states move with the steps."""
+        from ..observe import observe
+
+        while self.busy is not None:
+            self._observe_again = False
+            try:
+                seen = await asyncio.to_thread(observe, self.m.target())
+            except GpumodError:
+                seen = None
+            if self.busy is not None and seen is not None:
+                self.live_seen = seen
+            for _ in range(10):
+                if self._observe_again or self.busy is None:
+                    break
+                await asyncio.sleep(0.05)
 
     # -- the event bus --------------------------------------------------------------------------
     def publish(self, msg: bytes) -> None:
@@ -256,6 +282,7 @@ class Dashboard:
                 emit({"phase": "end", "ok": False, "error": f"{type(exc).__name__}: {exc}", "state": []})
             finally:
                 self.busy = None
+                self.live_seen = None
                 own.put_nowait(None)
                 try:
                     self.publish(sse("history", await self.history()))
@@ -263,6 +290,7 @@ class Dashboard:
                     pass
 
         self._task = asyncio.create_task(run())
+        self._watcher = asyncio.create_task(self._watch_action())
         return own
 
     async def _run(self, kind: str, action: str, name: str, emit: Callable[[dict[str, Any]], None]) -> None:
@@ -293,6 +321,7 @@ class Dashboard:
                         message = await asyncio.to_thread(service_action, self.m.target(), action, name)
                     finally:
                         await self.m.refresh()
+                self.reobserve()
                 emit({"phase": "done", "index": 0, "kind": step["kind"], "step": step["step"],
                       "seconds": round(time.perf_counter() - s0, 3), "detail": message})
                 res = {}
@@ -324,6 +353,7 @@ class Dashboard:
                 secs = at - started.get(index[0], at)
                 emit({"phase": phase, "index": index[0], "kind": kind, "step": text, "seconds": round(secs, 3),
                       "detail": strip_timing(detail) if phase == "done" else detail})
+                self.reobserve()
             else:
                 emit({"phase": "info", "index": index[0], "kind": kind, "step": text, "detail": detail})
 
