@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,9 +38,11 @@ FILES = {"/ui/": ("index.html", "text/html; charset=utf-8"), "/ui/app.js": ("app
 # the page builds every node with textContent; the policy is the second line of defence
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-# an event stream ends after this long and the page reconnects at once: a stream open forever
-# would hold up the server's graceful shutdown
-STREAM_S = 30.0
+# uvicorn's graceful shutdown waits for every open response, so an event stream open for good
+# would hold up `systemctl stop` as long as a dashboard is open: streams end when the server is
+# told to stop (``Dashboard.end_streams_on_exit``) and, where that cannot be seen (a server run
+# outside the main thread), after STREAM_S; the page reconnects at once
+STREAM_S = 15.0
 TICK_S = 0.2
 QUEUE_MAX = 1000
 
@@ -83,6 +87,7 @@ class Dashboard:
         # manager's own observation is refreshed when the action ends)
         self.live_seen: Any = None
         self._observe_again = False
+        self.closing = False
 
     # -- what is shown ------------------------------------------------------------------------
     async def _observed(self, seen: Any) -> dict[str, Any]:
@@ -180,7 +185,25 @@ class Dashboard:
             except asyncio.QueueFull:  # a reader that stopped reading: it reconnects and gets a fresh state
                 self.subscribers.discard(q)
 
+    def end_streams_on_exit(self) -> None:
+        """Chain onto the server's SIGINT/SIGTERM handlers (uvicorn's, which it restores when it
+        stops): the event streams end as soon as it is told to stop. Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            prev = signal.getsignal(sig)
+            if not callable(prev) or getattr(prev, "gpumod_dashboard", False):
+                continue
+
+            def chained(signum: int, frame: Any, prev: Any = prev) -> None:
+                self.closing = True
+                prev(signum, frame)
+
+            chained.gpumod_dashboard = True  # type: ignore[attr-defined]
+            signal.signal(sig, chained)
+
     async def events(self) -> AsyncIterator[bytes]:
+        self.end_streams_on_exit()
         q: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_MAX)
         self.subscribers.add(q)
         try:
@@ -190,7 +213,7 @@ class Dashboard:
                 yield msg
             last = ""
             end = time.monotonic() + STREAM_S
-            while time.monotonic() < end:
+            while time.monotonic() < end and not self.closing:
                 snap = await self.snapshot()
                 blob = json.dumps(snap, sort_keys=True)
                 if blob != last:
