@@ -303,3 +303,137 @@ def test_without_the_api_key_nothing_is_shown_and_actions_are_refused(sim_host, 
     wait_for(lambda: "missing or wrong API key" in text(browser, "#plan"), what="the refusal on the page")
     assert "refused this API key" in text(browser, "#key-msg")
     assert d.get("/models", headers=auth).json()["mode"] == "rag"
+
+
+# -- without a browser: the event stream of an action, one action at a time, the page's headers --
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        ev = next((ln[6:].strip() for ln in lines if ln.startswith("event:")), "")
+        data = "".join(ln[5:].strip() for ln in lines if ln.startswith("data:"))
+        if ev and data:
+            out.append((ev, json.loads(data)))
+    return out
+
+
+def test_run_streams_its_events_and_one_action_runs_at_a_time(sim_host, daemons):
+    set_sim(sim_host, "big", load_s=1.0)
+    assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
+    d = daemons()
+    page = httpx.get(d.url + "/ui/", trust_env=False)
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    assert httpx.get(d.url + "/ui", trust_env=False).status_code == 307
+    assert d.post("/ui/api/plan", {"kind": "switch", "mode": "nosuch"}).status_code == 404
+    assert d.post("/ui/api/plan", {"kind": "service", "action": "explode", "service": "emb"}).status_code == 400
+    plan = d.post("/ui/api/plan", {"kind": "service", "action": "sleep", "service": "asr"}).json()
+    assert plan["refused"] and "asr cannot sleep" in plan["message"]
+    plan = d.post("/ui/api/plan", {"kind": "service", "action": "start", "service": "emb"}).json()
+    assert plan["converged"] and plan["notes"] == ["emb is already running"]
+
+    first: dict = {}
+
+    def run_switch():
+        with httpx.stream("POST", d.url + "/ui/api/run", json={"kind": "switch", "mode": "chat"}, timeout=60,
+                          trust_env=False) as r:
+            first["status"] = r.status_code
+            first["events"] = sse_events(r.read().decode())
+
+    th = threading.Thread(target=run_switch)
+    th.start()
+    wait_for(lambda: d.get("/ui/api/state").json()["busy"], what="the switch to start")
+    busy = d.post("/ui/api/run", {"kind": "service", "action": "stop", "service": "emb"})
+    assert busy.status_code == 409 and "switch to chat is running" in busy.json()["error"]["message"]
+    th.join()
+    assert first["status"] == 200
+    phases = [(e["phase"], e.get("step", "").split(" (")[0]) for ev, e in first["events"] if ev == "action"]
+    assert phases == [("plan", ""), ("start", "sleep doc L1"), ("done", "sleep doc L1"),
+                      ("start", "wait until GPU used <= 3012 MB"), ("done", "wait until GPU used <= 3012 MB"),
+                      ("start", "start big"), ("done", "start big"), ("start", "record mode chat"),
+                      ("done", "record mode chat"), ("end", "")]
+    end = first["events"][-1][1]
+    assert end["ok"] and end["summary"]["Started"][0]["service"] == "big"
+    done_big = next(e for _, e in first["events"] if e["phase"] == "done" and e["step"].startswith("start big"))
+    assert done_big["seconds"] >= 0.9
+    # a service action through the same route: one step, recorded in the history as a service operation
+    evs = sse_events(httpx.post(d.url + "/ui/api/run", json={"kind": "service", "action": "sleep", "service": "emb"},
+                                timeout=60, trust_env=False).text)
+    assert [e["phase"] for _, e in evs] == ["plan", "start", "done", "end"] and evs[-1][1]["ok"]
+    assert d.states()["emb"] == "sleeping"
+    hist = d.get("/ui/api/history?limit=2").json()
+    assert [(h["kind"], h["title"]) for h in hist] == [("service", "sleep emb"), ("switch", "rag -> chat")]
+
+
+# -- the pure parts ------------------------------------------------------------------------------
+
+def test_dashboard_states_steps_and_refusals_from_observations():
+    from gpumod_tasks.catalog.model import Driver, Preset, SleepMode
+    from gpumod_tasks.daemon import view
+    from gpumod_tasks.daemon.web import strip_timing
+    from gpumod_tasks.errors import PlanRefused
+    from gpumod_tasks.facts.units import UnitState
+    from gpumod_tasks.observe import ServiceObs, SvcState
+    from gpumod_tasks.plan import Policy
+
+    def obs(state, level=None, vram=0):
+        return ServiceObs("m", state, UnitState("gpumod-m.service", active="active" if state is not SvcState.STOPPED else "inactive"),
+                          sleep_level=level, vram_mb=vram)
+
+    assert view.ui_state(obs(SvcState.RUNNING), "active") == "active"
+    assert view.ui_state(obs(SvcState.SLEEPING, 1), "sleeping") == "asleep L1"
+    assert view.ui_state(obs(SvcState.SLEEPING, 2), "sleeping") == "asleep L2"
+    assert view.ui_state(obs(SvcState.SLEEPING, 0), "sleeping") == "unloaded"
+    assert view.ui_state(obs(SvcState.STARTING), "switching") == "loading"
+    assert view.ui_state(obs(SvcState.STOPPED), "switching") == "loading"
+    assert view.ui_state(obs(SvcState.STOPPED), "stopped") == "stopped"
+    assert view.ui_state(obs(SvcState.UNHEALTHY), "error") == "error"
+    assert view.ui_state(obs(SvcState.RUNNING), "error") == "error"  # the daemon's own verdict wins
+    assert view.ui_state(None, "stopped") == "stopped"
+
+    p = Preset("m", "m", Driver.VLLM, 8000, 4000, supports_sleep=True, sleep_mode=SleepMode.L2, model_size_mb=1000)
+    pol = Policy()
+    assert view.declared_mb(p, obs(SvcState.RUNNING)) == 4000 and view.declared_mb(p, obs(SvcState.SLEEPING, 2)) == 512
+    assert view.declared_mb(p, obs(SvcState.STOPPED)) == 0
+    assert view.service_step("sleep", p, obs(SvcState.RUNNING), pol).describe() == "sleep m L2 (service.sleep)"
+    assert view.service_step("start", p, obs(SvcState.SLEEPING, 2), pol).describe() == "wake m (L2: weights, reload_weights, kv_cache)"
+    assert view.service_step("start", p, obs(SvcState.STOPPED), pol).describe() == "start m (service.start; preflight needs 2124 MB RAM)"
+    assert view.service_step("stop", p, obs(SvcState.STOPPED), pol) == "m is already stopped"
+    assert view.service_step("wake", p, obs(SvcState.RUNNING), pol) == "m is already awake"
+    for action, o, why in (("wake", obs(SvcState.STOPPED), "not asleep"), ("sleep", obs(SvcState.STARTING), "only a running"),
+                           ("start", obs(SvcState.STOPPED), "quiescing")):
+        with pytest.raises(PlanRefused, match=why):
+            view.service_step(action, p, o, pol, quiesce_until=10.0, now=5.0)
+    r = view.refusal_dict(PlanRefused("mode x does not fit", ["awake a: 1 MB", "alternatives:", "  fits  drop a"]))
+    assert r == {"refused": True, "message": "mode x does not fit", "reasons": ["awake a: 1 MB"], "alternatives": ["fits  drop a"]}
+    assert strip_timing("0.25s 3012 MB used after 4 polls") == "3012 MB used after 4 polls"
+    assert strip_timing("1.00s") == "" and strip_timing("skipped (--no-quiesce)") == "skipped (--no-quiesce)"
+
+
+def test_gpu_bars_place_each_process_on_its_gpu():
+    from gpumod_tasks.catalog.model import Catalog, Driver, Preset
+    from gpumod_tasks.daemon import view
+    from gpumod_tasks.facts.gpu import Gpu, GpuFacts
+    from gpumod_tasks.facts.units import UnitState
+    from gpumod_tasks.observe import Observed, ServiceObs, SvcState
+    from gpumod_tasks.state import ModeRecord
+
+    presets = {s: Preset(s, s, Driver.VLLM, 8000 + i, mb) for i, (s, mb) in enumerate((("a", 6000), ("b", 3000), ("c", 1000)))}
+    cat = Catalog(presets, {})
+    run = lambda sid, pid, vram: ServiceObs(sid, SvcState.RUNNING, UnitState(f"gpumod-{sid}.service", active="active", sub="running", main_pid=pid),
+                                            vram_mb=vram)
+    services = {"a": run("a", 10, 6100), "b": run("b", 20, 2900),
+                "c": ServiceObs("c", SvcState.STOPPED, UnitState("gpumod-c.service"))}
+    # a's main process on GPU 0 and its worker (pid 11, found through its cgroup) on GPU 1; pid 99 is nobody's
+    gpus = (Gpu(0, "A", 24000, 8000, 16000, "u0", {10: 4000, 20: 2900, 99: 1100}), Gpu(1, "B", 24000, 2100, 21900, "u1", {11: 2100}))
+    seen = Observed("h", services, GpuFacts("nvidia-smi", gpus), None, ModeRecord(None), "systemd", False, unmapped_pids={99: 1100})
+    bars = view.gpu_bars(cat, seen)
+    assert [(s["service"], s["measured_mb"], s["declared_mb"]) for s in bars[0]["segments"]] == [("a", 4000, 6000), ("b", 2900, 3000)]
+    assert bars[0]["other_mb"] == 1100 and bars[1]["other_mb"] == 0
+    # what the observation gave a beyond its main process is on GPU 1 (the only memory of ours left
+    # there); declared once, where a holds most
+    assert [(s["service"], s["measured_mb"], s["declared_mb"]) for s in bars[1]["segments"]] == [("a", 2100, 0)]
+    assert view.service_gpus(bars) == {"a": [0, 1], "b": [0]}
+    one = view.gpu_bars(cat, Observed("h", services, GpuFacts("nvidia-smi", gpus[:1]), None, ModeRecord(None), "systemd", False,
+                                      unmapped_pids={99: 1100}))
+    assert [(s["service"], s["measured_mb"]) for s in one[0]["segments"]] == [("a", 6100), ("b", 2900)]

@@ -62,9 +62,11 @@ def _pid_owners(seen: Observed) -> dict[int, str]:
 def gpu_bars(cat: Catalog, seen: Observed) -> list[dict[str, Any]]:
     """Per GPU: total/used and a segment per service holding memory there.
 
-    With one GPU every service's measured figure is the observation's. With several, a process is
-    placed on the GPU nvidia-smi lists it on (by main pid); what the observation attributed to a
-    service through its child processes goes to the GPU its main process uses (else the first)."""
+    With one GPU every service's measured figure is the observation's. With several, a unit's main
+    process is placed on the GPU nvidia-smi lists it on; what the observation attributed to a
+    service through other processes (vLLM's engine core, a router's children, found by cgroup) is
+    taken from the GPUs' memory of processes that are neither a main process nor foreign. The
+    declared figure goes on the GPU where the service holds most."""
     if seen.gpu is None or not seen.gpu.gpus:
         return []
     gpus = seen.gpu.gpus
@@ -75,24 +77,32 @@ def gpu_bars(cat: Catalog, seen: Observed) -> list[dict[str, Any]]:
         other[0] = seen.external_mb
     else:
         owners = _pid_owners(seen)
+        pool = [0 for _ in gpus]  # ours, but not a main process
         for i, g in enumerate(gpus):
             for pid, mb in g.per_pid.items():
                 if pid in owners:
                     measured[i][owners[pid]] = measured[i].get(owners[pid], 0) + (mb or 0)
                 elif pid in seen.unmapped_pids:
                     other[i] += mb or 0
+                else:
+                    pool[i] += mb or 0
         for sid, o in seen.services.items():
             left = o.vram_mb - sum(m.get(sid, 0) for m in measured)
+            for i in sorted(range(len(gpus)), key=lambda i: (sid not in measured[i], i)):
+                take = min(left, pool[i])
+                if take > 0:
+                    measured[i][sid] = measured[i].get(sid, 0) + take
+                    pool[i] -= take
+                    left -= take
             if left > 0:
-                home = next((i for i, m in enumerate(measured) if sid in m), 0)
-                measured[home][sid] = measured[home].get(sid, 0) + left
+                measured[0][sid] = measured[0].get(sid, 0) + left
+    home = {sid: max(range(len(gpus)), key=lambda i: (measured[i].get(sid, 0), -i)) for sid in cat.presets}
     out = []
     for i, g in enumerate(gpus):
         segs = []
         for sid, p in cat.presets.items():
-            o = seen.services.get(sid)
             m = measured[i].get(sid, 0)
-            d = declared_mb(p, o) if (m or (i == 0 and not any(sid in x for x in measured))) else 0
+            d = declared_mb(p, seen.services.get(sid)) if home[sid] == i else 0
             if m or d:
                 segs.append({"service": sid, "measured_mb": m, "declared_mb": d})
         out.append({"index": g.index, "name": g.name, "total_mb": g.total_mb or 0, "used_mb": g.used_mb or 0,
