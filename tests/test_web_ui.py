@@ -141,10 +141,10 @@ def test_the_dashboard_shows_what_models_reports(sim_host, daemons, browser, art
     wait_for(lambda: loaded(browser), what="the first state")
     # first paint under 200 ms on loopback: measured on a second visit, so that what is timed is
     # the page and the daemon, not the browser's own cold start (printed too)
-    def first_paint() -> float:
-        paint = dict(browser.execute_script("return performance.getEntriesByType('paint').map(e => [e.name, e.startTime])"))
-        assert "first-contentful-paint" in paint, paint
-        return paint["first-contentful-paint"]
+    def first_paint() -> float:  # the entry is recorded when the frame is presented, maybe after the DOM is built
+        return wait_for(lambda: dict(browser.execute_script(
+            "return performance.getEntriesByType('paint').map(e => [e.name, e.startTime])")).get("first-contentful-paint"),
+            timeout=5, what="the first paint entry")
 
     cold = first_paint()
     browser.get(d.url + "/ui/")

@@ -96,7 +96,7 @@ class Dashboard:
         self.busy: dict[str, Any] | None = None
         self.current: list[bytes] = []  # events of the action in progress (a page opened mid-way)
         self.next_id = 1
-        self._key: tuple[int, int] | None = None
+        self._key: tuple[Any, Any] = (None, None)  # the observation and catalog _extras were made from
         self._extras: dict[str, Any] = {}
         self._extras_lock = asyncio.Lock()
         # while a dashboard action runs, the page shows the host as observed after each step (the
@@ -113,7 +113,7 @@ class Dashboard:
 
         cat = self.m.cat
         async with self._extras_lock:
-            if self._key == (id(seen), id(cat)):
+            if self._key[0] is seen and self._key[1] is cat:
                 return self._extras
             t = await asyncio.to_thread(self.m.target)
             up = await asyncio.to_thread(t.host.read_file, f"{t.spec.procfs.rstrip('/')}/uptime")
@@ -126,7 +126,7 @@ class Dashboard:
                 "started_at": {sid: round(now - s, 1) for sid, s in uptimes(seen, now_mono).items()},
                 "observed_at": round(now, 1),
             }
-            self._key = (id(seen), id(cat))
+            self._key = (seen, cat)
             return self._extras
 
     async def snapshot(self) -> dict[str, Any]:
