@@ -450,3 +450,19 @@ def test_gpu_bars_place_each_process_on_its_gpu():
     one = view.gpu_bars(cat, Observed("h", services, GpuFacts("nvidia-smi", gpus[:1]), None, ModeRecord(None), "systemd", False,
                                       unmapped_pids={99: 1100}))
     assert [(s["service"], s["measured_mb"]) for s in one[0]["segments"]] == [("a", 6100), ("b", 2900)]
+
+
+def test_a_failing_switch_streams_the_failed_step_and_the_state_it_left(sim_host, daemons):
+    big = next((sim_host.root / "presets").rglob("big.yaml"))
+    big.write_text(big.read_text().replace("model_size_mb: 3000", "model_size_mb: 90000000"))  # the preflight refuses it
+    assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
+    d = daemons()
+    evs = [e for ev, e in sse_events(httpx.post(d.url + "/ui/api/run", json={"kind": "switch", "mode": "chat"}, timeout=60,
+                                                trust_env=False).text) if ev == "action"]
+    fail = next(e for e in evs if e["phase"] == "fail")
+    assert fail["step"].startswith("start big") and "preflight refused big" in fail["detail"]
+    end = evs[-1]
+    assert end["phase"] == "end" and not end["ok"] and "failed at step 'start big" in end["error"]
+    assert "now on the GPU host:" in end["state"] and any(ln.strip().startswith("sleeping: doc") for ln in end["state"])
+    hist = d.get("/ui/api/history?limit=1").json()[0]
+    assert hist["title"] == "rag -> chat" and not hist["ok"] and hist["steps"][-1]["status"] == "failed"
