@@ -73,9 +73,9 @@ def table(rows: list[dict[str, Any]]) -> Table:
     # cells are Text, never markup: step descriptions carry brackets ("[L1 -> L2: ...]")
     t = Table(title="history (newest first)", show_lines=False)
     for col in ("when", "host", "kind", "what", "took", "outcome", "steps"):
-        t.add_column(col, justify="right" if col == "took" else "left", overflow="fold")
+        t.add_column(col, justify="right" if col == "took" else "left", overflow="fold", no_wrap=col in ("when", "took"))
     for r in rows:
-        steps = "; ".join(f"{s.get('step')} {float(s.get('seconds', 0)):.2f}s" + ("" if s.get("status") != "failed" else " FAILED")
+        steps = "\n".join(f"{float(s.get('seconds', 0)):6.2f}s {s.get('step')}" + (" FAILED" if s.get("status") == "failed" else "")
                           for s in r["steps"])
         outcome = Text("ok", style="green") if r["ok"] else Text("failed", style="red") + Text(f": {r['error']}")
         t.add_row(*(Text(str(x)) for x in (when(r["started"]), r["host"], r["kind"], r.get("title") or title(r),
