@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 from gpumod_tasks.state import History
@@ -70,6 +71,7 @@ def test_mode_history_lists_switches_and_service_operations(sim_host):
     code, out, err = sim_host.inv("mode.history")
     assert code == 0
     assert "rag -> code" in out and "sleep emb" in out and "-> rag" in out and "service" in out
+    assert re.search(r"\d+\.\d\ds start router", out) and re.search(r"\d+\.\d\ds sleep emb L1", out)
     # per host: -H narrows to that host's entries
     code, out, err = sim_host.inv("-H", "other", "mode.history", "--json")
     assert code == 0 and json.loads(out) == []
