@@ -104,6 +104,7 @@ class Dashboard:
         self.live_seen: Any = None
         self._observe_again = False
         self.closing = False
+        self._tasks: set[asyncio.Task[None]] = set()  # the action and its watcher, held until done
 
     # -- what is shown ------------------------------------------------------------------------
     async def _observed(self, seen: Any) -> dict[str, Any]:
@@ -132,7 +133,10 @@ class Dashboard:
     async def snapshot(self) -> dict[str, Any]:
         m = self.m
         seen = self.live_seen if self.busy is not None and self.live_seen is not None else m.seen
-        ex = await self._observed(seen) if seen is not None else {}
+        try:
+            ex = await self._observed(seen) if seen is not None else {}
+        except GpumodError:  # the host is out of reach right now: show what the daemon knows
+            ex = {}
         services = []
         for sid, p in m.cat.presets.items():
             o = seen.services.get(sid) if seen else None
@@ -224,7 +228,10 @@ class Dashboard:
         self.subscribers.add(q)
         try:
             yield b"retry: 1000\n\n"
-            yield sse("history", await self.history())
+            try:
+                yield sse("history", await self.history())
+            except Exception:  # noqa: BLE001 - advisory, as everywhere: the stream goes on without it
+                pass
             for msg in list(self.current):
                 yield msg
             last = ""
@@ -325,11 +332,13 @@ class Dashboard:
                 own.put_nowait(None)
                 try:
                     self.publish(sse("history", await self.history()))
-                except GpumodError:
+                except Exception:  # noqa: BLE001 - the history is advisory; the page keeps the old one
                     pass
 
-        self._task = asyncio.create_task(run())
-        self._watcher = asyncio.create_task(self._watch_action())
+        for coro in (run(), self._watch_action()):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return own
 
     async def _run(self, kind: str, action: str, name: str, emit: Callable[[dict[str, Any]], None]) -> None:
