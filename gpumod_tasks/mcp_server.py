@@ -164,6 +164,17 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
         ctx = context or min(mi.max_context or 32768, 32768)
         return {**mi.as_dict(ctx), "note": note or None}
 
+    @server.tool()
+    def gpu_mode_history(limit: int = 20) -> list[dict[str, Any]]:
+        """Past switches and service operations on this host, newest first: what changed, each step
+        with its duration and status, how long it took and whether it worked."""
+        from .history import load
+
+        if limit < 1:
+            raise ToolError(f"limit must be at least 1, not {limit}")
+        with target() as t:
+            return load(t.spec.name, limit)
+
     @server.resource("gpumod://modes", mime_type="application/json", description="Every mode of the catalog.")
     def modes_resource() -> str:
         cat = load_catalog()

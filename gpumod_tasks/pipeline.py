@@ -21,10 +21,9 @@ from .execute import Event, Executor, SwitchReport
 from .lock import host_lock
 from .observe import observe
 from .observed import Observed
-from .paths import controller_dir
 from .plan import Plan, Policy, ServiceOp, plan_refresh, plan_service, plan_switch
 from .plan.order import with_dependencies
-from .state import History, read_mode, write_mode
+from .state import read_mode, write_mode
 from .target import Target
 
 
@@ -177,11 +176,6 @@ def _record_failure(target: Target, op: Operation, report: SwitchReport) -> None
 
 
 def _history(target: Target, op: Operation, started: float, report: SwitchReport, plan: Plan) -> None:
-    try:
-        h = History(f"{controller_dir()}/history.sqlite")
-        h.add_switch(target.spec.name, started, report.duration_s, plan.previous_mode,
-                     plan.mode if isinstance(op, SwitchTo) else op.describe(), report.ok,
-                     [r.as_dict() for r in report.results], report.error)
-        h.close()
-    except Exception:  # history is advisory; never fail a switch over it  # noqa: BLE001
-        pass
+    from .history import record_run
+
+    record_run(target, op, started, report)

@@ -1,5 +1,5 @@
 """State: the current mode lives on the target (so two controllers agree); the history of
-switches and simulations lives in SQLite on the controller.
+switches, service operations and simulations lives in SQLite on the controller.
 
 The recorded mode is advisory: the switch engine plans against what really runs.
 """
@@ -134,14 +134,21 @@ def write_mode(host: Host, state_dir: str, record: ModeRecord) -> None:
 
 
 class History:
-    """Switch and simulation history in a SQLite file."""
+    """Switches, service operations and simulations in a SQLite file on the controller.
+
+    A row of ``switches`` is one switch (``kind = 'switch'``: from_mode -> to_mode) or one service
+    operation (``kind = 'service'``: ``action`` on ``service``, to_mode the mode it ran in), with
+    its steps (``[{kind, step, status, seconds, detail}]``) and outcome.  Files written before
+    service operations were recorded gain the new columns on open (their rows are switches).
+    """
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS switches (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         host TEXT NOT NULL, started REAL NOT NULL, duration_s REAL NOT NULL,
         from_mode TEXT, to_mode TEXT NOT NULL, ok INTEGER NOT NULL,
-        steps TEXT NOT NULL, error TEXT
+        steps TEXT NOT NULL, error TEXT,
+        kind TEXT NOT NULL DEFAULT 'switch', action TEXT, service TEXT
     );
     CREATE TABLE IF NOT EXISTS simulations (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -149,6 +156,9 @@ class History:
         gpu_mb INTEGER NOT NULL, fits INTEGER NOT NULL
     );
     """
+    # columns added after the first release: (name, declaration) for ALTER TABLE on older files
+    MIGRATIONS = (("kind", "TEXT NOT NULL DEFAULT 'switch'"), ("action", "TEXT"), ("service", "TEXT"))
+    KEYS = ("id", "kind", "host", "started", "duration_s", "from_mode", "to_mode", "action", "service", "ok", "steps", "error")
 
     def __init__(self, path: str):
         import sqlite3
@@ -157,17 +167,36 @@ class History:
         self.path = path
         self.db = sqlite3.connect(path, timeout=10)
         try:
-            self.db.executescript(self.SCHEMA)
+            with self.db:
+                self.db.executescript(self.SCHEMA)
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise StateFileInvalid(path, f"not a usable switch history ({exc}); move it away and gpumod starts a new one") from None
+
+    def _migrate(self) -> None:
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(switches)")}
+        for name, decl in self.MIGRATIONS:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE switches ADD COLUMN {name} {decl}")
 
     def add_switch(self, host: str, started: float, duration_s: float, from_mode: str | None, to_mode: str, ok: bool,
                    steps: list[dict[str, Any]], error: str = "") -> None:
         with self.db:
             self.db.execute(
-                "INSERT INTO switches (host, started, duration_s, from_mode, to_mode, ok, steps, error) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO switches (kind, host, started, duration_s, from_mode, to_mode, ok, steps, error) "
+                "VALUES ('switch',?,?,?,?,?,?,?,?)",
                 (host, started, duration_s, from_mode, to_mode, int(ok), json.dumps(steps), error),
+            )
+
+    def add_service(self, host: str, started: float, duration_s: float, action: str, service: str, mode: str | None,
+                    ok: bool, steps: list[dict[str, Any]], error: str = "") -> None:
+        """One service operation (``action``: start, stop, restart, sleep, wake) in mode ``mode``."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO switches (kind, host, started, duration_s, from_mode, to_mode, action, service, ok, steps, error) "
+                "VALUES ('service',?,?,?,?,?,?,?,?,?,?)",
+                (host, started, duration_s, mode, mode or "", action, service, int(ok), json.dumps(steps), error),
             )
 
     def add_simulation(self, mode: str | None, services: list[str], total_mb: int, gpu_mb: int, fits: bool) -> None:
@@ -177,30 +206,40 @@ class History:
                 (time.time(), mode, json.dumps(services), total_mb, gpu_mb, int(fits)),
             )
 
-    def switches(self, host: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        q = "SELECT host, started, duration_s, from_mode, to_mode, ok, steps, error FROM switches"
-        args: tuple[Any, ...] = ()
+    def entries(self, host: str | None = None, limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
+        """Newest first: switches and service operations (``kind`` narrows to one of them)."""
+        where, args = [], []
         if host:
-            q += " WHERE host = ?"
-            args = (host,)
+            where.append("host = ?")
+            args.append(host)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        q = f"SELECT {', '.join(self.KEYS)} FROM switches"
+        if where:
+            q += " WHERE " + " AND ".join(where)
         q += " ORDER BY id DESC LIMIT ?"
         import sqlite3
 
         try:
-            rows = self.db.execute(q, (*args, limit)).fetchall()
+            rows = self.db.execute(q, (*args, max(0, int(limit)))).fetchall()
         except sqlite3.DatabaseError as exc:
             raise StateFileInvalid(self.path, f"cannot read the switch history ({exc})") from None
-        keys = ("host", "started", "duration_s", "from_mode", "to_mode", "ok", "steps", "error")
         out = []
         for r in rows:
-            d = dict(zip(keys, r))
+            d = dict(zip(self.KEYS, r))
             try:
                 d["steps"] = json.loads(d["steps"])
             except (TypeError, ValueError):
                 d["steps"] = []  # one damaged row shows without its steps
             d["ok"] = bool(d["ok"])
+            d["error"] = d["error"] or ""
             out.append(d)
         return out
+
+    def switches(self, host: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return [{k: d[k] for k in ("host", "started", "duration_s", "from_mode", "to_mode", "ok", "steps", "error")}
+                for d in self.entries(host, limit, kind="switch")]
 
     def close(self) -> None:
         self.db.close()

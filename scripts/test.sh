@@ -4,8 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # The tests use real parts: systemd (unshare/nsenter), Debian's sshd in network namespaces
-# (iproute2; sudo for a non-root login there), and a llama-server compiled from source (cmake,
-# g++); patch applies a piped template.diff. Install what is missing.
+# (iproute2; sudo for a non-root login there), a llama-server compiled from source (cmake,
+# g++), Debian's chromium with its chromedriver for the dashboard, and patch (a piped
+# template.diff must apply). Install what is missing.
 need=""
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v ssh-keygen >/dev/null || need="$need openssh-client"
@@ -14,6 +15,8 @@ command -v sudo >/dev/null || need="$need sudo"
 command -v cmake >/dev/null || need="$need cmake"
 command -v g++ >/dev/null || need="$need g++"
 command -v patch >/dev/null || need="$need patch"
+[ -x /usr/bin/chromium ] || need="$need chromium"
+[ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing:$need" >&2

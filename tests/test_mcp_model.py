@@ -54,7 +54,7 @@ def test_mcp_tools_over_stdio(sim_host):
         return out
 
     out = call_all(script)
-    assert out["tools"] == sorted(["gpu_mode_switch", "gpu_mode_status", "gpu_mode_verify", "simulate_mode",
+    assert out["tools"] == sorted(["gpu_mode_switch", "gpu_mode_status", "gpu_mode_verify", "gpu_mode_history", "simulate_mode",
                                    "service_list", "service_status", "model_info"])
     assert {s["id"] for s in out["list"]} == {"emb", "doc", "big", "router", "asr", "api"}
     assert out["sim"]["total_mb"] == 2500 + 5000 + 9000 and out["sim"]["fits"] is True

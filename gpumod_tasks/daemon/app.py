@@ -351,6 +351,9 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         Route("/metrics", guard_route(metrics_route), methods=["GET"]),
         Route("/v1/models", guard_route(v1_models), methods=["GET"]),
     ]
+    from .web import web_routes  # the dashboard at /ui, behind the same key check
+
+    routes += web_routes(manager, authorized)
     framework = Starlette(routes=routes, lifespan=lifespan)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

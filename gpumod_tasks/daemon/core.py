@@ -354,7 +354,7 @@ class ModelManager:
             self.metrics.wake(sid, took)
         return {"service": sid, "action": msg, "duration_s": round(took, 3), "mode": self.mode}
 
-    async def _switch(self, mode: str, for_sid: str | None = None) -> dict[str, Any]:
+    async def _switch(self, mode: str, for_sid: str | None = None, on_event: Any = None) -> dict[str, Any]:
         from ..switch import switch
 
         assert self.loop is not None
@@ -369,7 +369,7 @@ class ModelManager:
         t0 = time.perf_counter()
         self.switching = True
         try:
-            out = await asyncio.to_thread(switch, self.target(), mode, on_plan=on_plan, quiesce=False)
+            out = await asyncio.to_thread(switch, self.target(), mode, on_plan=on_plan, quiesce=False, on_event=on_event)
         finally:
             self.switching = False
             self.leaving = set()
@@ -400,11 +400,12 @@ class ModelManager:
                 except asyncio.TimeoutError:
                     break
 
-    async def switch_mode(self, mode: str) -> dict[str, Any]:
+    async def switch_mode(self, mode: str, on_event: Any = None) -> dict[str, Any]:
+        """``on_event(phase, step, detail)``: the engine's step events, from the switch's thread."""
         if mode not in self.cat.modes:
             raise RouteError(404, f"unknown mode {shown(mode)}; known: {', '.join(sorted(self.cat.modes))}")
         async with self.switch_lock:
-            return await self._switch(mode)
+            return await self._switch(mode, on_event=on_event)
 
     # -- background loops -------------------------------------------------------------------
     # Each catches everything but its own cancellation, logs it and carries on: a loop that died

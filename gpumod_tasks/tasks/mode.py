@@ -1,4 +1,4 @@
-"""Modes: list, show, simulate, switch, status, verify."""
+"""Modes: list, show, simulate, switch, status, verify, history."""
 
 from __future__ import annotations
 
@@ -209,8 +209,34 @@ def verify(c, name=None, json_=False):
     do_verify(c, name, json_)
 
 
+@task(help={"limit": "How many entries, newest first (default 20).", "json": "Print JSON."})
+def history(c, limit=20, json_=False):
+    """Past switches and service operations: when, what, per-step timings, outcome.
+
+    Read from the controller's history store (history.sqlite in its state dir). Without -H every
+    host's entries are shown; with -H only those hosts'.
+    """
+    from ..history import load, table
+    from ..runtime import cli_settings, host_specs
+    from ..ui import make_console
+
+    if int(limit) < 1:
+        raise Exit(f"--limit must be at least 1, not {limit}", code=2)
+    hosts = [s.name for s in host_specs(c)] if cli_settings(c)["hosts"] else [None]
+    rows = sorted((r for h in hosts for r in load(h, int(limit))), key=lambda r: -r["id"])[: int(limit)]
+    if json_:
+        print(json.dumps(rows, indent=1))
+        return
+    con = make_console()
+    if not rows:
+        con.print("no switches or service operations recorded yet")
+        return
+    con.print(table(rows))
+
+
 list_.__name__ = "list"
 ns = Collection("mode")
 ns.add_task(list_, name="list")
 for t in (show, simulate, switch, status, verify):
     ns.add_task(t)
+ns.add_task(history)
