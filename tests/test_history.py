@@ -63,10 +63,11 @@ def test_mode_history_lists_switches_and_service_operations(sim_host):
     switch, sleep = rows
     assert switch["ok"] and switch["host"] == "local" and switch["duration_s"] > 0
     steps = {s["step"].split(" (")[0]: s for s in switch["steps"]}
-    assert "sleep doc L1" in steps and "wake emb" in steps and "start router" in steps and all(s["status"] == "changed" for s in switch["steps"])
-    assert steps["start router"]["seconds"] > 0
+    assert "sleep doc L1" in steps and "wake emb" in steps and "load router into its llama.cpp router" in steps
+    assert all(s["status"] == "changed" for s in switch["steps"] if s["kind"] != "wait-release")
+    assert steps["start router unit gpumod-router.service for router"]["seconds"] > 0
     assert sleep["action"] == "sleep" and sleep["service"] == "emb" and sleep["to_mode"] == "rag"
-    assert [s["kind"] for s in sleep["steps"]] == ["sleep"] and sleep["steps"][0]["seconds"] > 0
+    assert [s["kind"] for s in sleep["steps"]] == ["sleep", "wait-release", "record"] and sleep["steps"][0]["seconds"] > 0
 
     code, out, err = sim_host.inv("mode.history")
     assert code == 0
@@ -82,13 +83,13 @@ def test_mode_history_lists_switches_and_service_operations(sim_host):
 
 def test_a_failed_service_operation_is_recorded_with_its_error(sim_host):
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
-    # asr's stand-in cannot start: its preflight needs more RAM than the host has
-    (sim_host.root / "presets" / "speech" / "asr.yaml").write_text(
-        (sim_host.root / "presets" / "speech" / "asr.yaml").read_text().replace("model_size_mb: 500", "model_size_mb: 90000000"))
+    # asr starts but never passes its health gate (a route its stand-in does not have)
+    f = sim_host.root / "presets" / "speech" / "asr.yaml"
+    f.write_text(f.read_text().replace("startup_timeout: 20", "startup_timeout: 2") + "health_endpoint: /nope\n")
     assert sim_host.inv("service.start", "--service-id", "asr")[0] != 0
     rows = json.loads(sim_host.inv("mode.history", "--json", "--limit", "1")[1])
     assert rows[0]["kind"] == "service" and rows[0]["action"] == "start" and rows[0]["ok"] is False
-    assert "preflight refused asr" in rows[0]["error"] and rows[0]["steps"][0]["status"] == "failed"
+    assert "health gate failed for asr" in rows[0]["error"] and rows[0]["steps"][-1]["status"] == "failed"
 
 
 def test_mcp_history_tool(sim_host):

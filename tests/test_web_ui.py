@@ -231,7 +231,8 @@ def test_switch_shows_its_plan_then_streams_the_steps_and_the_bars_change(sim_ho
     click(browser, '#modes li[data-mode="chat"] button.switch')
     wait_for(lambda: browser.execute_script("return document.querySelectorAll('#plan .plan-steps li').length"), what="the plan")
     planned = browser.execute_script("return [...document.querySelectorAll('#plan .plan-steps li')].map(e => e.textContent)")
-    assert [s.split(" (")[0] for s in planned] == ["sleep doc L1", "wait until GPU used <= 3012 MB", "start big", "record mode chat"]
+    assert [s.split(" (")[0] for s in planned] == ["install unit gpumod-big.service", "sleep doc L1",
+                                                   "wait until GPU used <= 3012 MB", "start big", "record mode chat"]
     assert d.get("/models").json()["mode"] == "rag"
 
     click(browser, "#run")
@@ -246,12 +247,12 @@ def test_switch_shows_its_plan_then_streams_the_steps_and_the_bars_change(sim_ho
     path = shot(browser, artifacts, "dashboard-switch.png")
     assert path.stat().st_size > 10_000
     done_before = browser.execute_script("return document.querySelectorAll('#live li[data-status=done]').length")
-    assert done_before == 2  # sleep doc, wait for the release
+    assert done_before == 3  # install big's unit, sleep doc, wait for the release
     wait_for(lambda: browser.execute_script("return document.querySelector('#result').dataset.ok") == "true", timeout=30,
              what="the switch's end")
     live = browser.execute_script("""return [...document.querySelectorAll('#live li')].map(li =>
         [li.dataset.status, li.querySelector('.text').textContent, li.querySelector('.secs').textContent])""")
-    assert [s for s, _, _ in live] == ["done"] * 4 and [t for _, t, _ in live] == planned
+    assert [s for s, _, _ in live] == ["done"] * 5 and [t for _, t, _ in live] == planned
     secs = {t.split(" (")[0]: float(re.match(r"(\d+\.\d\d)s", x).group(1)) for _, t, x in live}
     assert secs["start big"] >= 1.4  # the stand-in's 1.5 s load, timed as it ran
 
@@ -361,7 +362,8 @@ def test_run_streams_its_events_and_one_action_runs_at_a_time(sim_host, daemons)
     th.join()
     assert first["status"] == 200
     phases = [(e["phase"], e.get("step", "").split(" (")[0]) for ev, e in first["events"] if ev == "action"]
-    assert phases == [("plan", ""), ("start", "sleep doc L1"), ("done", "sleep doc L1"),
+    assert phases == [("plan", ""), ("start", "install unit gpumod-big.service"), ("done", "install unit gpumod-big.service"),
+                      ("start", "sleep doc L1"), ("done", "sleep doc L1"),
                       ("start", "wait until GPU used <= 3012 MB"), ("done", "wait until GPU used <= 3012 MB"),
                       ("start", "start big"), ("done", "start big"), ("start", "record mode chat"),
                       ("done", "record mode chat"), ("end", "")]
@@ -369,10 +371,12 @@ def test_run_streams_its_events_and_one_action_runs_at_a_time(sim_host, daemons)
     assert end["ok"] and end["summary"]["Started"][0]["service"] == "big"
     done_big = next(e for _, e in first["events"] if e["phase"] == "done" and e["step"].startswith("start big"))
     assert done_big["seconds"] >= 0.9
-    # a service action through the same route: one step, recorded in the history as a service operation
+    # a service action through the same route: its plan's steps streamed (sleep, release wait, record),
+    # recorded in the history as a service operation
     evs = sse_events(httpx.post(d.url + "/ui/api/run", json={"kind": "service", "action": "sleep", "service": "emb"},
                                 timeout=60, trust_env=False).text)
-    assert [e["phase"] for _, e in evs] == ["plan", "start", "done", "end"] and evs[-1][1]["ok"]
+    assert [e["phase"] for _, e in evs] == ["plan"] + ["start", "done"] * 3 + ["end"] and evs[-1][1]["ok"]
+    assert [e["kind"] for _, e in evs if e["phase"] == "done"] == ["sleep", "wait-release", "record"]
     assert d.states()["emb"] == "sleeping"
     hist = d.get("/ui/api/history?limit=2").json()
     assert [(h["kind"], h["title"]) for h in hist] == [("service", "sleep emb"), ("switch", "rag -> chat")]
@@ -387,7 +391,6 @@ def test_dashboard_states_steps_and_refusals_from_observations():
     from gpumod_tasks.errors import PlanRefused
     from gpumod_tasks.facts.units import UnitState
     from gpumod_tasks.observe import ServiceObs, SvcState
-    from gpumod_tasks.plan import Policy
 
     def obs(state, level=None, vram=0):
         return ServiceObs("m", state, UnitState("gpumod-m.service", active="active" if state is not SvcState.STOPPED else "inactive"),
@@ -405,18 +408,8 @@ def test_dashboard_states_steps_and_refusals_from_observations():
     assert view.ui_state(None, "stopped") == "stopped"
 
     p = Preset("m", "m", Driver.VLLM, 8000, 4000, supports_sleep=True, sleep_mode=SleepMode.L2, model_size_mb=1000)
-    pol = Policy()
     assert view.declared_mb(p, obs(SvcState.RUNNING)) == 4000 and view.declared_mb(p, obs(SvcState.SLEEPING, 2)) == 512
     assert view.declared_mb(p, obs(SvcState.STOPPED)) == 0
-    assert view.service_step("sleep", p, obs(SvcState.RUNNING), pol).describe() == "sleep m L2 (service.sleep)"
-    assert view.service_step("start", p, obs(SvcState.SLEEPING, 2), pol).describe() == "wake m (L2: weights, reload_weights, kv_cache)"
-    assert view.service_step("start", p, obs(SvcState.STOPPED), pol).describe() == "start m (service.start; preflight needs 2124 MB RAM)"
-    assert view.service_step("stop", p, obs(SvcState.STOPPED), pol) == "m is already stopped"
-    assert view.service_step("wake", p, obs(SvcState.RUNNING), pol) == "m is already awake"
-    for action, o, why in (("wake", obs(SvcState.STOPPED), "not asleep"), ("sleep", obs(SvcState.STARTING), "only a running"),
-                           ("start", obs(SvcState.STOPPED), "quiescing")):
-        with pytest.raises(PlanRefused, match=why):
-            view.service_step(action, p, o, pol, quiesce_until=10.0, now=5.0)
     r = view.refusal_dict(PlanRefused("mode x does not fit", ["awake a: 1 MB", "alternatives:", "  fits  drop a"]))
     assert r == {"refused": True, "message": "mode x does not fit", "reasons": ["awake a: 1 MB"], "alternatives": ["fits  drop a"]}
     assert strip_timing("0.25s 3012 MB used after 4 polls") == "3012 MB used after 4 polls"
@@ -454,13 +447,14 @@ def test_gpu_bars_place_each_process_on_its_gpu():
 
 def test_a_failing_switch_streams_the_failed_step_and_the_state_it_left(sim_host, daemons):
     big = next((sim_host.root / "presets").rglob("big.yaml"))
-    big.write_text(big.read_text().replace("model_size_mb: 3000", "model_size_mb: 90000000"))  # the preflight refuses it
+    # its health gate never passes (a route the stand-in does not have), so the start fails mid-switch
+    big.write_text(big.read_text().replace("startup_timeout: 20", "startup_timeout: 2") + "health_endpoint: /nope\n")
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
     d = daemons()
     evs = [e for ev, e in sse_events(httpx.post(d.url + "/ui/api/run", json={"kind": "switch", "mode": "chat"}, timeout=60,
                                                 trust_env=False).text) if ev == "action"]
     fail = next(e for e in evs if e["phase"] == "fail")
-    assert fail["step"].startswith("start big") and "preflight refused big" in fail["detail"]
+    assert fail["step"].startswith("start big") and "health gate failed for big" in fail["detail"]
     end = evs[-1]
     assert end["phase"] == "end" and not end["ok"] and "failed at step 'start big" in end["error"]
     assert "now on the GPU host:" in end["state"] and any(ln.strip().startswith("sleeping: doc") for ln in end["state"])

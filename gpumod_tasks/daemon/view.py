@@ -7,18 +7,17 @@
   error;
 - every mode with its total VRAM and whether it fits now (the planner's own fit rule against what
   runs: foreign GPU processes and sleeping residuals count);
-- the one-step plan of a service action (start / stop / sleep / wake), the same decisions
-  ``services.service_action`` makes, so the dashboard can show it before anything runs.
+(the plans the dashboard shows before an action are the one run path's own: ``pipeline.prepare``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..catalog.model import Catalog, Preset, SleepMode
+from ..catalog.model import Catalog, Preset
 from ..errors import PlanRefused
-from ..observe import Observed, ServiceObs, SvcState
-from ..plan import Plan, Policy, Sleep, Start, Step, Stop, Wake, plan_switch
+from ..observed import Observed, ServiceObs, SvcState
+from ..plan import Plan, Policy, plan_switch
 
 SERVICE_ACTIONS = ("start", "stop", "sleep", "wake")
 
@@ -151,38 +150,3 @@ def refusal_dict(exc: PlanRefused) -> dict[str, Any]:
     cut = lines.index("alternatives:") if "alternatives:" in lines else len(lines)
     return {"refused": True, "message": str(exc), "reasons": lines[:cut],
             "alternatives": [ln.strip() for ln in lines[cut + 1:]]}
-
-
-def service_step(action: str, p: Preset, o: ServiceObs, policy: Policy, *, quiesce_until: float = 0.0,
-                 now: float = 0.0, level: int | None = None) -> Step | str:
-    """The step ``service_action`` will run for ``action``, or why nothing needs doing (a str).
-    Raises PlanRefused where it would refuse."""
-    sid = p.id
-    if action == "start":
-        if quiesce_until > now:
-            raise PlanRefused(f"start of {sid} refused: quiescing after a heavy stop, {quiesce_until - now:.1f}s remain")
-        if o.state is SvcState.RUNNING:
-            return f"{sid} is already running"
-        if o.state is SvcState.SLEEPING:
-            return Wake(sid, o.sleep_level if o.sleep_level is not None else 1)
-        return Start(sid, "service.start", policy.ram_needed_mb(p))
-    if action == "stop":
-        if o.state is SvcState.STOPPED:
-            return f"{sid} is already stopped"
-        return Stop(sid, "service.stop", o.vram_mb)
-    if action == "sleep":
-        if not p.can_sleep:
-            raise PlanRefused(f"{sid} cannot sleep (sleep_mode: {p.sleep_mode.value}); stop it instead")
-        if o.state is SvcState.SLEEPING:
-            return f"{sid} is already asleep"
-        if o.state is not SvcState.RUNNING:
-            raise PlanRefused(f"{sid} is {o.state.value}; only a running service can be put to sleep")
-        lvl = level if level is not None else (0 if p.sleep_mode is SleepMode.ROUTER else p.sleep_mode.level)
-        return Sleep(sid, lvl, "service.sleep")
-    if action == "wake":
-        if o.state is SvcState.RUNNING:
-            return f"{sid} is already awake"
-        if o.state is not SvcState.SLEEPING:
-            raise PlanRefused(f"{sid} is {o.state.value}, not asleep; start it instead")
-        return Wake(sid, o.sleep_level if o.sleep_level is not None else 1)
-    raise ValueError(f"unknown service action {action!r}; known: {', '.join(SERVICE_ACTIONS)}")

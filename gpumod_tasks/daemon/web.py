@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import inspect
 import json
 import signal
 import threading
@@ -277,32 +276,22 @@ class Dashboard:
     def title(kind: str, action: str, name: str) -> str:
         return f"switch to {name}" if kind == "switch" else f"{action} {name}"
 
-    def _service_plan(self, action: str, sid: str) -> Any:
-        from ..observe import observe
-        from ..switch import policy_for
-
-        t = self.m.target()
-        seen = observe(t, [sid], with_gpu=False)
-        until = float(seen.record.last_switch.get("quiesce_until", 0) or 0)
-        return view.service_step(action, self.m.cat.presets[sid], seen.services[sid], policy_for(t),
-                                 quiesce_until=until, now=time.time())
-
     async def plan(self, kind: str, action: str, name: str) -> dict[str, Any]:
-        """The dry run: the steps, or the refusal with its reasons and alternatives."""
-        from ..switch import make_plan
+        """The dry run (the one run path's own observe and plan): the steps, or the refusal with its
+        reasons and alternatives."""
+        from ..pipeline import SwitchTo, prepare
+        from ..plan import ServiceOp
 
         head = {"kind": kind, "action": action, "name": name, "title": self.title(kind, action, name)}
+        op = SwitchTo(name) if kind == "switch" else ServiceOp(action, name)
         try:
-            if kind == "switch":
-                plan, _ = await asyncio.to_thread(make_plan, self.m.target(), name)
-                return {**head, "refused": False, **view.plan_dict(plan)}
-            step = await asyncio.to_thread(self._service_plan, action, name)
+            plan, _ = await asyncio.to_thread(prepare, self.m.target(), op)
         except PlanRefused as exc:
             return {**head, **view.refusal_dict(exc)}
-        if isinstance(step, str):
-            return {**head, "refused": False, "steps": [], "converged": True, "notes": [step]}
-        return {**head, "refused": False, "steps": [{"kind": step.kind, "step": step.describe()}], "converged": False,
-                "notes": []}
+        out = {**head, "refused": False, **view.plan_dict(plan)}
+        if plan.nothing_to_do:
+            out["notes"] = [plan.nothing_to_do, *out["notes"]]
+        return out
 
     def start(self, kind: str, action: str, name: str) -> asyncio.Queue[bytes | None]:
         """Start an action in the background; its events go to every dashboard and to the queue
@@ -361,17 +350,13 @@ class Dashboard:
                 res = await self._switch(name, emit)
                 message = f"switched to {name}"
             else:
-                step = preview["steps"][0]
-                emit({"phase": "start", "index": 0, "kind": step["kind"], "step": step["step"]})
-                s0 = time.perf_counter()
+                on_event = self._step_events(emit)
                 async with self.m.switch_lock:
                     try:
-                        message = await asyncio.to_thread(service_action, self.m.target(), action, name)
+                        message = await asyncio.to_thread(service_action, self.m.target(), action, name, on_event=on_event)
                     finally:
                         await self.m.refresh()
                 self.reobserve()
-                emit({"phase": "done", "index": 0, "kind": step["kind"], "step": step["step"],
-                      "seconds": round(time.perf_counter() - s0, 3), "detail": message})
                 res = {}
         except PlanRefused as exc:  # what changed between the dry run and the run
             emit({"phase": "refused", **view.refusal_dict(exc)})
@@ -388,6 +373,10 @@ class Dashboard:
 
     async def _switch(self, mode: str, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """The daemon's own switch (its lock, its draining) with the engine's step events streamed."""
+        return dict(await self.m.switch_mode(mode, on_event=self._step_events(emit)))
+
+    def _step_events(self, emit: Callable[[dict[str, Any]], None]) -> Callable[[str, Any, str], None]:
+        """The executor's step events (in its thread) as the page's start/done/fail events."""
         loop = asyncio.get_running_loop()
         index = [-1]
         started: dict[int, float] = {}
@@ -405,12 +394,10 @@ class Dashboard:
             else:
                 emit({"phase": "info", "index": index[0], "kind": kind, "step": text, "detail": detail})
 
-        def on_event(phase: str, step: Any, detail: str) -> None:  # the switch's thread
+        def on_event(phase: str, step: Any, detail: str) -> None:  # the executor's thread
             loop.call_soon_threadsafe(on_step, phase, step.kind, step.describe(), detail, time.perf_counter())
 
-        if "on_event" in inspect.signature(self.m.switch_mode).parameters:
-            return dict(await self.m.switch_mode(mode, on_event=on_event))
-        return dict(await self.m.switch_mode(mode))  # a manager without step events: the outcome only
+        return on_event
 
 
 def web_routes(manager: Any, authorized: Callable[[Any], bool]) -> list[Any]:
