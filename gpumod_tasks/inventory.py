@@ -66,6 +66,8 @@ class HostSpec:
     sim_settings: SimSettings = field(default_factory=SimSettings)
     # the router daemon as a unit on this host (template.install-all): port and bind, or None for off
     router_daemon: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # LiteLLM's proxy in front of several boxes' router daemons, run on this host (gpumod_tasks/fleet)
+    fleet: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     # on a simulated host, drivers whose real server runs anyway (CPU llama.cpp), metered on the ledger
     sim_real: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
@@ -167,6 +169,7 @@ HOST_SCHEMA: dict[str, Field] = {
     "sim_timings": Field("map"),
     "sim_real": Field("str_list"),
     "router_daemon": Field("any"),
+    "fleet": Field("any"),
     "vars": Field("map"),
 }
 
@@ -226,6 +229,16 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1", **dict(rd)}
         elif rd not in (False, None):
             ck.add(node, "router_daemon", f"hosts.{name}.router_daemon", "expected true, false or a mapping of port, bind, api_key_file")
+    if "fleet" in v:
+        from .fleet.settings import FLEET_KEYS
+
+        fl = v["fleet"]
+        if fl is True:
+            kw["fleet"] = {}
+        elif isinstance(fl, dict) and set(fl) <= set(FLEET_KEYS):
+            kw["fleet"] = dict(fl)
+        elif fl not in (False, None):
+            ck.add(node, "fleet", f"hosts.{name}.fleet", f"expected true, false or a mapping of {', '.join(FLEET_KEYS)}")
     if "sim_real" in v:
         bad = [d for d in v["sim_real"] if d != "llamacpp"]
         if bad:

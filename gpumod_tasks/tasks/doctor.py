@@ -68,6 +68,12 @@ def units(c):
     _check(c, "units")
 
 
+@task
+def fleet(c):
+    """The fleet's LiteLLM proxy (fleet: on the host): answering, master key required, bound where set."""
+    _check(c, "fleet")
+
+
 @task(name="all")
 def all_(c):
     """Every check in a table; exit 0 only if all pass."""
@@ -85,7 +91,7 @@ def all_(c):
 
 
 ns = Collection("doctor")
-for t in (gpu, sysctl, presets, units, venv):
+for t in (gpu, sysctl, presets, units, venv, fleet):
     ns.add_task(t)
 ns.add_task(oom_protection, name="oom-protection")
 ns.add_task(all_, name="all")
