@@ -225,10 +225,10 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
         rd = v["router_daemon"]
         if rd is True:
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1"}
-        elif isinstance(rd, dict) and set(rd) <= {"port", "bind", "api_key_file"}:
+        elif isinstance(rd, dict) and set(rd) <= {"port", "bind", "api_key_file", "reconcile_s"}:
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1", **dict(rd)}
         elif rd not in (False, None):
-            ck.add(node, "router_daemon", f"hosts.{name}.router_daemon", "expected true, false or a mapping of port, bind, api_key_file")
+            ck.add(node, "router_daemon", f"hosts.{name}.router_daemon", "expected true, false or a mapping of port, bind, api_key_file, reconcile_s")
     if "fleet" in v:
         from .fleet.settings import FLEET_KEYS
 

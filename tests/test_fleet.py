@@ -185,7 +185,10 @@ class Fleet:
             time.sleep(0.25)
 
     def tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else ""
+        if not self.log.exists():
+            return ""
+        lines = [ln for ln in self.log.read_text().splitlines() if "GET /model/info" not in ln and "/health/liveliness" not in ln]
+        return "\n".join(lines)[-4000:]
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -228,7 +231,7 @@ def test_two_boxes_behind_litellm(ssh_lab, tmp_path):
     py.chmod(0o755)
     text = ssh_inventory(lab.boxes, tmp_path)
     for i, b in enumerate(lab.boxes, 1):
-        text = text.replace(f"  box{i}:\n", f"  box{i}:\n    router_daemon: {{port: {DAEMON_PORT}, bind: {b.addr}, "
+        text = text.replace(f"  box{i}:\n", f"  box{i}:\n    router_daemon: {{port: {DAEMON_PORT}, bind: {b.addr}, reconcile_s: 1, "
                                             f"api_key_file: {tmp_path}/box{i}.key}}\n"
                                             f"    vars: {{gpumod_python: {py}, gpumod_home: {lab.sim.root}}}\n")
     text = text.replace("hosts:\n", f"hosts:\n  local:\n    connection: local\n    sim: true\n"
@@ -318,7 +321,8 @@ def test_two_boxes_behind_litellm(ssh_lab, tmp_path):
             futs = [ex.submit(one, i) for i in range(160)]
             while sum(f.done() for f in futs) < 30:
                 time.sleep(0.01)
-            lab.boxes[0].sd.systemctl("kill", "--signal=SIGKILL", "gpumod.service")
+            sd = lab.boxes[0].sd
+            sd.run(["kill", "-9", sd.systemctl("show", "-p", "MainPID", "--value", "gpumod.service").stdout.strip()])
             lab.boxes[0].sd.systemctl("stop", "gpumod.service")  # and keep it down (Restart=on-failure)
             killed_at.append(time.monotonic())
             for f in futs:

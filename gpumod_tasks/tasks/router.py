@@ -15,9 +15,10 @@ from invoke import Collection, Exit, task
     "concurrency": "In-flight requests per model before 429 (default 64).",
     "restart-unhealthy": "Restart a service that hangs while its process lives.",
     "as-host": "Run on the box as this inventory host (its settings, reached locally); what the installed unit uses.",
+    "reconcile-s": "Re-observe the host this often, seconds (default 5): how soon GET /models shows a change made behind its back.",
 })
 def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, concurrency=64, restart_unhealthy=False,
-          as_host=None):
+          as_host=None, reconcile_s=5.0):
     """Run the router daemon: manager API (/health, /models, /switch) and OpenAI routes (/v1/...).
 
     A request for a sleeping or stopped model wakes it (or switches to a mode that has it), waits in
@@ -60,7 +61,7 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     metrics = Metrics()
     mgr = ModelManager(lambda: open_target(c, spec), catalog,
                        Options(request_timeout_s=float(request_timeout), concurrency=int(concurrency),
-                               restart_unhealthy=bool(restart_unhealthy)), metrics)
+                               restart_unhealthy=bool(restart_unhealthy), reconcile_s=float(reconcile_s)), metrics)
     app = create_app(mgr, metrics, api_key=key)
     uvicorn.run(app, host=bind, port=int(port), log_level="warning", access_log=False, proxy_headers=False)
 
