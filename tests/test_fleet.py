@@ -311,7 +311,8 @@ def test_two_boxes_behind_litellm(ssh_lab, tmp_path):
             try:
                 who, status = served_by(client), 200
             except openai.APIStatusError as exc:
-                status, who = exc.status_code, f"retry-after={exc.response.headers.get('retry-after')}"
+                h = exc.response.headers
+                status, who = exc.status_code, f"retry-after={h.get('retry-after') or h.get('llm_provider-retry-after')}"
             except openai.APIConnectionError as exc:  # lost: never acceptable
                 status, who = 0, repr(exc)
             with lock:
