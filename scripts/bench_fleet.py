@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from benchlib import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +34,7 @@ def fleet_python() -> str:
     for py in (os.environ.get("GPUMOD_FLEET_PYTHON"), str(REPO / ".venv-fleet" / "bin" / "python"), sys.executable):
         if py and os.path.exists(py):
             ok = subprocess.run([py, "-c", "import importlib.util as u, sys; sys.exit(0 if u.find_spec('litellm.proxy') else 1)"],
-                                capture_output=True).returncode == 0
+                                capture_output=True, check=False).returncode == 0
             if ok:
                 return py
     sys.exit("LiteLLM's proxy is not installed: pip install 'gpumod[fleet]' (or python3 -m venv .venv-fleet && "
@@ -124,7 +123,8 @@ def main() -> None:
     subprocess.run([*inv, "mode.switch", "--name", "one"], env=env, check=True, capture_output=True)
     daemon = subprocess.Popen([*inv, "router.serve", "--port", str(dport)], env={**env, "GPUMOD_ROUTER_API_KEY_FILE": str(tmp / "box.key")},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    fleet = subprocess.Popen([*inv, "fleet.serve"], env=env, stdout=open(tmp / "fleet.log", "w"), stderr=subprocess.STDOUT)
+    with open(tmp / "fleet.log", "w") as log:
+        fleet = subprocess.Popen([*inv, "fleet.serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{dport}/health", "the router daemon", daemon)
         wait_http(f"http://127.0.0.1:{fport}/health/liveliness", "the fleet's proxy", fleet)
@@ -153,7 +153,7 @@ def main() -> None:
     finally:
         stop(fleet)
         stop(daemon)
-        subprocess.run([*inv, "sim.reset"], env=env, capture_output=True)
+        subprocess.run([*inv, "sim.reset"], env=env, capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

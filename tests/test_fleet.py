@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import REPO, free_ports, ssh_inventory
 
 DAEMON_PORT = 8787
@@ -27,7 +26,7 @@ def litellm_python() -> str | None:
     for py in (os.environ.get("GPUMOD_FLEET_PYTHON"), str(REPO / ".venv-fleet" / "bin" / "python"), sys.executable):
         if py and os.path.exists(py) and subprocess.run(
                 [py, "-c", "import importlib.util as u, sys; sys.exit(0 if u.find_spec('litellm.proxy') and u.find_spec('openai') else 1)"],
-                capture_output=True).returncode == 0:
+                capture_output=True, check=False).returncode == 0:
             return py
     return None
 
@@ -98,7 +97,7 @@ def test_without_litellm_fleet_tasks_name_the_extra(sim_host, tmp_path):
     bare = tmp_path / "python-without-site"
     bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S -I \"$@\"\n")
     bare.chmod(0o755)
-    sim_host.write_inventory(f"  gpubox: {{ssh: gpubox.lan, router_daemon: {{bind: 0.0.0.0}}}}\n",
+    sim_host.write_inventory("  gpubox: {ssh: gpubox.lan, router_daemon: {bind: 0.0.0.0}}\n",
                              fleet=f"{{python: {bare}, master_key_file: {tmp_path}/mk}}")
     for task in ("fleet.config", "fleet.serve"):
         code, out, err = sim_host.inv(task)
@@ -189,7 +188,8 @@ class Fleet:
     def serve(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         argv = [sys.executable, "-c", "import sys; from gpumod_tasks.program import main; sys.exit(main())", "fleet.serve"]
-        self.proc = subprocess.Popen(argv, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, cwd=str(REPO))
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
         deadline = time.monotonic() + 120
         while True:
             assert self.proc.poll() is None, self.tail()

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 
-from litellm.integrations.custom_logger import CustomLogger
+from litellm.integrations.custom_logger import CustomLogger  # type: ignore[import-not-found]
 
 log = logging.getLogger("gpumod.fleet")
 POLL_S = 0.25
@@ -41,13 +41,13 @@ class FleetReload(CustomLogger):
         if stamp is None or stamp == self.stamp:
             return
         self.stamp = stamp
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
         try:
             with open(self.path) as fh:
                 cfg = yaml.safe_load(fh) or {}
             model_list = cfg.get("model_list") or []
-            from litellm.proxy import proxy_server
+            from litellm.proxy import proxy_server  # type: ignore[import-not-found]
 
             router = proxy_server.llm_router
             if router is None:
@@ -56,7 +56,7 @@ class FleetReload(CustomLogger):
             proxy_server.llm_model_list = router.get_model_list()
             self.reloads += 1
             log.warning("gpumod fleet: model_list reloaded from %s (%d deployments)", self.path, len(model_list))
-        except Exception:  # noqa: BLE001 - a bad write must never take the proxy down; the next one fixes it
+        except Exception:
             log.exception("gpumod fleet: could not reload %s", self.path)
 
     async def _watch(self) -> None:

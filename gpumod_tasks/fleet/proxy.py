@@ -6,10 +6,8 @@ many packages, so it can live in a venv of its own, and gpumod's process never i
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ def require_litellm(python: str) -> None:
     """One line and exit 2 when ``python`` cannot import LiteLLM's proxy."""
     probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('litellm') and u.find_spec('litellm.proxy') else 3)"
     try:
-        rc = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode
+        rc = subprocess.run([python, "-c", probe], capture_output=True, timeout=60, check=False).returncode
     except (OSError, subprocess.TimeoutExpired):
         rc = 127
     if rc != 0:
@@ -141,8 +139,8 @@ def serve(fs: FleetSettings, cat_loader: Callable[[], Catalog], say: Callable[[s
             time.sleep(max(0.0, fs.sync_interval_s - (time.monotonic() - t0)))
         return 0 if stop["sig"] else (proc.returncode or 0)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         if proc.poll() is None:
             proc.terminate()
             try:
