@@ -88,6 +88,14 @@ def bootstrap(t: Target, con: Any, *, warm_modes: list[str], default_mode: str |
             t.manager.start(DAEMON_UNIT)
             changed.append("router daemon started")
         step(f"router daemon {DAEMON_UNIT} on port {t.spec.router_daemon.get('port')}", not st.is_running)
+    if t.spec.fleet is not None and t.manager.kind == "systemd":
+        from .fleet.unit import FLEET_UNIT
+
+        st = t.manager.states([FLEET_UNIT])[FLEET_UNIT]
+        if not st.is_running:
+            t.manager.start(FLEET_UNIT)
+            changed.append("fleet proxy started")
+        step(f"fleet proxy {FLEET_UNIT} on port {t.spec.fleet.get('port', 4000)}", not st.is_running)
 
     msg = f"{len(changed)} changes" if changed else "everything already in place, nothing changed"
     con.print(f"[bold]{msg}[/bold]")

@@ -130,6 +130,8 @@ def check_oom_protection(t: Target) -> CheckResult:
 
 def check_all(t: Target) -> list[CheckResult]:
     out = [check_gpu(t), check_sysctl(t), check_oom_protection(t), check_presets(t), check_units(t)]
+    if t.spec.fleet is not None:
+        out.append(check_fleet(t))
     for p in t.catalog.presets.values():
         if p.compat and p.unit_vars.get("venv") and not t.sim:
             out.append(check_venv(t, p.id))
@@ -151,3 +153,46 @@ def print_table(con: Any, results: list[CheckResult]) -> None:
     for r in results:
         tb.add_row(r.name, "[green]OK[/green]" if r.ok else "[red]PROBLEM[/red]", r.message.split(": ", 1)[-1], "" if r.ok else r.fix)
     con.print(tb)
+
+
+def check_fleet(t: Target) -> CheckResult:
+    """The fleet's proxy (``fleet:`` on this host): answering, a master key required, bound where set."""
+    import httpx
+
+    from .fleet.listen import bound_as_intended, listening
+    from .fleet.settings import LOOPBACK, FleetError, fleet_settings
+    from .runtime import inventory
+
+    if t.spec.fleet is None:
+        return CheckResult("fleet", True, f"fleet OK: no fleet: setting on {t.spec.name}")
+    try:
+        fs = fleet_settings(inventory(), t.spec.name)
+    except FleetError as exc:
+        return CheckResult("fleet", False, f"fleet PROBLEM: {exc}", "fix fleet: in the inventory")
+    fix_unit = "inv template.install-all && inv host.bootstrap   (or run inv fleet.serve)"
+    key = ((t.host.read_file(fs.master_key_file) if fs.master_key_file else None) or "").strip()
+    if not key:
+        return CheckResult("fleet", False, f"fleet PROBLEM: master key not set ({fs.master_key_file or 'no master_key_file'}): "
+                           "anyone reaching the port could use every box", "write a random key to fleet.master_key_file")
+    procs = "".join(t.host.read_file(f"{t.spec.procfs.rstrip('/')}/net/{f}") or "" for f in ("tcp", "tcp6"))
+    have = listening(procs, fs.port)
+    if not have:
+        return CheckResult("fleet", False, f"fleet PROBLEM: nothing listens on port {fs.port}", fix_unit)
+    if not bound_as_intended(have, fs.bind):
+        return CheckResult("fleet", False, f"fleet PROBLEM: port {fs.port} is bound on {', '.join(sorted(have))}, intended {fs.bind} only",
+                           "restart it through fleet.serve (it passes --host; LiteLLM alone binds 0.0.0.0)")
+    base = t.host.base_url(fs.port) if fs.bind in (*LOOPBACK, "0.0.0.0", "::") else fs.url
+    client = t.host.http if fs.bind in (*LOOPBACK, "0.0.0.0", "::") else httpx.Client(trust_env=False, timeout=5)
+    try:
+        anon = client.get(f"{base}/v1/models", timeout=5).status_code
+        keyed = client.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    except httpx.HTTPError as exc:
+        return CheckResult("fleet", False, f"fleet PROBLEM: the proxy on port {fs.port} does not answer: {exc}", fix_unit)
+    if anon != 401:
+        return CheckResult("fleet", False, f"fleet PROBLEM: the proxy answers {anon} without the master key", "set fleet.master_key_file and restart")
+    if keyed.status_code != 200:
+        return CheckResult("fleet", False, f"fleet PROBLEM: the proxy refuses its own master key ({keyed.status_code})",
+                           "restart it so it reads fleet.master_key_file again")
+    n = len({m.get("id") for m in keyed.json().get("data", [])})
+    return CheckResult("fleet", True, f"fleet OK: LiteLLM proxy on {fs.bind}:{fs.port} answers, master key required, "
+                       f"{n} models over {len(fs.boxes)} boxes")

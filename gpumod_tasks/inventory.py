@@ -66,6 +66,8 @@ class HostSpec:
     sim_settings: SimSettings = field(default_factory=SimSettings)
     # the router daemon as a unit on this host (template.install-all): port and bind, or None for off
     router_daemon: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # LiteLLM's proxy in front of several boxes' router daemons, run on this host (gpumod_tasks/fleet)
+    fleet: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     # on a simulated host, drivers whose real server runs anyway (CPU llama.cpp), metered on the ledger
     sim_real: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
@@ -147,7 +149,7 @@ def _sim_flag(v: Any) -> str | None:
 
 def _router_daemon(v: Any) -> str | None:
     ok = v is True or v is False or v is None or isinstance(v, dict)
-    return None if ok else "expected true, false or a mapping of port, bind, api_key_file"
+    return None if ok else "expected true, false or a mapping of port, bind, api_key_file, reconcile_s"
 
 
 def _nonblank(v: str) -> str | None:
@@ -167,6 +169,7 @@ ROUTER_DAEMON_SCHEMA: dict[str, Field] = {
     "port": Field("int", check=_port),
     "bind": Field("str", check=_nonblank),
     "api_key_file": Field("str", check=_nonblank),
+    "reconcile_s": Field("number", minimum=0.1, maximum=3600),
 }
 
 HOST_SCHEMA: dict[str, Field] = {
@@ -199,6 +202,7 @@ HOST_SCHEMA: dict[str, Field] = {
     "sim_timings": Field("map", schema=SIM_TIMINGS_SCHEMA),
     "sim_real": Field("str_list"),
     "router_daemon": Field("any", check=_router_daemon, schema=ROUTER_DAEMON_SCHEMA),
+    "fleet": Field("any"),
     "vars": Field("map"),
 }
 #: host and group names: what -H takes (comma-separated) and an ssh_config alias can be
@@ -252,6 +256,16 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1"}
         elif isinstance(rd, dict):
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1", **dict(rd)}
+    if "fleet" in v:
+        from .fleet.settings import FLEET_KEYS
+
+        fl = v["fleet"]
+        if fl is True:
+            kw["fleet"] = {}
+        elif isinstance(fl, dict) and set(fl) <= set(FLEET_KEYS):
+            kw["fleet"] = dict(fl)
+        elif fl not in (False, None):
+            ck.add(node, "fleet", f"hosts.{name}.fleet", f"expected true, false or a mapping of {', '.join(FLEET_KEYS)}")
     if "sim_real" in v:
         bad = [d for d in v["sim_real"] if d != "llamacpp"]
         if bad:

@@ -334,7 +334,8 @@ def render_daemon_unit(host: HostSpec, facts: HostFacts, project_root: str, *, l
     rd = host.router_daemon or {}
     python = sys.executable if local else str(host.vars.get("gpumod_python", "python3"))
     argv = (python, "-m", "gpumod_tasks.program", "router.serve", "--port", str(rd.get("port", 8787)),
-            "--bind", str(rd.get("bind", "127.0.0.1")), "--as-host", host.name)
+            "--bind", str(rd.get("bind", "127.0.0.1")), "--as-host", host.name,
+            *(("--reconcile-s", str(rd["reconcile_s"])) if rd.get("reconcile_s") else ()))
     env: list[tuple[str, str]] = []
     home = project_root if local else host.vars.get("gpumod_home")
     if home:

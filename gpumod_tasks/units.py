@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .catalog.model import Preset
+from .fleet.unit import FLEET_UNIT, render_fleet_unit
 from .manager import Supervisor, Systemd
 from .observed import RenderedUnit
 from .render import DAEMON_UNIT, env_file_path, render_daemon_unit, unit_for
@@ -21,7 +22,7 @@ UNIT_RE = re.compile(r"^gpumod-([a-z0-9][a-z0-9._-]*)\.service$")
 
 def is_generated_name(unit: str) -> bool:
     """A unit name gpumod renders: a service's (or shared router's) unit, or the router daemon's."""
-    return bool(UNIT_RE.match(unit)) or unit == DAEMON_UNIT
+    return bool(UNIT_RE.match(unit)) or unit in (DAEMON_UNIT, FLEET_UNIT)
 
 
 @dataclass
@@ -46,6 +47,8 @@ def rendered(t: Target) -> dict[str, tuple[str, object]]:
     if t.spec.router_daemon and not isinstance(t.manager, Supervisor):
         text = render_daemon_unit(t.spec, facts, t.project_root, local=t.host.is_this_machine or t.spec.is_local)
         out[DAEMON_UNIT] = (text, None)
+    if t.spec.fleet is not None and not isinstance(t.manager, Supervisor):
+        out[FLEET_UNIT] = (render_fleet_unit(t.spec, t.project_root, local=t.host.is_this_machine or t.spec.is_local), None)
     return out
 
 

@@ -37,6 +37,16 @@ if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install --quiet -e '.[test]' || exit 1
   touch .venv/.installed
 fi
+# LiteLLM's proxy (tests/test_fleet.py) gets a venv of its own, as `fleet.python` allows: litellm
+# pins many packages, and gpumod runs it as a child process, never importing it
+if [ ! -x .venv-fleet/bin/python ] || [ pyproject.toml -nt .venv-fleet/.installed ]; then
+  mapfile -t fleet_reqs < <(python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['fleet']))")
+  if python3 -m venv .venv-fleet && .venv-fleet/bin/pip install --quiet "${fleet_reqs[@]}"; then
+    touch .venv-fleet/.installed
+  else
+    echo "could not install ${fleet_reqs[*]} into .venv-fleet: tests/test_fleet.py's proxy test is skipped" >&2
+  fi
+fi
 .venv/bin/pytest -q "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi

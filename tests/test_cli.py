@@ -15,7 +15,7 @@ from gpumod_tasks.errors import UnknownName
 from gpumod_tasks.inventory import Inventory, load_inventory
 
 REPO = Path(__file__).resolve().parent.parent
-COLLECTIONS = ("mode", "service", "host", "doctor", "template", "gpu", "sim", "model", "mcp", "router")
+COLLECTIONS = ("mode", "service", "host", "doctor", "template", "gpu", "sim", "model", "mcp", "router", "fleet")
 
 
 def test_list_is_a_manual_with_every_collection(sim_host):

@@ -6,10 +6,10 @@ from invoke import Collection
 
 
 def namespace() -> Collection:
-    from . import doctor, gpu, host, mcp, mode, model, router, service, sim, status, template
+    from . import doctor, fleet, gpu, host, mcp, mode, model, router, service, sim, status, template
 
     ns = Collection()
-    for mod in (mode, service, host, doctor, template, gpu, sim, model, mcp, router):
+    for mod in (mode, service, host, doctor, template, gpu, sim, model, mcp, router, fleet):
         ns.add_collection(mod.ns)
     ns.add_task(status.status)
     # long flags only: Invoke's generated short flags collide into oddities like "--" for --no-quiesce

@@ -83,6 +83,12 @@ def units(c, json_=False):
     _check(c, "units", json_)
 
 
+@task(help=JSON_HELP)
+def fleet(c, json_=False):
+    """The fleet's LiteLLM proxy (fleet: on the host): answering, master key required, bound where set."""
+    _check(c, "fleet", json_)
+
+
 @task(name="all", help=JSON_HELP)
 def all_(c, json_=False):
     """Every check in a table; exit 0 only if all pass."""
@@ -92,7 +98,7 @@ def all_(c, json_=False):
 
 
 ns = Collection("doctor")
-for t in (gpu, sysctl, presets, units, venv):
+for t in (gpu, sysctl, presets, units, venv, fleet):
     ns.add_task(t)
 ns.add_task(oom_protection, name="oom-protection")
 ns.add_task(all_, name="all")

@@ -50,9 +50,10 @@ def configure_logging(level: str, stream=None) -> None:
                     "Requests whose Host header names none of these, a loopback name or the bound address get 421.",
     "max-body-mb": "Largest request body accepted, in MB (default 32; more: 413).",
     "log-level": "debug, info (default: one line per switch, wake, idle sleep, refusal and error), warning or error.",
+    "reconcile-s": "Re-observe the host this often, seconds (default 5): how soon GET /models shows a change made behind its back.",
 })
 def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, concurrency=64, restart_unhealthy=False,
-          as_host=None, allowed_host=None, max_body_mb=32, log_level="info"):
+          as_host=None, allowed_host=None, max_body_mb=32, log_level="info", reconcile_s=5.0):
     """Run the router daemon: manager API (/health, /models, /switch) and OpenAI routes (/v1/...).
 
     A request for a sleeping or stopped model wakes it (or switches to a mode that has it), waits in
@@ -115,7 +116,7 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     metrics = Metrics()
     mgr = ModelManager(lambda: open_target(c, spec), catalog,
                        Options(request_timeout_s=float(request_timeout), concurrency=int(concurrency),
-                               restart_unhealthy=bool(restart_unhealthy)), metrics)
+                               restart_unhealthy=bool(restart_unhealthy), reconcile_s=float(reconcile_s)), metrics)
     limits = Limits(max_body_bytes=max_body)
     guard = Guard(bind=bind, allowed_hosts=tuple(allowed_host or ()), token=key)
     app = create_app(mgr, metrics, guard=guard, limits=limits)
