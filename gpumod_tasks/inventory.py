@@ -205,6 +205,9 @@ HOST_SCHEMA: dict[str, Field] = {
     "fleet": Field("any"),
     "vars": Field("map"),
 }
+#: the keys of a host's ``fleet:`` mapping (gpumod_tasks/fleet/settings.py reads them)
+FLEET_KEYS = ("port", "bind", "master_key_file", "boxes", "api_key_files", "urls", "python", "config",
+              "sync_interval_s", "num_retries", "allowed_fails", "cooldown_time_s", "timeout_s")
 #: host and group names: what -H takes (comma-separated) and an ssh_config alias can be
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 HOST_NAME_MAX = 253
@@ -257,8 +260,6 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
         elif isinstance(rd, dict):
             kw["router_daemon"] = {"port": 8787, "bind": "127.0.0.1", **dict(rd)}
     if "fleet" in v:
-        from .fleet.settings import FLEET_KEYS
-
         fl = v["fleet"]
         if fl is True:
             kw["fleet"] = {}

@@ -196,7 +196,7 @@ class Supervisor(ServiceManager):
         if spec.workdir:
             lines.append(f"cd {shlex.quote(spec.workdir)} || exit 1")
         if spec.env_file:
-            from .render import env_digest
+            from .envfile import env_digest
 
             lines.append(f"# private environment: {len(spec.private_env)} variables, sha256 {env_digest(spec.private_env)}")
             lines.append(f"set -a; . {shlex.quote(spec.env_file)} || exit 1; set +a")
@@ -206,9 +206,9 @@ class Supervisor(ServiceManager):
 
     def install(self, unit: str, spec: ExecSpec) -> bool:
         if spec.env_file:
-            from .render import write_env_file
+            from .envfile import write_env_file
 
-            write_env_file(self.host, spec)
+            write_env_file(self.host, spec.env_file, spec.private_env)
         return self.host.write_file(self._paths(unit)["spec"], self.script(unit, spec), mode=0o755)
 
     def uninstall(self, unit: str) -> bool:

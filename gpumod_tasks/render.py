@@ -10,11 +10,9 @@ server with the same port, VRAM and sleep behaviour.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shlex
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,24 +21,14 @@ from .engines import Command, engine_for, upstream_name
 from .engines import docker as engines_docker
 from .engines import llamacpp as engines_llamacpp
 from .engines import vllm as engines_vllm
-from .errors import RenderError
 from .inventory import HostSpec
+from .envfile import env_digest, env_file_path, no_control
+from .hostfacts import HostFacts
+
 from .manager import ExecSpec
 
 if TYPE_CHECKING:
-    from .host.base import Host
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What rendering needs to know about the target."""
-
-    gpu_total_mb: int
-    sim: bool
-    state_dir: str  # expanded
-    python: str = "python3"
-    sim_pythonpath: str = ""  # where the simulator package lives on the box
-    sim_module: str = "gpumod_tasks.sim.server"
+    pass
 
 
 def preflight_path(state_dir: str) -> str:
@@ -98,84 +86,16 @@ def _spec(preset: Preset, host: HostSpec, facts: HostFacts, cmd: Command, env: d
     # refused here too, so a supervisor script (quoted by shlex, not by the unit filters) is held to
     # the same rule as a systemd unit
     for word in (*cmd.argv, *pre[0], env_file):
-        _no_control(word, f"{preset.file or preset.id}: a command-line word")
+        no_control(word, f"{preset.file or preset.id}: a command-line word")
     for k, v in (*public.items(), *private.items()):
-        _no_control(k, f"{preset.file or preset.id}: an environment variable name")
-        _no_control(v, f"{preset.file or preset.id}: environment variable {k}")
+        no_control(k, f"{preset.file or preset.id}: an environment variable name")
+        no_control(v, f"{preset.file or preset.id}: environment variable {k}")
     return ExecSpec(argv=cmd.argv, env=tuple(public.items()), pre=pre, private_env=tuple(private.items()), env_file=env_file)
 
 
 def docker_argv(preset: Preset, bind: str = "127.0.0.1") -> list[str]:
     """``docker run`` of a container preset (refuses what would bypass its isolation)."""
     return list(engines_docker.ENGINE.command(preset, HostSpec(name="-"), HostFacts(0, False, ""), bind).argv)
-
-
-# -- secrets ------------------------------------------------------------------------------------
-
-
-def env_file_path(state_dir: str, unit: str) -> str:
-    """A unit's private environment (mode 0600, in a 0700 directory): the preset's ``env`` values,
-    which may be tokens, never go into the 0644 unit or the 0755 supervisor script."""
-    return f"{state_dir}/env/{unit}.env"
-
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def env_file_text(env: tuple[tuple[str, str], ...]) -> str:
-    """``NAME='value'`` lines, quoted so both systemd's EnvironmentFile= parser and ``sh``'s ``.``
-    read each value verbatim (no expansion); control characters are refused."""
-    lines = ["# gpumod: private environment of one unit (generated; mode 0600)"]
-    for k, v in env:
-        if not _ENV_NAME.match(k):
-            raise RenderError(f"environment variable name {k[:80]!r} is refused (letters, digits and _ only)")
-        _no_control(v, f"environment variable {k}")
-        lines.append(f"{k}={shlex.quote(v)}")
-    return "\n".join(lines) + "\n"
-
-
-def write_env_file(host: Host, spec: ExecSpec, *, sudo: bool = False) -> bool:
-    """Write a unit's private environment file: mode 0600 in a 0700 directory (made so first, so
-    the file is never readable by others, not even while it is being written)."""
-    d = spec.env_file.rsplit("/", 1)[0] or "/"
-    host.run(["sh", "-c", 'mkdir -p -m 700 -- "$1" && chmod 700 -- "$1" && { [ ! -e "$2" ] || chmod 600 -- "$2"; }',
-              "sh", d, spec.env_file], sudo=sudo, what="private environment directory")
-    return host.write_file(spec.env_file, env_file_text(spec.private_env), mode=0o600, sudo=sudo)
-
-
-def env_digest(env: tuple[tuple[str, str], ...]) -> str:
-    """A short digest of the private environment, written into the unit so that a changed value
-    changes the unit (and the install step sees it) without the value being in the unit."""
-    return hashlib.sha256(env_file_text(env).encode()).hexdigest()[:16]
-
-
-_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSW|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION)", re.I)
-_SECRET_VALUE = re.compile(r"^(hf_|sk-|ghp_|gho_|github_pat_|xox[bp]-|AKIA|glpat-)|^eyJ[A-Za-z0-9_-]+\.")
-
-
-def looks_secret(name: str, value: str) -> bool:
-    """A variable whose name or value looks like a credential (HF_TOKEN, *_API_KEY, hf_..., sk-...)."""
-    return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
-
-
-def mask(value: str) -> str:
-    return "****" if len(value) < 12 else f"{value[:3]}****({len(value)} chars)"
-
-
-def mask_env(env: Any) -> list[tuple[str, str]]:
-    """``(name, value)`` pairs for display, secret-looking values masked."""
-    return [(str(k), mask(str(v)) if looks_secret(str(k), str(v)) else str(v)) for k, v in env]
-
-
-def masked_preset(d: dict[str, Any]) -> dict[str, Any]:
-    """A preset as ``dataclasses.asdict`` gives it, for display: ``env`` and a container's
-    ``environment`` with secret-looking values masked."""
-    out = dict(d)
-    if out.get("env"):
-        out["env"] = mask_env(out["env"])
-    if isinstance(out.get("docker"), dict) and out["docker"].get("environment"):
-        out["docker"] = {**out["docker"], "environment": mask_env(out["docker"]["environment"])}
-    return out
 
 
 def _common_env(preset: Preset, host: HostSpec) -> tuple[tuple[str, str], ...]:
@@ -240,19 +160,11 @@ def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pre
 # -- systemd quoting ----------------------------------------------------------------------------
 
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _no_control(value: str, what: str) -> str:
-    """Refuse a control character in a value written into a unit (defense in depth)."""
-    if _CONTROL.search(value):
-        raise RenderError(f"{what} holds a control character ({value[:80]!r}): refused, it would change the unit")
-    return value
 
 
 def systemd_word(arg: str) -> str:
     """Quote one argv word for ExecStart= (systemd splits like a shell, and expands % and $)."""
-    _no_control(arg, "a command-line word")
+    no_control(arg, "a command-line word")
     s = arg.replace("%", "%%")
     if _SAFE_WORD.match(arg):
         return s
@@ -262,8 +174,8 @@ def systemd_word(arg: str) -> str:
 
 def systemd_env(key: str, value: str) -> str:
     """One Environment= assignment, quoted so spaces, quotes, % and $ survive verbatim."""
-    _no_control(key, "an environment variable name")
-    _no_control(value, f"environment variable {key}")
+    no_control(key, "an environment variable name")
+    no_control(value, f"environment variable {key}")
     v = value.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
     return f'"{key}={v}"'
 
@@ -274,14 +186,14 @@ def systemd_command(argv: tuple[str, ...]) -> str:
 
 def unit_text(value: Any) -> str:
     """Free text in a unit (Description=, a comment): no control characters, % not a specifier."""
-    return _no_control(str(value), "a unit text value").replace("%", "%%")
+    return no_control(str(value), "a unit text value").replace("%", "%%")
 
 
 def _finalize(value: Any) -> Any:
     # every {{ }} of a unit template passes here: whatever a template prints, a newline never
     # reaches the unit file
     if isinstance(value, str):
-        _no_control(value, "a value written into a unit")
+        no_control(value, "a value written into a unit")
     return value
 
 

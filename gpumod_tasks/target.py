@@ -136,9 +136,9 @@ class Target:
         if isinstance(self.manager, Supervisor):
             return self.manager.install(unit, spec)  # type: ignore[arg-type]
         if isinstance(spec, ExecSpec) and spec.env_file:
-            from .render import write_env_file
+            from .envfile import write_env_file
 
-            write_env_file(self.host, spec, sudo=self.spec.scope == "system")
+            write_env_file(self.host, spec.env_file, spec.private_env, sudo=self.spec.scope == "system")
         unit_dir = self.host.expand(self.spec.resolved_unit_dir(self.host.home))
         return self.host.write_file(f"{unit_dir}/{unit}", text, sudo=self.spec.scope == "system")
 

@@ -75,11 +75,11 @@ def write_unit(t: Target, unit: str, body: str, spec: object = None) -> bool:
     """Write a unit's body where the target's service manager reads it, and its private env file
     (0600) first; returns whether the unit changed (its body carries the env file's digest)."""
     from .manager import ExecSpec
-    from .render import write_env_file
+    from .envfile import write_env_file
 
     sup = isinstance(t.manager, Supervisor)
     if isinstance(spec, ExecSpec) and spec.env_file:
-        write_env_file(t.host, spec, sudo=not sup and t.spec.scope == "system")
+        write_env_file(t.host, spec.env_file, spec.private_env, sudo=not sup and t.spec.scope == "system")
     if isinstance(t.manager, Supervisor):
         return t.host.write_file(f"{t.manager.root}/units/{unit}.sh", body, mode=0o755)
     return t.host.write_file(f"{unit_dir(t)}/{unit}", body, sudo=t.spec.scope == "system")

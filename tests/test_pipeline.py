@@ -145,7 +145,7 @@ def test_dry_run_shows_install_reload_unload_and_restart_and_the_run_does_exactl
     assert by_kind["install-unit"]["status"] == "changed" and by_kind["wait-release"]["status"] == "unchanged"
     assert box.sd.show("gpumod-emb.service", "MainPID")["MainPID"] != emb_pid  # a fresh process
     assert box.sd.show("gpumod-router.service", "MainPID")["MainPID"] == router_pid  # router stayed up, model unloaded
-    from gpumod_tasks.render import env_file_path
+    from gpumod_tasks.envfile import env_file_path
 
     assert "GPUMOD_TEST_EDIT" in Path(env_file_path(str(box.state), "gpumod-emb.service")).read_text()  # the new value reached it
     assert box.sd.show("gpumod-doc.service", "ActiveState")["ActiveState"] == "active"

@@ -202,7 +202,7 @@ def test_control_characters_never_reach_a_unit(field):
 
 
 def test_private_environment_file_and_masking():
-    from gpumod_tasks.render import env_file_text, mask_env, masked_preset
+    from gpumod_tasks.envfile import env_file_text, mask_env, masked_preset
 
     spec = real_exec(preset(env=(("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz"), ("MODE", "fast"))), HOST, FACTS)
     assert dict(spec.private_env) == {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz", "MODE": "fast"}

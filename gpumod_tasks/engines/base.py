@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
     from ..inventory import HostSpec
-    from ..render import HostFacts
+    from ..hostfacts import HostFacts
 
 
 class Health(str, Enum):

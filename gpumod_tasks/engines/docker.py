@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
     from ..inventory import HostSpec
-    from ..render import HostFacts
+    from ..hostfacts import HostFacts
 
 UNSAFE_MOUNT_SOURCES = ("/", "/etc", "/var/run/docker.sock", "/run/docker.sock", "/var/run", "/run", "/proc", "/sys",
                         "/dev", "/boot", "/root", "/home", "/usr", "/bin", "/sbin", "/lib", "/var/lib/docker")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
     from ..inventory import HostSpec
-    from ..render import HostFacts
+    from ..hostfacts import HostFacts
 
 
 def fill(value: Any, preset: Preset, bind: str) -> str:

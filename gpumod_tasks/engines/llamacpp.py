@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
     from ..inventory import HostSpec
-    from ..render import HostFacts
+    from ..hostfacts import HostFacts
 
 
 def router_model_name(preset: Preset) -> str:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
     from ..inventory import HostSpec
-    from ..render import HostFacts
+    from ..hostfacts import HostFacts
 
 SLEEP_DRAIN_MODE = "wait"
 

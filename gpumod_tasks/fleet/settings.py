@@ -11,9 +11,6 @@ from typing import Any
 
 from ..errors import GpumodError, UnknownName
 from ..inventory import HostSpec, Inventory
-
-FLEET_KEYS = ("port", "bind", "master_key_file", "boxes", "api_key_files", "urls", "python", "config",
-              "sync_interval_s", "num_retries", "allowed_fails", "cooldown_time_s", "timeout_s")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 EXTRA_HINT = "pip install 'gpumod[fleet]'"
 

@@ -24,7 +24,7 @@ def show(c, service_id, json_=False):
     """Show one preset as gpumod reads it."""
     import dataclasses
 
-    from ..render import masked_preset
+    from ..envfile import masked_preset
     from ..runtime import catalog
 
     p = catalog().preset(service_id)
