@@ -10,7 +10,7 @@ from .protect import install_oom_protection, install_sysctl
 from .services import service_action
 from .switch import switch
 from .target import Target
-from .units import install_all
+from .unit_install import install_all
 
 
 def bootstrap(t: Target, con: Any, *, warm_modes: list[str], default_mode: str | None, warmup: bool = True) -> str:

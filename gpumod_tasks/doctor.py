@@ -50,7 +50,7 @@ def check_presets(t: Target) -> CheckResult:
 
 
 def check_units(t: Target) -> CheckResult:
-    from .units import install_all
+    from .unit_install import install_all
 
     rep = install_all(t, check=True)
     if rep.changed or rep.removed:
@@ -161,7 +161,7 @@ def check_fleet(t: Target) -> CheckResult:
 
     from .fleet.listen import bound_as_intended, listening
     from .fleet.settings import LOOPBACK, FleetError, fleet_settings
-    from .runtime import inventory
+    from .cli_context import inventory
 
     if t.spec.fleet is None:
         return CheckResult("fleet", True, f"fleet OK: no fleet: setting on {t.spec.name}")

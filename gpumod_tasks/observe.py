@@ -29,7 +29,7 @@ __all__ = ["Observed", "ServiceObs", "SvcState", "classify", "describe_state", "
 
 def unit_file_location(target: Target) -> tuple[str, str]:
     """(directory, suffix) where the target's unit files (or supervisor runner scripts) live."""
-    from .manager import Supervisor
+    from .service_manager import Supervisor
 
     m = target.manager
     if isinstance(m, Supervisor):

@@ -79,7 +79,7 @@ def _units_for(target: Target, op: Operation) -> list[str]:
 
 def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tuple[Plan, Observed]:
     """Observe and plan (no lock, nothing changed): the dry run, and the first half of ``run``."""
-    from .units import render_units
+    from .unit_install import render_units
 
     cat = target.catalog
     if isinstance(op, SwitchTo):

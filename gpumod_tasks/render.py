@@ -25,7 +25,7 @@ from .inventory import HostSpec
 from .envfile import env_digest, env_file_path, no_control
 from .hostfacts import HostFacts
 
-from .manager import ExecSpec
+from .service_manager import ExecSpec
 
 if TYPE_CHECKING:
     pass
@@ -260,9 +260,3 @@ def render_daemon_unit(host: HostSpec, facts: HostFacts, project_root: str, *, l
     if rd.get("api_key_file"):
         env.append(("GPUMOD_ROUTER_API_KEY_FILE", str(rd["api_key_file"])))
     return jinja_env(project_root).get_template("systemd/gpumod.service.j2").render(host=host, argv=argv, env=env, user_scope=host.scope == "user")
-
-
-def local_sim_facts(state_dir: str, gpu_total_mb: int) -> HostFacts:
-    """Facts for a simulated host on this machine: the stand-in runs from this installation."""
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    return HostFacts(gpu_total_mb=gpu_total_mb, sim=True, state_dir=state_dir, python=sys.executable, sim_pythonpath=pkg_root)

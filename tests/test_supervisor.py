@@ -80,7 +80,7 @@ def test_a_reused_pid_is_never_killed_and_the_service_reads_as_not_running(sim_h
 def test_a_garbled_pid_file_is_reported_and_the_service_is_not_orphaned(sim_host):
     from gpumod_tasks.host import LocalHost
     from gpumod_tasks.inventory import HostSpec
-    from gpumod_tasks.manager import Supervisor
+    from gpumod_tasks.service_manager import Supervisor
 
     h = sim_host
     sup = Supervisor(LocalHost(HostSpec(name="local")), str(h.state))

@@ -524,7 +524,7 @@ class ModelManager:
         """Re-read the catalog; install units that changed and restart only the running services
         whose unit changed, through the one run path (a ``Refresh`` plan)."""
         from ..pipeline import Refresh, run
-        from ..units import install_all
+        from ..unit_install import install_all
 
         async with self.switch_lock:
             try:

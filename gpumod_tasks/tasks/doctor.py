@@ -19,7 +19,7 @@ def _as_json(host, results) -> dict:
 def _run(c, checks, json_, *, table=False, quiet_ok=False, summary=None):
     """Run ``checks(target)`` (a list of CheckResult) on every -H host: print them, exit 1 if any failed."""
     from .. import doctor
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
     from ..ui import print_json
 
     def run(t, con):

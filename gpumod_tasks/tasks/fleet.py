@@ -10,7 +10,7 @@ AS_HOST = "The inventory host whose fleet: settings apply (default: the only hos
 def _settings(as_host):
     from ..fleet.proxy import require_litellm
     from ..fleet.settings import fleet_settings
-    from ..runtime import inventory
+    from ..cli_context import inventory
 
     fs = fleet_settings(inventory(), as_host)
     require_litellm(fs.python)
@@ -31,7 +31,7 @@ def config(c, as_host=None, out=None, json=False):
     import httpx
 
     from ..fleet.proxy import box_keys, write_config
-    from ..runtime import catalog
+    from ..cli_context import catalog
     from ..ui import make_console
 
     fs = _settings(as_host)
@@ -65,7 +65,7 @@ def serve(c, as_host=None):
     0.25 s. Ctrl-C (or SIGTERM) stops both.
     """
     from ..fleet.proxy import serve as run
-    from ..runtime import catalog
+    from ..cli_context import catalog
 
     fs = _settings(as_host)
     code = run(fs, catalog, lambda m: print(f"fleet: {m}", flush=True))

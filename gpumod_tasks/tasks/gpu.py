@@ -8,7 +8,7 @@ from invoke import Collection, task
 @task(help={"json": "Print JSON."})
 def status(c, json_=False):
     """GPU bar plus every service (same view as `inv status`)."""
-    from ..status import host_status
+    from .views import host_status
 
     host_status(c, json_)
 

@@ -13,7 +13,7 @@ from invoke import Collection, task
 def bootstrap(c, mode=None, default_mode=None, no_warmup=False):
     """First-time setup, safe to re-run: prerequisites, dirs, units, warm-up, then the default mode."""
     from ..bootstrap import bootstrap as do_bootstrap
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
 
     def run(t, con):
         return do_bootstrap(t, con, warm_modes=list(mode or []), default_mode=default_mode, warmup=not no_warmup)
@@ -23,7 +23,7 @@ def bootstrap(c, mode=None, default_mode=None, no_warmup=False):
 
 def _protection(c, which):
     from .. import protect
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
 
     def run(t, con):
         res = getattr(protect, f"install_{which}")(t)

@@ -10,7 +10,7 @@ from invoke import Collection, Exit, task
 @task(help={"json": "Print JSON instead of a table."})
 def list_(c, json_=False):
     """List modes with their total VRAM; the target's current (recorded) mode is marked."""
-    from ..runtime import catalog, for_each_host
+    from ..cli_context import catalog, for_each_host
     from ..state import read_mode
     from ..ui import modes_table, print_json
 
@@ -35,7 +35,7 @@ def list_(c, json_=False):
 def show(c, name, json_=False):
     """Show one mode: its services and their VRAM."""
     from ..fit import simulate as fit
-    from ..runtime import catalog
+    from ..cli_context import catalog
     from ..ui import fit_report, make_console
 
     cat = catalog()
@@ -52,7 +52,7 @@ def show(c, name, json_=False):
 
 
 def _gpu_mb(c) -> int:
-    from ..runtime import host_specs
+    from ..cli_context import host_specs
 
     spec = host_specs(c)[0]
     return spec.gpu_total_mb or 24564
@@ -72,7 +72,7 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     Simulation never starts or stops anything: it reads only the catalog and the inventory.
     """
     from ..fit import simulate as fit
-    from ..runtime import catalog, host_specs
+    from ..cli_context import catalog, host_specs
     from ..state import History
     from ..paths import controller_dir
     from ..ui import fit_report, make_console
@@ -138,7 +138,7 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
     `inv mode.switch --name blank` always works and frees all VRAM.
     """
     from ..errors import GpumodError
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
     from ..switch import switch as do_switch
     from ..ui import SwitchProgress, print_json, print_plan, print_summary
 
@@ -196,7 +196,7 @@ def _switch_error(t, name, exc) -> dict:
 @task(help={"json": "Print JSON."})
 def status(c, json_=False):
     """Show the current mode: name, its services, total VRAM and each service's state."""
-    from ..status import mode_status
+    from .views import mode_status
 
     mode_status(c, json_)
 
@@ -204,7 +204,7 @@ def status(c, json_=False):
 @task(help={"name": "Mode to verify (default: the recorded current mode).", "json": "Print JSON."})
 def verify(c, name=None, json_=False):
     """Exit 0 only when every service of the mode is running and healthy."""
-    from ..status import verify as do_verify
+    from .views import verify as do_verify
 
     do_verify(c, name, json_)
 
@@ -217,7 +217,7 @@ def history(c, limit=20, json_=False):
     host's entries are shown; with -H only those hosts'.
     """
     from ..history import load, table
-    from ..runtime import cli_settings, host_specs
+    from ..cli_context import cli_settings, host_specs
     from ..ui import make_console
 
     if int(limit) < 1:

@@ -74,13 +74,13 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     from ..daemon.app import Limits, create_app, server_config
     from ..daemon.core import ModelManager, Options
     from ..daemon.metrics import Metrics
-    from ..runtime import catalog, host_specs, open_target
+    from ..cli_context import catalog, host_specs, open_target
     from ..webguard import Guard, is_loopback
 
     if as_host:
         from dataclasses import replace
 
-        from ..runtime import inventory
+        from ..cli_context import inventory
 
         inv = inventory()
         if as_host not in inv.hosts:

@@ -8,7 +8,7 @@ from invoke import Collection, Exit, task
 @task(help={"json": "Print JSON."})
 def list_(c, json_=False):
     """List every service in the catalog."""
-    from ..runtime import catalog
+    from ..cli_context import catalog
     from ..ui import make_console, presets_table, print_json
 
     cat = catalog()
@@ -25,7 +25,7 @@ def show(c, service_id, json_=False):
     import dataclasses
 
     from ..envfile import masked_preset
-    from ..runtime import catalog
+    from ..cli_context import catalog
 
     p = catalog().preset(service_id)
     d = masked_preset(dataclasses.asdict(p))  # secret-looking env values are masked
@@ -44,7 +44,7 @@ def show(c, service_id, json_=False):
 
 
 def _action(c, action, service_id, dry_run=False, **kw):
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
     from ..services import service_action
 
     def run(t, con):
@@ -110,7 +110,7 @@ def sleep_level(preset, level: str | None) -> int | None:
             "dry-run": DRY})
 def sleep(c, service_id, level=None, dry_run=False):
     """Put one sleep-capable service to sleep (vLLM L1/L2, or unload from its llama.cpp router)."""
-    from ..runtime import catalog
+    from ..cli_context import catalog
 
     _action(c, "sleep", service_id, dry_run, level=sleep_level(catalog().preset(service_id), level))
 
@@ -125,7 +125,7 @@ def wake(c, service_id, dry_run=False):
 def status(c, service_id, json_=False):
     """State of one service: unit, health, sleep, VRAM."""
     from ..observe import observe
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
     from ..status import observed_dict
     from ..ui import print_json
 
@@ -146,7 +146,7 @@ def status(c, service_id, json_=False):
 @task(help={"service-id": "Service id.", "lines": "How many lines (default 50)."})
 def logs(c, service_id, lines=50):
     """Tail of a service's journal (or supervisor log)."""
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
 
     def run(t, con):
         p = t.catalog.preset(service_id)

@@ -24,8 +24,8 @@ def _stop_units(t, include_failed):
 @task
 def up(c):
     """Create the simulated GPU (ledger + nvidia-smi shim) and install every service's stand-in unit."""
-    from ..runtime import for_each_host
-    from ..units import install_all
+    from ..cli_context import for_each_host
+    from ..unit_install import install_all
 
     def run(t, con):
         _sim_only(t)
@@ -42,7 +42,7 @@ def up(c):
 @task
 def down(c):
     """Stop every gpumod service on the simulated host (the ledger and units stay)."""
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
 
     def run(t, con):
         _sim_only(t)
@@ -56,7 +56,7 @@ def down(c):
 @task
 def reset(c):
     """Stop everything, clear the ledger's allocations and forget the recorded mode."""
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
     from ..state import mode_file
 
     def run(t, con):
@@ -94,7 +94,7 @@ def tiny_gguf(c, dir, names=None):
     """Write tiny random-weight llama GGUFs (~470 KB each) for a real llama-server to load."""
     from ..llamacpp.gguf_tiny import write_tiny_gguf
     from ..engines.llamacpp import router_model_name
-    from ..runtime import catalog
+    from ..cli_context import catalog
 
     if names:
         wanted = [n.strip() for n in names.split(",") if n.strip()]

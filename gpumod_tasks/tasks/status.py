@@ -12,7 +12,7 @@ def status(c, json_=False, watch=False, interval=1.0, count=0):
     """GPU bar plus every service: state, port, VRAM by pid, current mode and last switch."""
     if watch:
         from ..dashboard import watch as run_watch
-        from ..runtime import for_each_host
+        from ..cli_context import for_each_host
 
         def run(t, con):
             run_watch(t, con, float(interval), int(count))
@@ -20,6 +20,6 @@ def status(c, json_=False, watch=False, interval=1.0, count=0):
 
         for_each_host(c, run, header=False)
         return
-    from ..status import host_status
+    from .views import host_status
 
     host_status(c, json_)

@@ -9,7 +9,7 @@ from invoke import Collection, Exit, task
 def render(c, service_id):
     """Print the systemd unit rendered for one service on the target host."""
     from ..render import unit_for
-    from ..runtime import for_each_host
+    from ..cli_context import for_each_host
 
     def run(t, con):
         p = t.catalog.preset(service_id)
@@ -35,8 +35,8 @@ def install_all(c, check=False):
 
 
 def _install(c, check):
-    from ..runtime import for_each_host
-    from ..units import install_all as do_install
+    from ..cli_context import for_each_host
+    from ..unit_install import install_all as do_install
 
     def run(t, con):
         t.ensure_sim()
@@ -61,8 +61,8 @@ def _install(c, check):
 @task
 def uninstall(c):
     """Stop and remove every unit gpumod generated on the target."""
-    from ..runtime import for_each_host
-    from ..units import uninstall_all
+    from ..cli_context import for_each_host
+    from ..unit_install import uninstall_all
 
     def run(t, con):
         removed = uninstall_all(t)

@@ -49,10 +49,6 @@ class ServiceManager(ABC):
     @abstractmethod
     def stop(self, unit: str) -> None: ...
 
-    def restart(self, unit: str) -> None:
-        self.stop(unit)
-        self.start(unit)
-
     @abstractmethod
     def logs(self, unit: str, lines: int = 30) -> str: ...
 
@@ -82,9 +78,6 @@ class Systemd(ServiceManager):
 
     def stop(self, unit: str) -> None:
         self._ctl("stop", "--", unit)
-
-    def restart(self, unit: str) -> None:
-        self._ctl("restart", "--", unit)
 
     def reset_failed(self, unit: str) -> None:
         self._ctl("reset-failed", "--", unit, ok=(0, 1, 5))

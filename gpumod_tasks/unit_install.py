@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .catalog.model import Preset
 from .fleet.unit import FLEET_UNIT, render_fleet_unit
-from .manager import Supervisor, Systemd
+from .service_manager import Supervisor, Systemd
 from .observed import RenderedUnit
 from .render import DAEMON_UNIT, env_file_path, render_daemon_unit, unit_for
 from .target import Target
@@ -74,7 +74,7 @@ def render_units(t: Target, presets: Iterable[Preset]) -> dict[str, RenderedUnit
 def write_unit(t: Target, unit: str, body: str, spec: object = None) -> bool:
     """Write a unit's body where the target's service manager reads it, and its private env file
     (0600) first; returns whether the unit changed (its body carries the env file's digest)."""
-    from .manager import ExecSpec
+    from .service_manager import ExecSpec
     from .envfile import write_env_file
 
     sup = isinstance(t.manager, Supervisor)
