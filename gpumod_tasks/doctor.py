@@ -159,9 +159,9 @@ def check_fleet(t: Target) -> CheckResult:
     """The fleet's proxy (``fleet:`` on this host): answering, a master key required, bound where set."""
     import httpx
 
+    from .cli_context import inventory
     from .fleet.listen import bound_as_intended, listening
     from .fleet.settings import LOOPBACK, FleetError, fleet_settings
-    from .cli_context import inventory
 
     if t.spec.fleet is None:
         return CheckResult("fleet", True, f"fleet OK: no fleet: setting on {t.spec.name}")

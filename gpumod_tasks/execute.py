@@ -21,11 +21,27 @@ from .engines import sleep as driver_sleep
 from .engines import wake as driver_wake
 from .errors import GpumodError, HostError, SwitchFailed
 from .facts.meminfo import parse_meminfo
-from .service_manager import Systemd
 from .observe import observe
 from .observed import describe_state
-from .plan import (AwaitHealthy, DaemonReload, InstallUnit, Plan, Policy, Quiesce, Record, ResetFailed, RouterLoad,
-                   RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake)
+from .plan import (
+    AwaitHealthy,
+    DaemonReload,
+    InstallUnit,
+    Plan,
+    Policy,
+    Quiesce,
+    Record,
+    ResetFailed,
+    RouterLoad,
+    RouterUnload,
+    Sleep,
+    Start,
+    Step,
+    Stop,
+    WaitRelease,
+    Wake,
+)
+from .service_manager import Systemd
 from .state import ModeRecord, read_mode, write_mode
 from .target import Target
 from .unit_install import write_unit

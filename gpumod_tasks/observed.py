@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .catalog.model import Preset
+from .engines.base import Health, Probe
 from .facts.gpu import GpuFacts
 from .facts.meminfo import MemInfo
 from .facts.units import UnitState
-from .engines.base import Health, Probe
 from .state import ModeRecord
 
 

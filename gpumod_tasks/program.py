@@ -165,7 +165,7 @@ class Gpumod(Program):
             print("\ninterrupted", file=sys.stderr)
             raise Exit(code=130) from None
         except ModuleNotFoundError as exc:
-            task = self.tasks[0].name if self.tasks else ""
+            task = (self.tasks[0].name or "") if self.tasks else ""
             msg = missing_extra_message(exc, task)
             if msg is None:
                 raise

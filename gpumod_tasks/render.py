@@ -21,10 +21,9 @@ from .engines import Command, engine_for, upstream_name
 from .engines import docker as engines_docker
 from .engines import llamacpp as engines_llamacpp
 from .engines import vllm as engines_vllm
-from .inventory import HostSpec
 from .envfile import env_digest, env_file_path, no_control
 from .hostfacts import HostFacts
-
+from .inventory import HostSpec
 from .service_manager import ExecSpec
 
 if TYPE_CHECKING:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from .observed import Observed
 from .target import Target
 

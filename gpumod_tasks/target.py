@@ -15,9 +15,9 @@ from .facts.gpu import GpuFacts
 from .facts.gpu_read import GpuReader
 from .host.base import Host
 from .inventory import HostSpec
-from .service_manager import ExecSpec, ServiceManager, Supervisor, Systemd
 from .paths import local_state_override
 from .render import PREFLIGHT_SCRIPT, HostFacts, preflight_path
+from .service_manager import ExecSpec, ServiceManager, Supervisor, Systemd
 from .simhost import SimSetup
 
 

@@ -187,7 +187,7 @@ def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None 
             detail = "port answered by another process"
         if o.unit.main_pid:
             detail = (detail + f" pid {o.unit.main_pid}").strip()
-        row = [sid, Text(state, style=STATE_STYLE.get(o.state.value, "")), str(p.port), str(o.vram_mb or ""), p.driver.value]
+        row: list[Any] = [sid, Text(state, style=STATE_STYLE.get(o.state.value, "")), str(p.port), str(o.vram_mb or ""), p.driver.value]
         if uptimes is not None:
             row.append(human_duration(uptimes[sid]) if sid in uptimes else "-")
         t.add_row(*row, detail)

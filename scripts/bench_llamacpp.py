@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchlib import free_ports  # noqa: E402
 from tenacity import Retrying, retry_if_result, stop_after_delay  # noqa: E402
 
 from gpumod_tasks.catalog.model import Driver, Preset, SleepMode  # noqa: E402
@@ -29,8 +30,6 @@ from gpumod_tasks.inventory import HostSpec  # noqa: E402
 from gpumod_tasks.llamacpp.build import build_llama_server  # noqa: E402
 from gpumod_tasks.llamacpp.gguf_tiny import write_models_dir  # noqa: E402
 from gpumod_tasks.sim.ledger import Ledger  # noqa: E402
-
-from benchlib import free_ports  # noqa: E402
 
 
 def measure(host: LocalHost, port: int, runs: int) -> list[float]:
@@ -69,7 +68,7 @@ def main() -> None:
                                     env={**os.environ, "PYTHONPATH": str(REPO)})
             try:
                 Retrying(stop=stop_after_delay(20), wait=adaptive_wait(), retry=retry_if_result(lambda ok: not ok))(
-                    lambda: _up(host, port))
+                    lambda port=port: _up(host, port))
                 results[kind] = measure(host, port, a.runs)
             finally:
                 proc.terminate()

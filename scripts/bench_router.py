@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from benchlib import free_ports
 
 REPO = Path(__file__).resolve().parent.parent

@@ -47,7 +47,14 @@ if [ ! -x .venv-fleet/bin/python ] || [ pyproject.toml -nt .venv-fleet/.installe
     echo "could not install ${fleet_reqs[*]} into .venv-fleet: tests/test_fleet.py's proxy test is skipped" >&2
   fi
 fi
+# the habits that keep the code readable: lint and type checks (configured in pyproject.toml)
+checks=0
+if [ $# -eq 0 ]; then
+  .venv/bin/ruff check . || { echo "ruff found problems (see above)" >&2; checks=1; }
+  .venv/bin/mypy || { echo "mypy found problems (see above)" >&2; checks=1; }
+fi
 .venv/bin/pytest -q "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi
+[ $rc -eq 0 ] && [ $checks -ne 0 ] && rc=1
 exit $rc

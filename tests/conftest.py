@@ -7,8 +7,8 @@ import io
 import os
 import shutil
 import signal
-import subprocess
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 
 import httpx
-
 from conftest import free_ports
 
 
@@ -50,10 +49,10 @@ def start_daemon(host: str | None = None, **opts) -> Daemon:
     import uvicorn
     from invoke import Context
 
+    from gpumod_tasks.cli_context import catalog, inventory, open_target
     from gpumod_tasks.daemon.app import Limits, create_app, server_config
     from gpumod_tasks.daemon.core import ModelManager, Options
     from gpumod_tasks.daemon.metrics import Metrics
-    from gpumod_tasks.cli_context import catalog, inventory, open_target
     from gpumod_tasks.webguard import Guard
 
     api_key = opts.pop("api_key", None)

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,7 +187,7 @@ def test_sleep_level_is_checked_against_the_service(sim_host):
     assert sim_host.inv("mode.switch", "--name", "code")[0] == 0  # emb (vLLM, L1) and router (llama.cpp router) run
     for bad in ("abc", "3", "0", "-1"):
         code, out, err = sim_host.inv("service.sleep", "emb", "--level", bad)
-        assert code == 2 and f"--level must be 1 or 2" in err and repr(bad) in err and "Traceback" not in err, (bad, err)
+        assert code == 2 and "--level must be 1 or 2" in err and repr(bad) in err and "Traceback" not in err, (bad, err)
     code, out, err = sim_host.inv("service.sleep", "router", "--level", "1")
     assert code == 2 and "llama.cpp router" in err and "leave out --level" in err
     code, out, err = sim_host.inv("service.status", "emb", "--json")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from test_plan import R, S, cat, fastapi, obs, vllm  # noqa: F401  (cat is a fixture)
 
 from gpumod_tasks.catalog.model import Catalog, Mode, ModeService
 from gpumod_tasks.daemon.decide import NoModeFits, choose_mode, expected_seconds, idle_candidates, service_state
 from gpumod_tasks.observed import SvcState
 from gpumod_tasks.plan import Policy
-
-from test_plan import R, S, cat, fastapi, obs, vllm  # noqa: F401  (cat is a fixture)
 
 
 def test_choose_mode_prefers_the_quicker_plan_not_the_fewer_steps(cat):

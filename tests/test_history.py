@@ -8,7 +8,6 @@ import sqlite3
 
 from gpumod_tasks.state import History
 
-
 OLD_SCHEMA = """
 CREATE TABLE switches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import NET_BASE, free_ports
+
 from gpumod_tasks.errors import CommandFailed, HostError
 from gpumod_tasks.host import Host, connect
 from gpumod_tasks.inventory import HostSpec

@@ -8,11 +8,11 @@ import time
 
 import httpx
 import pytest
-
 from conftest import REPO, box_inventory, run_cli
+
 from gpumod_tasks.catalog import load_catalog
-from gpumod_tasks.llamacpp.gguf_tiny import write_tiny_gguf
 from gpumod_tasks.engines.llamacpp import router_model_name
+from gpumod_tasks.llamacpp.gguf_tiny import write_tiny_gguf
 
 pytestmark = pytest.mark.systemd
 

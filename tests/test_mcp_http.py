@@ -12,7 +12,6 @@ import time
 
 import anyio
 import httpx
-
 from conftest import REPO, free_ports, run_cli
 
 

@@ -7,7 +7,6 @@ import os
 import sys
 
 import anyio
-
 from conftest import REPO
 
 
@@ -97,6 +96,7 @@ def test_mcp_switch_takes_the_host_lock(sim_host):
 
 def test_model_info_gguf_by_hand(tmp_path, sim_host):
     from conftest import run_cli
+
     from gpumod_tasks.llamacpp.gguf_tiny import write_tiny_gguf
 
     f = write_tiny_gguf(tmp_path / "tiny.gguf")

@@ -10,9 +10,26 @@ from gpumod_tasks.facts.gpu import Gpu, GpuFacts
 from gpumod_tasks.facts.meminfo import MemInfo
 from gpumod_tasks.facts.units import UnitState
 from gpumod_tasks.observed import Observed, RenderedUnit, ServiceObs, SvcState, UnitFile
-from gpumod_tasks.plan import (AwaitHealthy, DaemonReload, InstallUnit, Policy, Quiesce, Record, ResetFailed, RouterLoad,
-                               RouterUnload, ServiceOp, Sleep, Start, Stop, WaitRelease, Wake, plan_refresh, plan_service,
-                               plan_switch)
+from gpumod_tasks.plan import (
+    AwaitHealthy,
+    DaemonReload,
+    InstallUnit,
+    Policy,
+    Quiesce,
+    Record,
+    ResetFailed,
+    RouterLoad,
+    RouterUnload,
+    ServiceOp,
+    Sleep,
+    Start,
+    Stop,
+    WaitRelease,
+    Wake,
+    plan_refresh,
+    plan_service,
+    plan_switch,
+)
 from gpumod_tasks.plan.fitcheck import refuse_unless_ram
 from gpumod_tasks.plan.order import dependents_of, topo_order, with_dependencies
 from gpumod_tasks.plan.sleep_level import choose_sleep_level

@@ -12,8 +12,8 @@ from pathlib import Path
 from gpumod_tasks.catalog.model import Driver, Preset
 from gpumod_tasks.host.local import LocalHost
 from gpumod_tasks.inventory import HostSpec
-from gpumod_tasks.service_manager import Supervisor
 from gpumod_tasks.render import HostFacts, real_exec
+from gpumod_tasks.service_manager import Supervisor
 
 
 def test_supervisor_unit_sources_its_private_env_file(tmp_path):

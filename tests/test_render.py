@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 
 from gpumod_tasks.catalog.model import DockerSpec, Driver, Preset, SleepMode
 from gpumod_tasks.errors import RenderError
@@ -16,7 +17,6 @@ from gpumod_tasks.render import (
     systemd_env,
     systemd_word,
 )
-from conftest import REPO
 
 HOST = HostSpec(name="box", sim=False, gpu_total_mb=24564)
 FACTS = HostFacts(gpu_total_mb=24564, sim=False, state_dir="/var/lib/gpumod")

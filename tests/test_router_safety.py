@@ -14,7 +14,6 @@ import time
 
 import httpx
 import pytest
-
 from test_router_daemon import daemon_factory, set_sim  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.usefixtures("sim_host")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ssh_inventory
+
 from gpumod_tasks.llamacpp.gguf_tiny import write_tiny_gguf
 from gpumod_tasks.simhost import REMOTE_PACKAGE, sim_package_files
 

@@ -9,8 +9,8 @@ import re
 import time
 
 import pytest
-
 from conftest import REPO, box_inventory, run_cli
+
 from gpumod_tasks.catalog import load_catalog
 
 pytestmark = pytest.mark.systemd
@@ -267,7 +267,6 @@ def test_bootstrap_twice_under_systemd(systemd_box):
 def test_router_daemon_as_a_unit(systemd_box, tmp_path):
     """router_daemon: in the inventory installs gpumod.service; bootstrap starts it; it answers."""
     import httpx
-
     from conftest import free_ports
 
     box = systemd_box

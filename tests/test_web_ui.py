@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from routerd import Daemon, start_daemon
 from test_router_daemon import set_sim
 
@@ -426,8 +425,9 @@ def test_gpu_bars_place_each_process_on_its_gpu():
 
     presets = {s: Preset(s, s, Driver.VLLM, 8000 + i, mb) for i, (s, mb) in enumerate((("a", 6000), ("b", 3000), ("c", 1000)))}
     cat = Catalog(presets, {})
-    run = lambda sid, pid, vram: ServiceObs(sid, SvcState.RUNNING, UnitState(f"gpumod-{sid}.service", active="active", sub="running", main_pid=pid),
-                                            vram_mb=vram)
+    def run(sid, pid, vram):
+        return ServiceObs(sid, SvcState.RUNNING, UnitState(f"gpumod-{sid}.service", active="active", sub="running", main_pid=pid),
+                          vram_mb=vram)
     services = {"a": run("a", 10, 6100), "b": run("b", 20, 2900),
                 "c": ServiceObs("c", SvcState.STOPPED, UnitState("gpumod-c.service"))}
     # a's main process on GPU 0 and its worker (pid 11, found through its cgroup) on GPU 1; pid 99 is nobody's

@@ -37,7 +37,7 @@ from ..engines import upstream_name
 from ..errors import CatalogError, GpumodError
 from ..observe import observe
 from ..observed import Observed, SvcState
-from ..plan import LEAVING, Plan
+from ..plan import LEAVING, InstallUnit, Plan
 from .decide import NoModeFits, choose_mode, idle_candidates, service_state
 
 log = logging.getLogger("gpumod.router")
@@ -540,7 +540,7 @@ class ModelManager:
             out = await asyncio.to_thread(run, t, Refresh())
             rep = await asyncio.to_thread(install_all, t)  # the daemon's own unit, removed presets' units
             await self.refresh()
-            installed = sorted({s.unit for s in out.plan.steps if s.kind == "install-unit"} | set(rep.changed))
+            installed = sorted({s.unit for s in out.plan.steps if isinstance(s, InstallUnit)} | set(rep.changed))
             restarted = list(out.plan.restarted)
             log.info("reloaded the catalog: %d services, %d modes; units changed: %s; restarted: %s", len(cat.presets),
                      len(cat.modes), ", ".join(installed) or "none", ", ".join(restarted) or "none")

@@ -16,8 +16,7 @@ from ..catalog.model import Catalog, Driver, Mode, Preset
 from ..errors import PlanRefused
 from ..observed import Observed, SvcState
 from ..plan import Plan, Policy, plan_switch
-from ..plan.steps import (AwaitHealthy, DaemonReload, InstallUnit, Quiesce, RouterLoad, RouterUnload, Sleep, Start, Step,
-                          Stop, WaitRelease, Wake)
+from ..plan.steps import AwaitHealthy, DaemonReload, InstallUnit, Quiesce, RouterLoad, RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake
 
 # Expected seconds per step when nothing better is known (the published figures in
 # shared/reference/servers.md D2: vLLM L1 wake 0.26-6 s, L2 0.5-2.6 s, cold start 37-58 s;

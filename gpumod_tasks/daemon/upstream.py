@@ -149,7 +149,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.got_headers = True
-        if self.stream and not self.head.done():
+        if self.stream and self.head is not None and not self.head.done():
             self.head.set_result(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
@@ -168,7 +168,7 @@ class _Connection(asyncio.Protocol):
         self.keep = self.parser.should_keep_alive()  # read now: the parser forgets it for the next message
         if self.timer:
             self.timer.cancel()
-        if not self.stream and not self.head.done():
+        if not self.stream and self.head is not None and not self.head.done():
             self.head.set_result((self.parser.get_status_code(), self.headers, b"".join(self.chunks)))
             self.pool._release(self)
         else:

@@ -16,8 +16,8 @@ from . import caps
 if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
-    from ..inventory import HostSpec
     from ..hostfacts import HostFacts
+    from ..inventory import HostSpec
 
 
 class Health(str, Enum):

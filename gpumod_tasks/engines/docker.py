@@ -24,8 +24,8 @@ from .vllm import Vllm
 if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
-    from ..inventory import HostSpec
     from ..hostfacts import HostFacts
+    from ..inventory import HostSpec
 
 UNSAFE_MOUNT_SOURCES = ("/", "/etc", "/var/run/docker.sock", "/run/docker.sock", "/var/run", "/run", "/proc", "/sys",
                         "/dev", "/boot", "/root", "/home", "/usr", "/bin", "/sbin", "/lib", "/var/lib/docker")

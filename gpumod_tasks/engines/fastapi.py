@@ -18,8 +18,8 @@ from .vllm import Vllm, probe_sleep_routes, sleep_routes_sleep, sleep_routes_wak
 if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
-    from ..inventory import HostSpec
     from ..hostfacts import HostFacts
+    from ..inventory import HostSpec
 
 
 def fill(value: Any, preset: Preset, bind: str) -> str:

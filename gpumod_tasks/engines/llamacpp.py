@@ -20,8 +20,8 @@ from .base import Command, Engine, Health, Probe, extra_args
 if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
-    from ..inventory import HostSpec
     from ..hostfacts import HostFacts
+    from ..inventory import HostSpec
 
 
 def router_model_name(preset: Preset) -> str:

@@ -25,8 +25,8 @@ from .base import Command, Engine, Health, Probe, extra_args
 if TYPE_CHECKING:
     from ..catalog.model import Preset
     from ..host.base import Host
-    from ..inventory import HostSpec
     from ..hostfacts import HostFacts
+    from ..inventory import HostSpec
 
 SLEEP_DRAIN_MODE = "wait"
 

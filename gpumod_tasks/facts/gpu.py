@@ -12,6 +12,7 @@ with no processes prints nothing.  Values are MiB.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 MARK = "--gpumod-compute-apps--"
 GPU_QUERY = "index,uuid,name,memory.total,memory.used,memory.free"
@@ -87,41 +88,41 @@ def parse_nvidia_smi(text: str, backend: str = "nvidia-smi") -> GpuFacts:
     return GpuFacts(backend=backend, gpus=tuple(gpus))
 
 
-def read_nvml(nvml: object | None = None) -> GpuFacts:
+def read_nvml(nvml: Any = None) -> GpuFacts:
     """Read all GPUs through NVML. ``nvml`` is the ``pynvml`` module (injectable for tests)."""
     if nvml is None:
         import pynvml as nvml  # type: ignore[no-redef]
-    n = nvml  # type: ignore[assignment]
-    n.nvmlInit()  # type: ignore[attr-defined]
+    n = nvml
+    n.nvmlInit()
     try:
         gpus = []
-        for i in range(n.nvmlDeviceGetCount()):  # type: ignore[attr-defined]
-            h = n.nvmlDeviceGetHandleByIndex(i)  # type: ignore[attr-defined]
-            name = n.nvmlDeviceGetName(h)  # type: ignore[attr-defined]
+        for i in range(n.nvmlDeviceGetCount()):
+            h = n.nvmlDeviceGetHandleByIndex(i)
+            name = n.nvmlDeviceGetName(h)
             if isinstance(name, bytes):  # very old bindings
                 name = name.decode()
             try:
-                uuid = n.nvmlDeviceGetUUID(h)  # type: ignore[attr-defined]
+                uuid = n.nvmlDeviceGetUUID(h)
                 uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
             except Exception:
                 uuid = ""
             total = used = free = None
             try:
                 # v2 "used" excludes driver-reserved memory, matching nvidia-smi's memory.used
-                mem = n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)  # type: ignore[attr-defined]
+                mem = n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)
             except TypeError:
-                mem = n.nvmlDeviceGetMemoryInfo(h)  # type: ignore[attr-defined]
-            except n.NVMLError:  # type: ignore[attr-defined]  # MIG without privileges, iGPU: not supported
+                mem = n.nvmlDeviceGetMemoryInfo(h)
+            except n.NVMLError:  # MIG without privileges, iGPU: not supported
                 mem = None
             if mem is not None:
                 total, used, free = mem.total // 2**20, mem.used // 2**20, mem.free // 2**20
             per: dict[int, int | None] = {}
             try:
-                for p in n.nvmlDeviceGetComputeRunningProcesses(h):  # type: ignore[attr-defined]
+                for p in n.nvmlDeviceGetComputeRunningProcesses(h):
                     per[int(p.pid)] = None if p.usedGpuMemory is None else int(p.usedGpuMemory) // 2**20
-            except n.NVMLError:  # type: ignore[attr-defined]
+            except n.NVMLError:
                 pass
             gpus.append(Gpu(index=i, name=str(name), uuid=str(uuid), total_mb=total, used_mb=used, free_mb=free, per_pid=per))
         return GpuFacts(backend="nvml", gpus=tuple(gpus))
     finally:
-        n.nvmlShutdown()  # type: ignore[attr-defined]
+        n.nvmlShutdown()

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import GpumodError, UnknownName
 from ..inventory import HostSpec, Inventory
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 EXTRA_HINT = "pip install 'gpumod[fleet]'"
 

@@ -18,8 +18,24 @@ from .policy import Policy
 from .refresh import plan_refresh
 from .result import Plan
 from .service import ACTIONS, ServiceOp, plan_service
-from .steps import (ARRIVING, LEAVING, AwaitHealthy, DaemonReload, InstallUnit, Quiesce, Record, ResetFailed, RouterLoad,
-                    RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake)
+from .steps import (
+                    ARRIVING,
+                    LEAVING,
+                    AwaitHealthy,
+                    DaemonReload,
+                    InstallUnit,
+                    Quiesce,
+                    Record,
+                    ResetFailed,
+                    RouterLoad,
+                    RouterUnload,
+                    Sleep,
+                    Start,
+                    Step,
+                    Stop,
+                    WaitRelease,
+                    Wake,
+)
 from .switch import plan_switch
 
 __all__ = [

@@ -30,8 +30,7 @@ from .order import topo_order
 from .policy import Policy
 from .result import Plan
 from .sleep_level import choose_sleep_level
-from .steps import (AwaitHealthy, Quiesce, Record, ResetFailed, RouterLoad, RouterUnload, Sleep, Start, Step, Stop,
-                    WaitRelease, Wake)
+from .steps import AwaitHealthy, Quiesce, Record, ResetFailed, RouterLoad, RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake
 from .unitfiles import install_steps, stale_reason
 
 

@@ -20,6 +20,7 @@ from .http import App, Request, Response
 from .ledger import Ledger, OutOfMemory
 from .openai import completion, embedding, log, stream_chat
 
+
 class RouterModel:
     def __init__(self, name: str, vram_mb: int, source: str, args_: list[str], preset: str = ""):
         self.name, self.vram_mb, self.source, self.argv, self.preset = name, vram_mb, source, args_, preset

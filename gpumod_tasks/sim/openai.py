@@ -16,6 +16,7 @@ from typing import Any
 from .http import Response
 from .ledger import Ledger, ledgers
 
+
 def log(msg: str) -> None:
     sys.stderr.write(time.strftime("%H:%M:%S ") + msg + "\n")
     sys.stderr.flush()

@@ -31,6 +31,7 @@ from .llamacpp import Router, router_app, single_llama_app, single_llama_loader
 from .openai import ledger_for, log
 from .vllm import VllmEngine, vllm_app
 
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gpumod-sim-server", description=__doc__.split("\n\n")[0])
     p.add_argument("--flavor", choices=("vllm", "llamacpp", "fastapi"), required=True)

@@ -8,9 +8,9 @@ AS_HOST = "The inventory host whose fleet: settings apply (default: the only hos
 
 
 def _settings(as_host):
+    from ..cli_context import inventory
     from ..fleet.proxy import require_litellm
     from ..fleet.settings import fleet_settings
-    from ..cli_context import inventory
 
     fs = fleet_settings(inventory(), as_host)
     require_litellm(fs.python)
@@ -30,8 +30,8 @@ def config(c, as_host=None, out=None, json=False):
 
     import httpx
 
-    from ..fleet.proxy import box_keys, write_config
     from ..cli_context import catalog
+    from ..fleet.proxy import box_keys, write_config
     from ..ui import make_console
 
     fs = _settings(as_host)
@@ -64,8 +64,8 @@ def serve(c, as_host=None):
     when a state changed; a hook inside the proxy hands the new model list to its router within
     0.25 s. Ctrl-C (or SIGTERM) stops both.
     """
-    from ..fleet.proxy import serve as run
     from ..cli_context import catalog
+    from ..fleet.proxy import serve as run
 
     fs = _settings(as_host)
     code = run(fs, catalog, lambda m: print(f"fleet: {m}", flush=True))

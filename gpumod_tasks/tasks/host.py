@@ -61,6 +61,6 @@ def oom_protection(c):
 
 
 ns = Collection("host")
-ns.add_task(bootstrap)
-ns.add_task(sysctl)
-ns.add_task(oom_protection, name="oom-protection")
+ns.add_task(bootstrap)  # type: ignore[arg-type]
+ns.add_task(sysctl)  # type: ignore[arg-type]
+ns.add_task(oom_protection, name="oom-protection")  # type: ignore[arg-type]

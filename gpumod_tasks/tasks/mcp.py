@@ -32,8 +32,8 @@ def serve(c, http=False, host="127.0.0.1", port=8765, token=None, allowed_host=N
         if not is_loopback(host) and not key:
             raise Exit(f"refusing to serve MCP on {host} without a token (--token, $GPUMOD_MCP_TOKEN or "
                        "$GPUMOD_MCP_TOKEN_FILE): its tools switch this host's modes", code=2)
-    from ..mcp_server import build_server, http_app
     from ..cli_context import catalog, host_specs, open_target
+    from ..mcp_server import build_server, http_app
 
     specs = host_specs(c)
     if len(specs) != 1:

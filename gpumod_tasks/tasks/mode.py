@@ -34,8 +34,8 @@ def list_(c, json_=False):
 @task(help={"name": "Mode id.", "json": "Print JSON."})
 def show(c, name, json_=False):
     """Show one mode: its services and their VRAM."""
-    from ..fit import simulate as fit
     from ..cli_context import catalog
+    from ..fit import simulate as fit
     from ..ui import fit_report, make_console
 
     cat = catalog()
@@ -71,10 +71,10 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
 
     Simulation never starts or stops anything: it reads only the catalog and the inventory.
     """
-    from ..fit import simulate as fit
     from ..cli_context import catalog, host_specs
-    from ..state import History
+    from ..fit import simulate as fit
     from ..paths import controller_dir
+    from ..state import History
     from ..ui import fit_report, make_console
 
     cat = catalog()
@@ -137,8 +137,8 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
     refuses a mode that does not fit, and takes a host-level lock so switches never interleave.
     `inv mode.switch --name blank` always works and frees all VRAM.
     """
-    from ..errors import GpumodError
     from ..cli_context import for_each_host
+    from ..errors import GpumodError
     from ..switch import switch as do_switch
     from ..ui import SwitchProgress, print_json, print_plan, print_summary
 
@@ -162,6 +162,7 @@ def switch(c, name, dry_run=False, json_=False, no_wait=False, no_quiesce=False,
         with SwitchProgress(con, enabled=True) as prog:
             out = do_switch(t, name, wait_lock=not no_wait, quiesce=not no_quiesce, rollback=rollback,
                             on_event=prog.event, on_wait=lambda msg: con.print(f"[yellow]{msg}[/yellow]"))
+        assert out.report is not None  # a real run always reports
         if json_:
             # commands sent to the host during this run (observe, lock, steps): what a switch costs over SSH
             print_json({**out.report.as_dict(), "round_trips": t.host.round_trips})
@@ -216,8 +217,8 @@ def history(c, limit=20, json_=False):
     Read from the controller's history store (history.sqlite in its state dir). Without -H every
     host's entries are shown; with -H only those hosts'.
     """
-    from ..history import load, table
     from ..cli_context import cli_settings, host_specs
+    from ..history import load, table
     from ..ui import make_console
 
     if int(limit) < 1:

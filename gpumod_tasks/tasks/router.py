@@ -71,10 +71,10 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
         raise Exit(f"--max-body-mb {max_body_mb}: a positive number of MB", code=2)
     import uvicorn
 
+    from ..cli_context import catalog, host_specs, open_target
     from ..daemon.app import Limits, create_app, server_config
     from ..daemon.core import ModelManager, Options
     from ..daemon.metrics import Metrics
-    from ..cli_context import catalog, host_specs, open_target
     from ..webguard import Guard, is_loopback
 
     if as_host:

@@ -24,8 +24,8 @@ def show(c, service_id, json_=False):
     """Show one preset as gpumod reads it."""
     import dataclasses
 
-    from ..envfile import masked_preset
     from ..cli_context import catalog
+    from ..envfile import masked_preset
 
     p = catalog().preset(service_id)
     d = masked_preset(dataclasses.asdict(p))  # secret-looking env values are masked
@@ -124,8 +124,8 @@ def wake(c, service_id, dry_run=False):
 @task(help={"service-id": "Service id.", "json": "Print JSON."})
 def status(c, service_id, json_=False):
     """State of one service: unit, health, sleep, VRAM."""
-    from ..observe import observe
     from ..cli_context import for_each_host
+    from ..observe import observe
     from ..status import observed_dict
     from ..ui import print_json
 

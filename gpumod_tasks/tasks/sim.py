@@ -92,9 +92,9 @@ def llama_server(c, jobs=None):
 @task(help={"dir": "Directory to write the models into.", "names": "Comma-separated model names (default: the bundled llama.cpp presets' file names)."})
 def tiny_gguf(c, dir, names=None):
     """Write tiny random-weight llama GGUFs (~470 KB each) for a real llama-server to load."""
-    from ..llamacpp.gguf_tiny import write_tiny_gguf
-    from ..engines.llamacpp import router_model_name
     from ..cli_context import catalog
+    from ..engines.llamacpp import router_model_name
+    from ..llamacpp.gguf_tiny import write_tiny_gguf
 
     if names:
         wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -105,7 +105,7 @@ def tiny_gguf(c, dir, names=None):
 
 
 ns = Collection("sim")
-ns.add_task(llama_server)
-ns.add_task(tiny_gguf)
+ns.add_task(llama_server)  # type: ignore[arg-type]
+ns.add_task(tiny_gguf)  # type: ignore[arg-type]
 for t in (up, down, reset):
-    ns.add_task(t)
+    ns.add_task(t)  # type: ignore[arg-type]

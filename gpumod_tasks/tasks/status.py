@@ -11,8 +11,8 @@ from invoke import task
 def status(c, json_=False, watch=False, interval=1.0, count=0):
     """GPU bar plus every service: state, port, VRAM by pid, current mode and last switch."""
     if watch:
-        from ..dashboard import watch as run_watch
         from ..cli_context import for_each_host
+        from ..dashboard import watch as run_watch
 
         def run(t, con):
             run_watch(t, con, float(interval), int(count))

@@ -8,8 +8,8 @@ from invoke import Collection, Exit, task
 @task(help={"service-id": "Service whose unit to print."})
 def render(c, service_id):
     """Print the systemd unit rendered for one service on the target host."""
-    from ..render import unit_for
     from ..cli_context import for_each_host
+    from ..render import unit_for
 
     def run(t, con):
         p = t.catalog.preset(service_id)
@@ -74,4 +74,4 @@ def uninstall(c):
 
 ns = Collection("template")
 for t in (render, diff, install_all, uninstall):
-    ns.add_task(t)
+    ns.add_task(t)  # type: ignore[arg-type]
