@@ -51,7 +51,7 @@ def start_daemon(host: str | None = None, **opts) -> Daemon:
 
     from gpumod_tasks.cli_context import catalog, inventory, open_target
     from gpumod_tasks.daemon.app import Limits, create_app, server_config
-    from gpumod_tasks.daemon.core import ModelManager, Options
+    from gpumod_tasks.daemon.model_manager import ModelManager, Options
     from gpumod_tasks.daemon.metrics import Metrics
     from gpumod_tasks.webguard import Guard
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import GpumodError
 from ..webguard import Guard, header, is_json
-from .core import ModelManager, RouteError
+from .model_manager import ModelManager, RouteError
 from .metrics import Metrics
 from .upstream import Pool, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 

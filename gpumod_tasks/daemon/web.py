@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import GpumodError, PlanRefused
 from . import view
-from .core import RouteError
+from .model_manager import RouteError
 
 STATIC = Path(__file__).resolve().parent / "static"
 FILES = {"/ui/": ("index.html", "text/html; charset=utf-8"), "/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.model import Catalog
 from ..engines import upstream_name
@@ -39,6 +39,11 @@ from ..observe import observe
 from ..observed import Observed, SvcState
 from ..plan import LEAVING, InstallUnit, Plan
 from .decide import NoModeFits, choose_mode, idle_candidates, service_state
+
+if TYPE_CHECKING:
+    from ..execute import Event
+    from ..target import Target
+    from .metrics import Metrics
 
 log = logging.getLogger("gpumod.router")
 
@@ -92,8 +97,8 @@ def model_map(cat: Catalog) -> dict[str, str]:
 
 
 class ModelManager:
-    def __init__(self, open_target: Callable[[], AbstractContextManager[Any]], load_catalog: Callable[[], Catalog],
-                 opts: Options | None = None, metrics: Any = None):
+    def __init__(self, open_target: Callable[[], AbstractContextManager[Target]], load_catalog: Callable[[], Catalog],
+                 opts: Options | None = None, metrics: Metrics | None = None):
         self.open_target = open_target
         self.load_catalog = load_catalog
         self.opts = opts or Options()
@@ -119,12 +124,12 @@ class ModelManager:
         self.observed_at = 0.0  # time.monotonic() of the last observation
         self.loop_errors: dict[str, str] = {}  # background loop -> its last error (logged once)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._target_cm: Any = None
-        self._target: Any = None
+        self._target_cm: AbstractContextManager[Target] | None = None
+        self._target: Target | None = None
         self._target_lock = threading.Lock()
 
     # -- the host ---------------------------------------------------------------------------
-    def target(self) -> Any:
+    def target(self) -> Target:
         with self._target_lock:
             if self._target is None:
                 self._target_cm = self.open_target()
@@ -354,7 +359,7 @@ class ModelManager:
             self.metrics.wake(sid, took)
         return {"service": sid, "action": msg, "duration_s": round(took, 3), "mode": self.mode}
 
-    async def _switch(self, mode: str, for_sid: str | None = None, on_event: Any = None) -> dict[str, Any]:
+    async def _switch(self, mode: str, for_sid: str | None = None, on_event: Event | None = None) -> dict[str, Any]:
         from ..switch import switch
 
         assert self.loop is not None
@@ -400,7 +405,7 @@ class ModelManager:
                 except asyncio.TimeoutError:
                     break
 
-    async def switch_mode(self, mode: str, on_event: Any = None) -> dict[str, Any]:
+    async def switch_mode(self, mode: str, on_event: Event | None = None) -> dict[str, Any]:
         """``on_event(phase, step, detail)``: the engine's step events, from the switch's thread."""
         if mode not in self.cat.modes:
             raise RouteError(404, f"unknown mode {shown(mode)}; known: {', '.join(sorted(self.cat.modes))}")
