@@ -51,8 +51,8 @@ def start_daemon(host: str | None = None, **opts) -> Daemon:
 
     from gpumod_tasks.cli_context import catalog, inventory, open_target
     from gpumod_tasks.daemon.app import Limits, create_app, server_config
-    from gpumod_tasks.daemon.model_manager import ModelManager, Options
     from gpumod_tasks.daemon.metrics import Metrics
+    from gpumod_tasks.daemon.model_manager import ModelManager, Options
     from gpumod_tasks.webguard import Guard
 
     api_key = opts.pop("api_key", None)

@@ -24,8 +24,8 @@ from typing import Any
 
 from ..errors import GpumodError
 from ..webguard import Guard, header, is_json
-from .model_manager import ModelManager, RouteError
 from .metrics import Metrics
+from .model_manager import ModelManager, RouteError
 from .upstream import Pool, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
 log = logging.getLogger("gpumod.router")

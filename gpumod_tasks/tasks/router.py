@@ -73,8 +73,8 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
 
     from ..cli_context import catalog, host_specs, open_target
     from ..daemon.app import Limits, create_app, server_config
-    from ..daemon.model_manager import ModelManager, Options
     from ..daemon.metrics import Metrics
+    from ..daemon.model_manager import ModelManager, Options
     from ..webguard import Guard, is_loopback
 
     if as_host:
