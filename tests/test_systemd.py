@@ -204,7 +204,9 @@ def test_user_scope_through_the_user_manager(systemd_box):
     assert code == 0 and "gpumod-preflight: emb ok" in out, out + err
     code, out, err = box.inv("mode.switch", "--name", "blank")
     assert code == 0, err
-    assert states(box)["emb"] == "sleeping"
+    assert states(box)["emb"] == "stopped"  # blank frees all VRAM: nothing is kept asleep
+    r = box.sd.run([*env, "systemctl", "--user", "is-active", "gpumod-emb.service"], check=False)
+    assert r.stdout.strip() != "active"
 
 
 def test_quoting_survives_systemd_verbatim(systemd_box, tmp_path, monkeypatch):
