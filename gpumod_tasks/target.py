@@ -17,7 +17,7 @@ from .host.base import Host
 from .inventory import HostSpec
 from .paths import local_state_override
 from .render import PREFLIGHT_SCRIPT, HostFacts, preflight_path
-from .service_manager import ExecSpec, ServiceManager, Supervisor, Systemd
+from .service_manager import ServiceManager, Supervisor, Systemd
 from .simhost import SimSetup
 
 
@@ -130,17 +130,6 @@ class Target:
     def gpu_used_mb(self) -> int:
         """Just the primary GPU's used MB: the cheap query the release poll repeats."""
         return self.gpu_reader.used_mb()
-
-    def install_spec(self, unit: str, text: str, spec: object) -> bool:
-        """Install one unit (systemd file or supervisor spec); returns whether it changed."""
-        if isinstance(self.manager, Supervisor):
-            return self.manager.install(unit, spec)  # type: ignore[arg-type]
-        if isinstance(spec, ExecSpec) and spec.env_file:
-            from .envfile import write_env_file
-
-            write_env_file(self.host, spec.env_file, spec.private_env, sudo=self.spec.scope == "system")
-        unit_dir = self.host.expand(self.spec.resolved_unit_dir(self.host.home))
-        return self.host.write_file(f"{unit_dir}/{unit}", text, sudo=self.spec.scope == "system")
 
     def quote(self, s: str) -> str:
         return shlex.quote(s)

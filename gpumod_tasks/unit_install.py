@@ -126,7 +126,7 @@ def install_all(t: Target, check: bool = False) -> InstallReport:
         rep.diffs[unit] = "".join(difflib.unified_diff((old or "").splitlines(True), new.splitlines(True),
                                                        f"installed/{unit}", f"rendered/{unit}"))
         if not check:
-            t.install_spec(unit, text, spec)
+            write_unit(t, unit, new, spec)
     for unit in installed_units(t):
         if is_generated_name(unit) and unit not in want:
             rep.removed.append(unit)
