@@ -275,3 +275,20 @@ def ssh_lab(sim_host: SimHost, tmp_path: Path, request: pytest.FixtureRequest) -
     finally:
         for b in boxes:
             b.down()
+
+
+@pytest.fixture
+def daemon_factory(sim_host: SimHost) -> Iterator[object]:
+    """Router daemons started in-process (tests/routerd.py) on the simulated host; stopped after."""
+    from routerd import start_daemon
+
+    made: list = []
+
+    def make(**opts):
+        d = start_daemon(**opts)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()

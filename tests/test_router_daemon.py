@@ -9,22 +9,6 @@ import threading
 import time
 
 import httpx
-import pytest
-from routerd import Daemon, start_daemon
-
-
-@pytest.fixture
-def daemon_factory(sim_host):
-    made: list[Daemon] = []
-
-    def make(**opts) -> Daemon:
-        d = start_daemon(**opts)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.stop()
 
 
 def set_sim(sim_host, sid: str, **sim) -> None:

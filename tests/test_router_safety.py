@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from test_router_daemon import daemon_factory, set_sim  # noqa: F401 - the fixture, shared
+from test_router_daemon import set_sim
 
 pytestmark = pytest.mark.usefixtures("sim_host")
 

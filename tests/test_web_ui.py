@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from routerd import Daemon, start_daemon
 from test_router_daemon import set_sim
 
 CHROMIUM = "/usr/bin/chromium"
@@ -55,20 +54,6 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def daemons(sim_host):
-    made: list[Daemon] = []
-
-    def make(**opts) -> Daemon:
-        d = start_daemon(**opts)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.stop()
 
 
 def wait_for(fn, timeout=20.0, what="condition"):
@@ -128,13 +113,13 @@ def loaded(driver) -> bool:
                                       "&& document.querySelectorAll('.gpu .seg').length"))
 
 
-def test_the_dashboard_shows_what_models_reports(sim_host, daemons, browser, artifacts):
+def test_the_dashboard_shows_what_models_reports(sim_host, daemon_factory, browser, artifacts):
     hostile = "<img src=x id=pwn onerror=\"document.title='pwned'\"> & <b>emb</b>"
     emb = next((sim_host.root / "presets").rglob("emb.yaml"))
     emb.write_text(emb.read_text().replace("name: emb service", f"name: {json.dumps(hostile)}"))
     set_sim(sim_host, "doc", infer_s=3.0)
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
-    d = daemons(reconcile_s=0.5)
+    d = daemon_factory(reconcile_s=0.5)
 
     browser.get(d.url + "/ui")
     wait_for(lambda: loaded(browser), what="the first state")
@@ -207,11 +192,11 @@ def test_the_dashboard_shows_what_models_reports(sim_host, daemons, browser, art
     shot(browser, artifacts, "dashboard-phone.png")
 
 
-def test_switch_shows_its_plan_then_streams_the_steps_and_the_bars_change(sim_host, daemons, browser, artifacts):
+def test_switch_shows_its_plan_then_streams_the_steps_and_the_bars_change(sim_host, daemon_factory, browser, artifacts):
     set_sim(sim_host, "big", load_s=1.5)
     sim_host.write_mode("huge", ["emb", "doc", "big", "router", "asr"])  # 25500 MB on a 24564 MB GPU
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
-    d = daemons(reconcile_s=0.5)
+    d = daemon_factory(reconcile_s=0.5)
     browser.get(d.url + "/ui")
     wait_for(lambda: loaded(browser), what="the first state")
 
@@ -283,9 +268,9 @@ def test_switch_shows_its_plan_then_streams_the_steps_and_the_bars_change(sim_ho
     assert browser.execute_script("return document.querySelector('#history .entry').dataset.kind") == "service"
 
 
-def test_without_the_api_key_nothing_is_shown_and_actions_are_refused(sim_host, daemons, browser, artifacts):
+def test_without_the_api_key_nothing_is_shown_and_actions_are_refused(sim_host, daemon_factory, browser, artifacts):
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
-    d = daemons(api_key="s3cret")
+    d = daemon_factory(api_key="s3cret")
     browser.get(d.url + "/ui")
     wait_for(lambda: browser.execute_script("return !document.getElementById('key-form').hidden"), what="the key form")
     assert text(browser, "#conn") == "API key needed" and not rows(browser)
@@ -331,10 +316,10 @@ def sse_events(text: str) -> list[tuple[str, dict]]:
     return out
 
 
-def test_run_streams_its_events_and_one_action_runs_at_a_time(sim_host, daemons):
+def test_run_streams_its_events_and_one_action_runs_at_a_time(sim_host, daemon_factory):
     set_sim(sim_host, "big", load_s=1.0)
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
-    d = daemons()
+    d = daemon_factory()
     page = httpx.get(d.url + "/ui/", trust_env=False)
     assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
     assert httpx.get(d.url + "/ui", trust_env=False).status_code == 307
@@ -445,12 +430,12 @@ def test_gpu_bars_place_each_process_on_its_gpu():
     assert [(s["service"], s["measured_mb"]) for s in one[0]["segments"]] == [("a", 6100), ("b", 2900)]
 
 
-def test_a_failing_switch_streams_the_failed_step_and_the_state_it_left(sim_host, daemons):
+def test_a_failing_switch_streams_the_failed_step_and_the_state_it_left(sim_host, daemon_factory):
     big = next((sim_host.root / "presets").rglob("big.yaml"))
     # its health gate never passes (a route the stand-in does not have), so the start fails mid-switch
     big.write_text(big.read_text().replace("startup_timeout: 20", "startup_timeout: 2") + "health_endpoint: /nope\n")
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
-    d = daemons()
+    d = daemon_factory()
     evs = [e for ev, e in sse_events(httpx.post(d.url + "/ui/api/run", json={"kind": "switch", "mode": "chat"}, timeout=60,
                                                 trust_env=False).text) if ev == "action"]
     fail = next(e for e in evs if e["phase"] == "fail")
