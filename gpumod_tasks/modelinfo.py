@@ -12,7 +12,7 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class ModelInfo:
     weight_bytes: int
     dtype: str  # weights' dtype or GGUF quantization
     kv_bytes_per_elem: int = 2
+    weights_from: str = "files"  # files (safetensors / GGUF / index) | config (counted from config.json alone)
 
     @property
     def kv_bytes_per_1k(self) -> int:
@@ -64,7 +65,8 @@ class ModelInfo:
         return {"source": self.source, "kind": self.kind, "architecture": self.architecture, "layers": self.layers,
                 "heads": self.heads, "kv_heads": self.kv_heads, "head_dim": self.head_dim, "hidden": self.hidden,
                 "max_context": self.max_context, "params": self.params, "weight_mb": self.weight_mb, "dtype": self.dtype,
-                "kv_mb_per_1k": round(self.kv_mb_per_1k, 3), "context": context, "estimate_mb": self.estimate_mb(context)}
+                "kv_mb_per_1k": round(self.kv_mb_per_1k, 3), "context": context, "estimate_mb": self.estimate_mb(context),
+                "weights_from": self.weights_from}
 
 
 def from_config(config: dict[str, Any], weights: tuple[int, int], source: str, kind: str) -> ModelInfo:
@@ -85,6 +87,38 @@ def from_config(config: dict[str, Any], weights: tuple[int, int], source: str, k
     arch = (config.get("architectures") or [cfg.get("model_type", "?")])[0]
     return ModelInfo(source, kind, str(arch), layers, heads, kv_heads, head_dim, hidden,
                      int(cfg.get("max_position_embeddings") or 0), weights[0], weights[1], dtype)
+
+
+def params_from_config(config: dict[str, Any]) -> int:
+    """Pure: the parameter count of a decoder-only transformer from its config alone: embeddings
+    (and an untied LM head), per layer the attention projections (q and o at heads x head_dim, k and
+    v at kv_heads x head_dim), a gated MLP (gate, up, down) or its experts and router, and the norms."""
+    cfg = config.get("text_config") or config
+    hidden = int(cfg["hidden_size"])
+    layers = int(cfg["num_hidden_layers"])
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    vocab = int(cfg.get("vocab_size") or 0)
+    inter = int(cfg.get("intermediate_size") or 4 * hidden)
+    experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0)
+    embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings", config.get("tie_word_embeddings", False)) else 2)
+    attn = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    if experts:
+        moe_inter = int(cfg.get("moe_intermediate_size") or inter)
+        shared = int(cfg.get("n_shared_experts") or 0)
+        mlp = (experts + shared) * 3 * hidden * moe_inter + hidden * experts
+    else:
+        mlp = 3 * hidden * inter
+    return embed + layers * (attn + mlp + 2 * hidden) + hidden
+
+
+def weight_bytes_per_param(config: dict[str, Any]) -> float:
+    quant = config.get("quantization_config") or {}
+    if quant.get("bits"):
+        return int(quant["bits"]) / 8
+    cfg = config.get("text_config") or config
+    return DTYPE_BYTES.get(str(cfg.get("torch_dtype") or config.get("torch_dtype") or "bfloat16"), 2)
 
 
 def safetensors_totals(files: list[Path]) -> tuple[int, int]:
@@ -118,7 +152,13 @@ def from_hf_dir(d: Path, source: str | None = None, kind: str = "hf-dir") -> Mod
             dtype_b = DTYPE_BYTES.get(str(config.get("torch_dtype", "bfloat16")), 2)
             weights = (total // dtype_b, total)
         else:
-            weights = (0, 0)
+            # config.json alone (a hub id's cache before the weights, a stub directory): count them
+            try:
+                params = params_from_config(config)
+            except (KeyError, TypeError, ValueError):
+                params = 0
+            info = from_config(config, (params, int(params * weight_bytes_per_param(config))), source or str(d), kind)
+            return replace(info, weights_from="config")
     return from_config(config, weights, source or str(d), kind)
 
 

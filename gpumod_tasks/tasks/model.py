@@ -37,7 +37,8 @@ def info(c, model, context=0, preset=None, id=None, port=8100, driver=None, json
             con.print(f"[yellow]{note}[/yellow]")
         con.print(f"[bold]{mi.source}[/bold] ({mi.kind}): {mi.architecture}, {mi.dtype}")
         con.print(f"  parameters      {mi.params:,} ({mi.params / 1e9:.2f} B)")
-        con.print(f"  weights         {mi.weight_mb} MB")
+        con.print(f"  weights         {mi.weight_mb} MB" + (" (counted from config.json: no weight files here)"
+                                                          if mi.weights_from == "config" else ""))
         con.print(f"  layers / heads  {mi.layers} layers, {mi.heads} heads, {mi.kv_heads} KV heads x {mi.head_dim} dims "
                   f"(hidden {mi.hidden}), max context {mi.max_context or '?'}")
         con.print(f"  KV cache        {mi.kv_mb_per_1k:.3f} MB per 1K tokens (fp16)")
