@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from .daemon.announce import parse as parse_daemon_link
+from .daemon.announce import registration_file
 from .engines import probe
 from .errors import GpumodError
 from .facts.batch import run_batch
@@ -59,6 +61,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             f_gpu = pool.submit(target.gpu) if with_gpu else None
             f_mem = pool.submit(host.read_file, meminfo_path)
             f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
+            f_daemon = pool.submit(host.read_file, registration_file(target.state_dir))
             f_files = pool.submit(_run_fact, host, unit_files_argv(*unit_file_location(target), list(unit_files))) if unit_files else None
             unit_states = f_units.result()
             if f_gpu is not None:
@@ -68,11 +71,13 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     gpu_error = str(exc)
             mem_text = f_mem.result()
             rec_text = f_rec.result()
+            daemon_text = f_daemon.result()
             files_text = f_files.result() if f_files is not None else ""
         else:
             # a remote box: every fact in one round trip, each parsed as usual
             facts: dict[str, list[str]] = {"units": manager.state_argv(units), "meminfo": ["cat", "--", meminfo_path],
-                                           "mode": ["cat", "--", mode_file(target.state_dir)]}
+                                           "mode": ["cat", "--", mode_file(target.state_dir)],
+                                           "daemon": ["cat", "--", registration_file(target.state_dir)]}
             if with_gpu:
                 facts["gpu"] = target.gpu_fact_argv()
             if unit_files:
@@ -87,6 +92,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     gpu_error = str(exc)
             mem_text = out["meminfo"].stdout if out["meminfo"].exit_code == 0 else None
             rec_text = out["mode"].stdout if out["mode"].exit_code == 0 else None
+            daemon_text = out["daemon"].stdout if out["daemon"].exit_code == 0 else None
         record = parse_mode_record(rec_text, mode_file(target.state_dir))
         probes = {k: f.result() for k, f in f_probes.items()}
     mem = parse_meminfo(mem_text) if mem_text else None
@@ -122,7 +128,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     files, boot = parse_unit_files(files_text, list(unit_files)) if unit_files else ({}, 0.0)
     return Observed(host=target.spec.name, services=obs, gpu=gpu, mem=mem, record=record, manager=manager.kind,
                     sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped,
-                    unit_files=files, boot_time=boot)
+                    unit_files=files, boot_time=boot, daemon=parse_daemon_link(daemon_text))
 
 
 def _run_fact(host: object, argv: list[str]) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .catalog.model import Preset
+from .daemon.announce import DaemonLink
 from .engines.base import Health, Probe
 from .facts.gpu import GpuFacts
 from .facts.meminfo import MemInfo
@@ -79,6 +80,7 @@ class Observed:
     unmapped_pids: dict[int, int] = field(default_factory=dict)  # GPU processes gpumod does not run
     unit_files: dict[str, UnitFile] = field(default_factory=dict)  # only when asked for
     boot_time: float = 0.0  # the host's boot time (epoch s): turns a unit's start into a wall time
+    daemon: DaemonLink | None = None  # the router daemon registered on the box (it drains before a service leaves)
 
     @property
     def gpu_total_mb(self) -> int:
