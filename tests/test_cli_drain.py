@@ -146,3 +146,37 @@ def test_a_stale_registration_is_ignored(sim_host, serving):
     assert reg.exists()
     code, stdout, stderr = run_cli(["mode.switch", "--name", "blank"])
     assert code == 0 and "router daemon" not in stdout + stderr, stdout + stderr
+
+
+def test_requests_arriving_during_the_hold_queue_and_are_served_after_the_run(sim_host, serving):
+    """A CLI switch to a mode where doc sleeps: while the daemon drains doc's stream for it, doc
+    shows as switching and a new request for it waits in the daemon's queue (it never reaches a
+    server about to sleep); the stream completes, doc sleeps, and then the queued request is
+    served (the daemon wakes doc for it)."""
+    url, reg, proc, errfile = serving
+    out: dict = {}
+    th = stream_in_thread(url, out)
+    res: dict = {}
+
+    def cli():
+        res["cli"] = run_cli(["mode.switch", "--name", "code"])  # doc sleeps, router starts
+        res["cli_done"] = time.monotonic()
+
+    ct = threading.Thread(target=cli)
+    ct.start()
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert wait_for(lambda: "draining doc" in errfile.read_text(), 10)
+    models = httpx.get(url + "/models", headers=auth, timeout=10, trust_env=False).json()["models"]
+    assert {m["id"]: m["state"] for m in models}["doc"] == "switching"
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "doc", "messages": [{"role": "user", "content": "hi"}]},
+                   headers=auth, timeout=60, trust_env=False)
+    answered = time.monotonic()
+    ct.join(60)
+    th.join(30)
+    code, stdout, stderr = res["cli"]
+    assert code == 0, stdout + stderr
+    assert out.get("finish") == "stop" and out.get("done") and out["ended_at"] <= res["cli_done"], out
+    assert r.status_code == 200, r.text
+    assert answered >= res["cli_done"]  # it waited for the run to end
+    assert "sleep doc" in stdout, stdout  # the CLI's plan slept it ...
+    assert wait_for(lambda: "doc ready:" in errfile.read_text(), 5)  # ... and the daemon made it ready again for the request
