@@ -180,3 +180,31 @@ def test_requests_arriving_during_the_hold_queue_and_are_served_after_the_run(si
     assert answered >= res["cli_done"]  # it waited for the run to end
     assert "sleep doc" in stdout, stdout  # the CLI's plan slept it ...
     assert wait_for(lambda: "doc ready:" in errfile.read_text(), 5)  # ... and the daemon made it ready again for the request
+
+
+def test_the_registration_is_read_strictly():
+    from gpumod_tasks.daemon.announce import DaemonLink, parse, render
+
+    link = parse(render(123, 8787, "0.0.0.0", api_key="s3cret"))
+    assert link == DaemonLink(123, 8787, "127.0.0.1", "s3cret") and "s3cret" not in repr(link)
+    assert parse(render(5, 80, "::", api_key="k", api_key_file="/etc/key")) == DaemonLink(5, 80, "::1", "", "/etc/key")
+    assert link.url("http://127.0.0.1:8787") == "http://127.0.0.1:8787"
+    assert parse(render(5, 80, "10.1.2.3")).url("http://127.0.0.1:80") == "http://10.1.2.3:80"
+    for bad in (None, "", "{", "[]", '{"pid": "1", "port": 80}', '{"pid": 1, "port": 0}', '{"pid": 1, "port": 80, "api_key": 3}',
+                '{"pid": true, "port": 80}'):
+        assert parse(bad) is None, bad
+
+
+def test_drain_routes_refuse_bad_bodies(sim_host, serving):
+    url, *_ = serving
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for body in ({}, {"services": "doc"}, {"services": [1]}, {"services": ["doc"], "hold_s": 0}, {"services": ["doc"], "hold_s": "x"}):
+        assert httpx.post(url + "/drain", json=body, headers=auth, timeout=10, trust_env=False).status_code == 400, body
+    assert httpx.post(url + "/drain", json={"services": ["doc"]}, timeout=10, trust_env=False).status_code == 401
+    r = httpx.post(url + "/drain", json={"services": ["doc", "nosuch"], "hold_s": 5}, headers=auth, timeout=10, trust_env=False)
+    assert r.status_code == 200 and r.json()["services"] == ["doc"] and r.json()["in_flight"] == {"doc": 0}
+    states = {m["id"]: m["state"] for m in httpx.get(url + "/models", headers=auth, trust_env=False).json()["models"]}
+    assert states["doc"] == "switching"
+    assert httpx.post(url + "/drain/end", json={"services": ["doc"]}, headers=auth, timeout=10, trust_env=False).status_code == 200
+    states = {m["id"]: m["state"] for m in httpx.get(url + "/models", headers=auth, trust_env=False).json()["models"]}
+    assert states["doc"] == "active"

@@ -61,10 +61,14 @@ def parse(text: str | None) -> DaemonLink | None:
     if not isinstance(data, dict):
         return None
     pid, port = data.get("pid"), data.get("port")
-    if not (isinstance(pid, int) and pid > 0 and isinstance(port, int) and 0 < port < 65536):
+    if not (_whole(pid) and pid > 0 and _whole(port) and 0 < port < 65536):
         return None
     strs = {k: data.get(k, "") for k in ("address", "api_key", "api_key_file")}
     if not all(isinstance(v, str) for v in strs.values()):
         return None
     return DaemonLink(pid=pid, port=port, address=strs["address"] or "127.0.0.1", api_key=strs["api_key"],
                       api_key_file=strs["api_key_file"])
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
