@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 FILE = "router.json"
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -70,5 +71,5 @@ def parse(text: str | None) -> DaemonLink | None:
                       api_key_file=strs["api_key_file"])
 
 
-def _whole(v: object) -> bool:
+def _whole(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
