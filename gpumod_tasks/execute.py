@@ -251,6 +251,10 @@ class Executor:
             Retrying(stop=stop_after_delay(self.release_timeout_s), wait=adaptive_wait(),
                      retry=retry_if_result(lambda u: u > limit))(used)
         except RetryError:
+            if step.releasing:
+                raise StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
+                                 f"(GPU uses {last[-1] if last else '?'} MB > expected {step.expected_used_mb} MB + "
+                                 f"{step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi") from None
             raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
                              f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
                              f"(a stopped process may be stuck; check nvidia-smi)") from None

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from .daemon.announce import parse as parse_daemon_link
+from .daemon.announce import registration_file
 from .engines import probe
 from .errors import GpumodError
 from .facts.batch import run_batch
@@ -20,7 +22,7 @@ from .facts.gpu import GpuFacts
 from .facts.meminfo import parse_meminfo
 from .facts.unitfiles import parse_unit_files, unit_files_argv
 from .facts.units import parse_systemctl_show
-from .observed import Observed, ServiceObs, SvcState, classify, describe_state
+from .observed import Observed, Releasing, ServiceObs, SvcState, classify, describe_state
 from .state import mode_file, parse_mode_record
 from .target import Target
 
@@ -59,6 +61,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             f_gpu = pool.submit(target.gpu) if with_gpu else None
             f_mem = pool.submit(host.read_file, meminfo_path)
             f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
+            f_daemon = pool.submit(host.read_file, registration_file(target.state_dir))
             f_files = pool.submit(_run_fact, host, unit_files_argv(*unit_file_location(target), list(unit_files))) if unit_files else None
             unit_states = f_units.result()
             if f_gpu is not None:
@@ -68,11 +71,13 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     gpu_error = str(exc)
             mem_text = f_mem.result()
             rec_text = f_rec.result()
+            daemon_text = f_daemon.result()
             files_text = f_files.result() if f_files is not None else ""
         else:
             # a remote box: every fact in one round trip, each parsed as usual
             facts: dict[str, list[str]] = {"units": manager.state_argv(units), "meminfo": ["cat", "--", meminfo_path],
-                                           "mode": ["cat", "--", mode_file(target.state_dir)]}
+                                           "mode": ["cat", "--", mode_file(target.state_dir)],
+                                           "daemon": ["cat", "--", registration_file(target.state_dir)]}
             if with_gpu:
                 facts["gpu"] = target.gpu_fact_argv()
             if unit_files:
@@ -87,6 +92,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     gpu_error = str(exc)
             mem_text = out["meminfo"].stdout if out["meminfo"].exit_code == 0 else None
             rec_text = out["mode"].stdout if out["mode"].exit_code == 0 else None
+            daemon_text = out["daemon"].stdout if out["daemon"].exit_code == 0 else None
         record = parse_mode_record(rec_text, mode_file(target.state_dir))
         probes = {k: f.result() for k, f in f_probes.items()}
     mem = parse_meminfo(mem_text) if mem_text else None
@@ -101,18 +107,27 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             pid_owner[pid] = p.id
     vram: dict[str, int] = {}
     unmapped: dict[int, int] = {}
+    releasing: list[Releasing] = []
     if gpu and gpu.gpus:
         # GPU processes that are not a unit's main pid (vLLM's engine core, router children): one
         # round trip for all of them
         strays = sorted({pid for g in gpu.gpus for pid in g.per_pid if pid not in pid_owner})
-        by_cgroup = _owners_by_cgroup(target, strays, pid_owner) if strays else {}
+        by_cgroup, pstate = _walk(target, strays, pid_owner) if strays else ({}, {})
+        running = {p.id for p in presets if unit_states[p.unit].is_running}
+        last_run = {unit_states[p.unit].last_pid: p.id for p in presets
+                    if unit_states[p.unit].last_pid and not unit_states[p.unit].is_running}
         for g in gpu.gpus:
             for pid, mb in g.per_pid.items():
-                owner = pid_owner.get(pid) or by_cgroup.get(pid)
-                if owner is None:
-                    unmapped[pid] = mb or 0
+                if pid in pid_owner:
+                    vram[pid_owner[pid]] = vram.get(pid_owner[pid], 0) + (mb or 0)
+                    continue
+                why = releasing_owner(pid, by_cgroup.get(pid), pstate.get(pid, ""), running, last_run)
+                if why is not None:
+                    releasing.append(Releasing(pid, mb or 0, why))
+                elif by_cgroup.get(pid):
+                    vram[by_cgroup[pid]] = vram.get(by_cgroup[pid], 0) + (mb or 0)
                 else:
-                    vram[owner] = vram.get(owner, 0) + (mb or 0)
+                    unmapped[pid] = mb or 0
     obs: dict[str, ServiceObs] = {}
     for p in presets:
         u = unit_states[p.unit]
@@ -122,7 +137,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     files, boot = parse_unit_files(files_text, list(unit_files)) if unit_files else ({}, 0.0)
     return Observed(host=target.spec.name, services=obs, gpu=gpu, mem=mem, record=record, manager=manager.kind,
                     sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped,
-                    unit_files=files, boot_time=boot)
+                    unit_files=files, boot_time=boot, releasing=tuple(releasing), daemon=parse_daemon_link(daemon_text))
 
 
 def _run_fact(host: object, argv: list[str]) -> str:
@@ -130,19 +145,50 @@ def _run_fact(host: object, argv: list[str]) -> str:
     return str(r.stdout)
 
 
+def releasing_owner(pid: int, cgroup_owner: str | None, state: str, running: set[str],
+                    last_run: dict[int, str]) -> str | None:
+    """Pure: is this GPU process (no running unit's main pid) on its way out? Its service's name
+    ("" when unknown), or None when it is not (a live process: a service's child or a foreign
+    one). Exiting: the process is gone or a zombie (``state`` from /proc/PID/stat: Z, X, or
+    "gone"), or it sits in the cgroup of a gpumod unit that is not running."""
+    owner = cgroup_owner or last_run.get(pid, "")
+    if state in ("gone", "Z", "X"):
+        return owner
+    if cgroup_owner and cgroup_owner not in running:
+        return cgroup_owner
+    return None
+
+
 def _owners_by_cgroup(target: Target, pids: list[int], pid_owner: dict[int, str]) -> dict[int, str]:
+    return _walk(target, pids, pid_owner)[0]
+
+
+def _walk(target: Target, pids: list[int], pid_owner: dict[int, str]) -> tuple[dict[int, str], dict[int, str]]:
     """Map GPU processes that are not a unit's main process to their service: a process's systemd
-    cgroup names the unit; else walk up its parents (at most 8) to a unit's MainPID. One command."""
+    cgroup names the unit; else walk up its parents (at most 8) to a unit's MainPID. Also each
+    one's process state (R, S, Z, ..., or "gone"). One command."""
     script = (
-        'for p0 in "$@"; do p=$p0; i=0; while [ "$p" -gt 1 ] 2>/dev/null && [ $i -lt 8 ]; do '
+        'for p0 in "$@"; do echo "$p0 state $(sed -e \'s/.*) //\' /proc/$p0/stat 2>/dev/null | cut -d\' \' -f1)"; '
+        'p=$p0; i=0; while [ "$p" -gt 1 ] 2>/dev/null && [ $i -lt 8 ]; do '
         'echo "$p0 $p $(grep -o "gpumod-[a-z0-9._-]*\\.service" /proc/$p/cgroup 2>/dev/null | head -1)"; '
         "p=$(sed -e 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f2); i=$((i+1)); done; done"
     )
     try:
         r = target.host.run(["sh", "-c", script, "sh", *map(str, pids)], ok=(0, 1))
     except GpumodError:
-        return {}
-    return parse_cgroup_walk(r.stdout, pid_owner, {p.unit: p.id for p in target.catalog.presets.values()})
+        return {}, {}
+    return (parse_cgroup_walk(r.stdout, pid_owner, {p.unit: p.id for p in target.catalog.presets.values()}),
+            parse_pid_states(r.stdout))
+
+
+def parse_pid_states(text: str) -> dict[int, str]:
+    """Pure: lines ``PID state [S]`` -> {PID: S}, "gone" when the process had no /proc entry."""
+    out: dict[int, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] == "state" and parts[0].isdigit():
+            out[int(parts[0])] = parts[2] if len(parts) > 2 else "gone"
+    return out
 
 
 def parse_cgroup_walk(text: str, pid_owner: dict[int, str], unit_owner: dict[str, str]) -> dict[int, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .catalog.model import Preset
+from .daemon.announce import DaemonLink
 from .engines.base import Health, Probe
 from .facts.gpu import GpuFacts
 from .facts.meminfo import MemInfo
@@ -66,6 +67,20 @@ class RenderedUnit:
 
 
 @dataclass(frozen=True)
+class Releasing:
+    """GPU memory still held by a process on its way out: it exited (or is a zombie) or its
+    service's unit is no longer running, while the driver has not given its memory back yet (a
+    crashed or killed stop, seconds ago). ``service``: whose it was, when known."""
+
+    pid: int
+    mb: int
+    service: str = ""
+
+    def describe(self) -> str:
+        return f"pid {self.pid} of {self.service}" if self.service else f"pid {self.pid} (exited)"
+
+
+@dataclass(frozen=True)
 class Observed:
     host: str
     services: dict[str, ServiceObs]
@@ -79,6 +94,8 @@ class Observed:
     unmapped_pids: dict[int, int] = field(default_factory=dict)  # GPU processes gpumod does not run
     unit_files: dict[str, UnitFile] = field(default_factory=dict)  # only when asked for
     boot_time: float = 0.0  # the host's boot time (epoch s): turns a unit's start into a wall time
+    releasing: tuple[Releasing, ...] = ()  # memory of exiting processes, not yet given back (not in unmapped_pids)
+    daemon: DaemonLink | None = None  # the router daemon registered on the box (it drains before a service leaves)
 
     @property
     def gpu_total_mb(self) -> int:
@@ -91,6 +108,10 @@ class Observed:
     @property
     def external_mb(self) -> int:
         return sum(self.unmapped_pids.values())
+
+    @property
+    def releasing_mb(self) -> int:
+        return sum(r.mb for r in self.releasing)
 
     def not_running(self, ids: Iterable[str], may_sleep: Iterable[str] = ()) -> dict[str, str]:
         """Services of ``ids`` that are not running and healthy, with their state (mode.verify);

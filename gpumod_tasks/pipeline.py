@@ -12,16 +12,20 @@ record says so ("switch to X failed at step N: ...; now running: ...") until a r
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .daemon.announce import DaemonLink
+from .drain import drained
 from .errors import GpuProbeError, SwitchFailed
 from .execute import Event, Executor, SwitchReport
 from .lock import host_lock
 from .observe import observe
 from .observed import Observed
-from .plan import Plan, Policy, ServiceOp, plan_refresh, plan_service, plan_switch
+from .plan import LEAVING, Plan, Policy, ServiceOp, plan_refresh, plan_service, plan_switch
 from .plan.order import with_dependencies
 from .state import read_mode, write_mode
 from .target import Target
@@ -105,7 +109,9 @@ def run(target: Target, op: Operation, *, dry_run: bool = False, wait_lock: bool
         rollback: bool = False, on_event: Event | None = None, on_wait: Callable[[str], None] | None = None,
         on_plan: Callable[[Plan], None] | None = None) -> Outcome:
     """``on_plan(plan)`` is called with the lock held, before anything changes (the router daemon
-    marks the services that will leave and drains their requests there)."""
+    marks the services that will leave and drains their requests there). Without it, a router
+    daemon registered on the box (``Observed.daemon``) is asked to do the same over HTTP
+    (``drain.py``), so a CLI run never cuts off requests the daemon is serving."""
     policy = policy_for(target)
     if dry_run:
         plan, seen = prepare(target, op, policy)
@@ -118,27 +124,45 @@ def run(target: Target, op: Operation, *, dry_run: bool = False, wait_lock: bool
         plan, seen = prepare(target, op, policy)
         if on_plan is not None:
             on_plan(plan)
-        started = time.time()
-        executor = Executor(target, policy, on_event=on_event, quiesce=quiesce,
-                            release_timeout_s=target.spec.release_timeout_s)
-        report = executor.run(plan)
-        if not report.ok:
-            _record_failure(target, op, report)
-        _history(target, op, started, report, plan)
-        outcome = Outcome(plan, report, seen)
-        if (not report.ok and rollback and isinstance(op, SwitchTo) and plan.previous_mode
-                and plan.previous_mode != op.mode):
-            back_op = SwitchTo(plan.previous_mode)
-            back_plan, _ = prepare(target, back_op, policy)
-            back = Executor(target, policy, on_event=on_event, quiesce=quiesce,
-                            release_timeout_s=target.spec.release_timeout_s).run(back_plan)
-            if not back.ok:
-                _record_failure(target, back_op, back)
-            _history(target, back_op, time.time(), back, back_plan)
-            outcome.rollback = back
+            hold: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        else:  # a router daemon serving on the box drains its requests to the leaving services first
+            hold = drained(target, _daemon_elsewhere(target, seen), leaving_services(plan), note=on_wait)
+        with hold:
+            started = time.time()
+            executor = Executor(target, policy, on_event=on_event, quiesce=quiesce,
+                                release_timeout_s=target.spec.release_timeout_s)
+            report = executor.run(plan)
+            if not report.ok:
+                _record_failure(target, op, report)
+            _history(target, op, started, report, plan)
+            outcome = Outcome(plan, report, seen)
+            if (not report.ok and rollback and isinstance(op, SwitchTo) and plan.previous_mode
+                    and plan.previous_mode != op.mode):
+                back_op = SwitchTo(plan.previous_mode)
+                back_plan, _ = prepare(target, back_op, policy)
+                back = Executor(target, policy, on_event=on_event, quiesce=quiesce,
+                                release_timeout_s=target.spec.release_timeout_s).run(back_plan)
+                if not back.ok:
+                    _record_failure(target, back_op, back)
+                _history(target, back_op, time.time(), back, back_plan)
+                outcome.rollback = back
     if not report.ok:
         raise _failure(target, op, plan, outcome)
     return outcome
+
+
+def leaving_services(plan: Plan) -> list[str]:
+    """The services the plan sleeps, unloads or stops (in plan order, once each)."""
+    return list(dict.fromkeys(s.service for s in plan.steps if isinstance(s, LEAVING)))
+
+
+def _daemon_elsewhere(target: Target, seen: Observed) -> DaemonLink | None:
+    """The daemon registered on the box, unless it is this very process (it drains its own runs
+    through ``on_plan``)."""
+    link = seen.daemon
+    if link is not None and target.host.is_this_machine and link.pid == os.getpid():
+        return None
+    return link
 
 
 def _lock_label(op: Operation) -> str:

@@ -229,7 +229,7 @@ root=$1; shift
 for u in "$@"; do
   pidf="$root/run/$u.pid"; rc="$root/run/$u.rc"; load=loaded
   [ -f "$root/units/$u.sh" ] || load=not-found
-  active=inactive; sub=dead; result=success; start=0
+  active=inactive; sub=dead; result=success; start=0; rawpid=
   if [ -f "$pidf" ]; then
     ident "$pidf"
     if [ "$why" = running ]; then
@@ -253,7 +253,8 @@ for u in "$@"; do
   else
     pid=0
   fi
-  printf 'Id=%s\nLoadState=%s\nActiveState=%s\nSubState=%s\nMainPID=%s\nResult=%s\nExecMainStartTimestampMonotonic=%s0000\n\n' "$u" "$load" "$active" "$sub" "$pid" "$result" "$start"
+  case "$rawpid" in ''|*[!0-9]*) rawpid=0;; esac
+  printf 'Id=%s\nLoadState=%s\nActiveState=%s\nSubState=%s\nMainPID=%s\nResult=%s\nExecMainStartTimestampMonotonic=%s0000\nExecMainPID=%s\n\n' "$u" "$load" "$active" "$sub" "$pid" "$result" "$start" "$rawpid"
 done
 '''
         return ["sh", "-c", script, "sh", self.root, *units]

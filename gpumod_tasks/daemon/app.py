@@ -76,8 +76,19 @@ def loads(raw: bytes) -> Any:
         raise RouteError(400, "the request body is not JSON (or nests too deeply)") from None
 
 
+@dataclass(frozen=True)
+class Announce:
+    """Register the daemon on its box while it serves (``daemon/announce.py``): how a CLI run on
+    the same target finds it to drain the requests it serves."""
+
+    bind: str
+    port: int
+    api_key: str = ""
+    api_key_file: str = ""
+
+
 def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None = None, guard: Guard | None = None,
-               limits: Limits | None = None) -> Any:
+               limits: Limits | None = None, announce: Announce | None = None) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -165,6 +176,25 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
             log.error("reload failed: %s", exc)
             return JSONResponse({"ok": False, "error": str(exc), "state": getattr(exc, "state_lines", [])}, status_code=500)
         return JSONResponse({"ok": True, **res})
+
+    async def drain(request: Request) -> Response:
+        """``{"services": [...], "hold_s": N}``: another run on the box is about to sleep or stop
+        them; answers once their requests in flight are done (``ModelManager.hold``)."""
+        body = loads(await request.body())
+        services = body.get("services") if isinstance(body, dict) else None
+        hold_s = body.get("hold_s", 900) if isinstance(body, dict) else None
+        if (not isinstance(services, list) or not all(isinstance(x, str) for x in services)
+                or not isinstance(hold_s, (int, float)) or not 0 < hold_s <= 3600):
+            raise RouteError(400, 'give {"services": [ID, ...], "hold_s": SECONDS (up to 3600)}')
+        return JSONResponse({"ok": True, **(await manager.hold(services, float(hold_s)))})
+
+    async def drain_end(request: Request) -> Response:
+        body = loads(await request.body())
+        services = body.get("services") if isinstance(body, dict) else None
+        if not isinstance(services, list) or not all(isinstance(x, str) for x in services):
+            raise RouteError(400, 'give {"services": [ID, ...]}')
+        await manager.unhold(services)
+        return JSONResponse({"ok": True})
 
     async def metrics_route(request: Request) -> Response:
         body, ctype = metrics.render(manager)
@@ -326,12 +356,43 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
             pass
         log.info("serving %d services, %d modes; current mode %s; %s", len(manager.cat.presets), len(manager.cat.modes),
                  manager.mode or "(none)", "API key required" if door.token else "no API key")
+        registered = await asyncio.to_thread(register) if announce is not None else None
         try:
             yield
         finally:
             log.info("stopping (services keep running)")
+            if registered:
+                await asyncio.to_thread(unregister, registered)
             await manager.stop()
             await state["upstream"].close()
+
+    def register() -> str | None:
+        """Write ``router.json`` (0600: it may hold the API key) in the target's state dir."""
+        import os
+
+        from .announce import registration_file, render
+
+        assert announce is not None
+        t = manager.target()
+        path = registration_file(t.state_dir)
+        try:
+            t.host.write_file(path, render(os.getpid(), announce.port, announce.bind, api_key=announce.api_key,
+                                           api_key_file=announce.api_key_file), mode=0o600)
+        except (OSError, GpumodError) as exc:
+            log.warning("cannot register at %s (a CLI run on this box will not drain through the daemon): %s", path, exc)
+            return None
+        return path
+
+    def unregister(path: str) -> None:
+        """Remove ``router.json`` if it is still this process's (another daemon may have taken over)."""
+        import os
+
+        from .announce import parse
+
+        t = manager.target()
+        link = parse(t.host.read_file(path))
+        if link is not None and link.pid == os.getpid():
+            t.host.run(["rm", "-f", "--", path], ok=(0, 1))
 
     async def sighup_reload() -> None:
         log.info("SIGHUP: reloading the catalog")
@@ -348,6 +409,8 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         Route("/models", guard_route(models), methods=["GET"]),
         Route("/switch", guard_route(switch), methods=["POST"]),
         Route("/reload", guard_route(reload), methods=["POST"]),
+        Route("/drain", guard_route(drain), methods=["POST"]),
+        Route("/drain/end", guard_route(drain_end), methods=["POST"]),
         Route("/metrics", guard_route(metrics_route), methods=["GET"]),
         Route("/v1/models", guard_route(v1_models), methods=["GET"]),
     ]

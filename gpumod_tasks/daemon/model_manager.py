@@ -117,7 +117,8 @@ class ModelManager:
         self.kick = asyncio.Event()
         self.switch_lock = asyncio.Lock()
         self.drained = asyncio.Condition()
-        self.draining = False
+        self.draining = 0  # drains under way (a switch's own, and those asked for over POST /drain)
+        self.held: dict[str, float] = {}  # service -> when its hold expires: another run on the box is taking it away
         self.tasks: list[asyncio.Task[Any]] = []
         self.slot_waiters: collections.defaultdict[str, collections.deque[asyncio.Future[None]]] = \
             collections.defaultdict(collections.deque)
@@ -193,12 +194,13 @@ class ModelManager:
     # -- state ------------------------------------------------------------------------------
     def state_of(self, sid: str) -> str:
         """active | sleeping | stopped | switching | error (homeGPT's vocabulary)."""
-        return service_state(self.seen, sid, errors=self.errors, leaving=self.leaving, pending=set(self.pending),
+        return service_state(self.seen, sid, errors=self.errors, leaving=self.leaving | set(self.held), pending=set(self.pending),
                              switching=self.switching)
 
     def ready(self, sid: str) -> bool:
         o = self.seen.services.get(sid) if self.seen else None
-        return o is not None and o.state is SvcState.RUNNING and sid not in self.leaving and sid not in self.errors
+        return (o is not None and o.state is SvcState.RUNNING and sid not in self.leaving and sid not in self.held
+                and sid not in self.errors)
 
     def resolve(self, model: Any) -> str:
         if not isinstance(model, str) or not model:
@@ -323,6 +325,8 @@ class ModelManager:
     async def ensure(self, sid: str) -> dict[str, Any]:
         """The smallest change that makes ``sid`` ready; returns what was done."""
         async with self.switch_lock:
+            if self.held:
+                await asyncio.to_thread(self._expire_holds)
             await self.refresh()
             if self.ready(sid):
                 return {"service": sid, "action": "none", "duration_s": 0.0}
@@ -388,11 +392,50 @@ class ModelManager:
 
     async def _drain(self, leaving: set[str]) -> None:
         deadline = time.monotonic() + self.opts.drain_s
-        self.draining = True
+        self.draining += 1
         try:
             await self._drain_wait(leaving, deadline)
         finally:
-            self.draining = False
+            self.draining -= 1
+
+    async def hold(self, services: list[str], hold_s: float) -> dict[str, Any]:
+        """``POST /drain``: another run on the box (a CLI switch) is about to sleep or stop
+        ``services``. New requests to them wait (as for a switch of the daemon's own) until
+        ``unhold`` or ``hold_s``, or until the host lock is free again; the answer comes when
+        their requests in flight have finished, or after ``drain_s``."""
+        known = [s for s in services if s in self.cat.presets]
+        until = time.monotonic() + hold_s
+        for sid in known:
+            self.held[sid] = max(until, self.held.get(sid, 0.0))
+        had = {s: self.in_flight[s] for s in known if self.in_flight[s]}
+        if had:
+            log.info("draining %s for another run on the box", ", ".join(f"{s} ({n} in flight)" for s, n in had.items()))
+        t0 = time.monotonic()
+        await self._drain(set(known))
+        return {"services": known, "had": had, "in_flight": {s: self.in_flight[s] for s in known},
+                "waited_s": round(time.monotonic() - t0, 3)}
+
+    async def unhold(self, services: list[str]) -> None:
+        """``POST /drain/end``: the run is over; requests that queued meanwhile are served (their
+        services made ready again if they want them)."""
+        for sid in services:
+            self.held.pop(sid, None)
+        self.kick.set()  # the worker makes them ready for what queued meanwhile
+
+    def _expire_holds(self) -> None:
+        """Drop holds past their time, and every hold once the host lock is free (the run that
+        asked died without ``POST /drain/end``)."""
+        if not self.held:
+            return
+        from ..lock import held_lock_text
+
+        now = time.monotonic()
+        t = self.target()
+        free = held_lock_text(t.host, t.state_dir) is None
+        for sid, until in list(self.held.items()):
+            if free or until <= now:
+                log.info("%s: hold for another run released (%s)", sid, "the host lock is free" if free else "expired")
+                self.held.pop(sid, None)
 
     async def _drain_wait(self, leaving: set[str], deadline: float) -> None:
         async with self.drained:
@@ -442,6 +485,8 @@ class ModelManager:
                 self._loop_ok("reconcile")
 
     async def _reconcile_once(self) -> None:
+        if self.held:
+            await asyncio.to_thread(self._expire_holds)
         async with self.switch_lock:
             seen = await self.refresh()
         await self._watch_health(seen)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-PROPS = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "Result", "ExecMainStartTimestampMonotonic")
+PROPS = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "Result", "ExecMainStartTimestampMonotonic", "ExecMainPID")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class UnitState:
     main_pid: int = 0
     result: str = "success"
     started_mono_us: int = 0
+    last_pid: int = 0  # ExecMainPID: the main process of the last run, kept after it exited
 
     @property
     def is_running(self) -> bool:
@@ -81,5 +82,6 @@ def parse_systemctl_show(text: str, units: Sequence[str]) -> dict[str, UnitState
             main_pid=int(pid) if pid.isdigit() else 0,
             result=b.get("Result", "success"),
             started_mono_us=int(mono) if mono.isdigit() else 0,
+            last_pid=int(b.get("ExecMainPID", "0")) if b.get("ExecMainPID", "0").isdigit() else 0,
         )
     return out

@@ -14,6 +14,9 @@ from ..errors import PlanRefused
 from ..fit import alternatives
 from ..observed import Observed, SvcState
 from .policy import Policy
+from .steps import RouterLoad, Start, Step, WaitRelease, Wake
+
+LOADS = (Start, Wake, RouterLoad)
 
 
 def projected_mb(catalog: Catalog, awake: Iterable[str], sleeping: Mapping[str, int], external_mb: int) -> int:
@@ -86,3 +89,13 @@ def refuse_unless_ram(catalog: Catalog, seen: Observed, starting: Iterable[str],
                               f"(model_size_mb {p.model_size_mb} x {policy.preflight_factor:g} + {policy.preflight_margin_mb} MB); "
                               "loading it could freeze the host; nothing was changed")
     return []
+
+
+def await_releasing(seen: Observed, steps: list[Step], policy: Policy) -> list[Step]:
+    """Memory of processes on their way out (``Observed.releasing``: a crashed or killed stop
+    seconds ago) is not counted against the fit; a plan that loads anything waits for it first,
+    naming whose it is. A plan that loads nothing does not wait (nor does an empty one)."""
+    if not seen.releasing or not any(isinstance(s, LOADS) for s in steps):
+        return steps
+    names = tuple(f"{r.describe()} ({r.mb} MB)" for r in seen.releasing)
+    return [WaitRelease(max(0, seen.gpu_used_mb - seen.releasing_mb), policy.release_tolerance_mb, names), *steps]

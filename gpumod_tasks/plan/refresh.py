@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from ..catalog.model import Catalog
 from ..observed import Observed, RenderedUnit, SvcState
+from .fitcheck import await_releasing
 from .policy import Policy
 from .result import Plan
 from .steps import RouterLoad, Step, Stop, WaitRelease
@@ -45,6 +46,7 @@ def plan_refresh(catalog: Catalog, seen: Observed, policy: Policy, rendered: Map
     if leaving:
         freed_all = sum(getattr(s, "frees_mb", 0) for s in leaving)
         steps += leaving + [WaitRelease(max(0, seen.gpu_used_mb - freed_all), policy.release_tolerance_mb)] + arriving
+    steps = await_releasing(seen, steps, policy)
     rec = seen.record
     return Plan(mode=rec.mode or "", steps=tuple(steps), keep=(), budget_mb=seen.gpu_total_mb - policy.reserve_mb,
                 gpu_total_mb=seen.gpu_total_mb, notes=tuple(notes), previous_mode=rec.mode,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..catalog.model import Catalog
 from ..errors import PlanRefused
 from ..observed import Observed, RenderedUnit, SvcState
-from .fitcheck import refuse_unless_fits, refuse_unless_ram
+from .fitcheck import await_releasing, refuse_unless_fits, refuse_unless_ram
 from .order import dependents_of, with_dependencies
 from .policy import Policy
 from .result import Plan
@@ -78,7 +78,7 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
 
     def plan(steps: list[Step], sleeping_after: dict[str, int], awake_after: list[str], proj: int = 0) -> Plan:
         if steps:
-            steps.append(Record(None, tuple(sorted(sleeping_after.items()))))
+            steps = await_releasing(seen, steps, policy) + [Record(None, tuple(sorted(sleeping_after.items())))]
         return Plan(mode=rec.mode or "", steps=tuple(steps), keep=tuple(s for s in awake_after if s != sid),
                     projected_mb=proj, budget_mb=seen.gpu_total_mb - policy.reserve_mb, gpu_total_mb=seen.gpu_total_mb,
                     previous_mode=rec.mode, sleeping_after=tuple(sorted(sleeping_after.items())), operation=what,

@@ -99,12 +99,18 @@ class Sleep(Step):
 
 @dataclass(frozen=True)
 class WaitRelease(Step):
+    """Poll the GPU until used memory is down to the figure. ``releasing``: the exiting processes
+    whose memory is awaited (a crashed stop's: "pid N of big (9000 MB)"), named in the plan and in
+    the error when it is still held after the release timeout."""
+
     expected_used_mb: int
     tolerance_mb: int
+    releasing: tuple[str, ...] = ()
     kind: ClassVar[str] = "wait-release"
 
     def describe(self) -> str:
-        return f"wait until GPU used <= {self.expected_used_mb} MB (+{self.tolerance_mb} MB tolerance)"
+        what = f"releasing: {', '.join(self.releasing)}; " if self.releasing else ""
+        return f"{what}wait until GPU used <= {self.expected_used_mb} MB (+{self.tolerance_mb} MB tolerance)"
 
 
 @dataclass(frozen=True)

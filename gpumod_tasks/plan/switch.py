@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from ..catalog.model import Catalog, Mode, Preset, SleepMode
 from ..errors import PlanRefused
 from ..observed import Observed, RenderedUnit, SvcState
-from .fitcheck import l1_sleepers_stopping_credit, projected_mb, refuse_unless_fits, refuse_unless_ram
+from .fitcheck import await_releasing, l1_sleepers_stopping_credit, projected_mb, refuse_unless_fits, refuse_unless_ram
 from .order import topo_order
 from .policy import Policy
 from .result import Plan
@@ -271,7 +271,7 @@ def plan_switch(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
     part.notes += refuse_unless_ram(catalog, seen, starting, policy, promised_mb=part.ram_promised_mb,
                                     credit_mb=l1_sleepers_stopping_credit(catalog, seen, stopping))
     record = Record(mode.id, tuple(sorted(part.sleeping_after.items())))
-    steps = assemble(catalog, seen, part, target, policy, rendered, record)
+    steps = await_releasing(seen, assemble(catalog, seen, part, target, policy, rendered, record), policy)
     return Plan(mode=mode.id, steps=tuple(steps), keep=tuple(part.keep), projected_mb=proj,
                 budget_mb=seen.gpu_total_mb - policy.reserve_mb, gpu_total_mb=seen.gpu_total_mb, notes=tuple(part.notes),
                 previous_mode=seen.record.mode, sleeping_after=tuple(sorted(part.sleeping_after.items())),

@@ -41,7 +41,8 @@ def configure_logging(level: str, stream=None) -> None:
 @task(iterable=["allowed_host"], help={
     "port": "Port to listen on (default 8787).",
     "bind": "Address to bind (default 127.0.0.1; anything else requires an API key).",
-    "api-key": "Require 'Authorization: Bearer KEY' (default: $GPUMOD_ROUTER_API_KEY, or the file $GPUMOD_ROUTER_API_KEY_FILE names).",
+    "api-key": "Require 'Authorization: Bearer KEY'. Prefer $GPUMOD_ROUTER_API_KEY_FILE (a file holding the key) or "
+               "$GPUMOD_ROUTER_API_KEY: a key on the command line is visible to every user in `ps`.",
     "request-timeout": "Seconds a request may wait for its model to become ready before a 503 (default 300).",
     "concurrency": "In-flight requests per model before 429 (default 64).",
     "restart-unhealthy": "Restart a service that hangs while its process lives.",
@@ -72,7 +73,7 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     import uvicorn
 
     from ..cli_context import catalog, host_specs, open_target
-    from ..daemon.app import Limits, create_app, server_config
+    from ..daemon.app import Announce, Limits, create_app, server_config
     from ..daemon.metrics import Metrics
     from ..daemon.model_manager import ModelManager, Options
     from ..webguard import Guard, is_loopback
@@ -99,8 +100,10 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     key_file = os.environ.get("GPUMOD_ROUTER_API_KEY_FILE")
     if api_key is not None:
         key = checked_api_key(api_key, "--api-key")
+        key_file = None
     elif os.environ.get("GPUMOD_ROUTER_API_KEY"):
         key = checked_api_key(os.environ["GPUMOD_ROUTER_API_KEY"], "$GPUMOD_ROUTER_API_KEY")
+        key_file = None
     elif key_file:  # the unit points at a file, so the key never sits in a unit file
         try:
             with open(key_file) as fh:
@@ -112,6 +115,9 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
                    "or $GPUMOD_ROUTER_API_KEY_FILE)", code=2)
     configure_logging(str(log_level))
     log = logging.getLogger("gpumod.router")
+    if api_key is not None:
+        log.warning("--api-key on the command line is visible to other users in `ps`; "
+                    "prefer $GPUMOD_ROUTER_API_KEY_FILE or $GPUMOD_ROUTER_API_KEY")
     spec = specs[0]
     metrics = Metrics()
     mgr = ModelManager(lambda: open_target(c, spec), catalog,
@@ -119,7 +125,10 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
                                restart_unhealthy=bool(restart_unhealthy), reconcile_s=float(reconcile_s)), metrics)
     limits = Limits(max_body_bytes=max_body)
     guard = Guard(bind=bind, allowed_hosts=tuple(allowed_host or ()), token=key)
-    app = create_app(mgr, metrics, guard=guard, limits=limits)
+    # registered in the state dir while it serves, so a CLI switch on this box drains through it
+    announce = Announce(bind=bind, port=int(port), api_key=key or "",
+                        api_key_file=os.path.abspath(key_file) if key and key_file else "")
+    app = create_app(mgr, metrics, guard=guard, limits=limits, announce=announce)
     shown = f"[{bind}]" if ":" in bind else bind
     log.info("listening on http://%s:%d for host %s (log level %s)", shown, int(port), spec.name, str(log_level).lower())
     uvicorn.Server(server_config(app, bind, int(port), limits)).run()
