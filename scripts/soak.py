@@ -9,9 +9,10 @@ mode.switch`) and `inv router.serve` as a child process, and then, for ``--secon
 
 - ``--clients`` concurrent clients (aiohttp) send chat, completion and embedding requests for
   every model, streamed and not; some streams are cut off by the client after the first chunk;
-  some requests are malformed (bad JSON, no model, an unknown model, a body over the daemon's
-  limit, a wrong content type, JSON nested too deeply, a foreign Host, a text/plain /switch) and
-  must get their 4xx;
+  some requests are malformed (each kind once at the start, then 12 % of the clients'
+  requests: bad JSON, no model, an unknown model, a body over the daemon's limit, a wrong
+  content type, JSON nested too deeply, a foreign Host, a text/plain /switch, an unknown mode)
+  and must get their 4xx;
 - a chaos task forces switches (``POST /switch`` by mode or by model), SIGKILLs a service now
   and then (its pid from the supervisor's pid files, the ones ``inv status`` reads, and only a
   process whose command line is one of this run's stand-ins) and SIGKILLs the daemon once, at
@@ -475,11 +476,13 @@ class Soak:
         rng = random.Random(self.rng.random())
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout) as s:
+            n = 0
             while not self.stop.is_set() and self.sent < MAX_REQUESTS:
                 await self.daemon_up.wait()
                 if self.stop.is_set():
                     break
-                x = rng.random()
+                x = rng.random() if n else (0.2 if i % 2 else 0.4)  # a cut stream and a whole one first
+                n += 1
                 if x < 0.12:
                     await self.malformed(s, rng.choice(sorted(MALFORMED)))
                     continue
@@ -500,6 +503,8 @@ class Soak:
         kill_daemon_at = 0.4 * self.seconds
         next_switch, next_kill = 1.0, 0.25 * self.seconds
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+            for name in sorted(MALFORMED):  # every kind once; the clients send more at random
+                await self.malformed(s, name)
             while not self.stop.is_set():
                 t = self.now()
                 if kill_daemon_at is not None and t >= kill_daemon_at:

@@ -33,7 +33,8 @@ def test_a_brief_soak_passes_and_accounts_for_every_request(tmp_path: Path) -> N
     assert s["daemon_kills"] == 1 and len(s["adoption"]) == 1 and len(s["rss"]) == 2
     assert s["service_kills"]
     assert s["by_kind"].get("switch", 0) >= 1
-    assert any(k.startswith("malformed ") for k in s["by_kind"])
+    assert len([k for k in s["by_kind"] if k.startswith("malformed ")]) == 9  # each kind at least once
+    assert s["ours"]["cut by us"] >= 1 or any(k.startswith("cut ") and s["by_kind"][k] for k in s["by_kind"])
     assert s["ledger"]["samples"] > 10 and s["ledger"]["violations"] == [] and s["ledger"]["max_used_mb"] > 0
     assert s["converged"] is True and any("second switch" in n and "changed steps: none" in n for n in s["convergence"])
     assert all(d["start_kb"] and d["end_kb"] for d in s["rss"])
