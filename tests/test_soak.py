@@ -30,7 +30,7 @@ def test_a_brief_soak_passes_and_accounts_for_every_request(tmp_path: Path) -> N
     assert s["lost"] == 0 and s["wrong"] == [] and s["ok"] is True
     assert sum(s["by_kind"].values()) == s["sent"]
     # the chaos happened: a daemon kill with adoption, service kills, forced switches, malformed requests
-    assert s["daemon_kills"] == 1 and len(s["adoption"]) == 1 and len(s["rss"]) == 2
+    assert s["daemon_kills"] == 1 and len(s["adoption"]) == 1 and s["adoption_failed"] == [] and len(s["rss"]) == 2
     assert s["service_kills"]
     assert s["by_kind"].get("switch", 0) >= 1
     assert len([k for k in s["by_kind"] if k.startswith("malformed ")]) == 9  # each kind at least once
