@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_a_brief_soak_passes_and_accounts_for_every_request(tmp_path: Path) -> None:
-    for pkg in ("aiohttp", "uvicorn", "starlette", "httptools"):
+    for pkg in ("uvicorn", "starlette", "httptools"):  # aiohttp, its client, is a test dependency
         pytest.importorskip(pkg, reason=f"the router daemon's packages are missing ({pkg})")
     out = tmp_path / "soak.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUMOD_")}
