@@ -477,7 +477,21 @@ def router_model_on_its_peer() -> tuple[Catalog, Observed, None]:
     return cat, seen, None
 
 
+
+def two_router_models_up() -> tuple[Catalog, Observed, None]:
+    """Two models of one llama.cpp router, both loaded."""
+    ps = [Preset(s, s, Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra")
+          for s in ("s0", "s1")]
+    cat = Catalog({p.id: p for p in ps}, {"m0": Mode("m0", "m0", services=(ModeService("s0"), ModeService("s1")))})
+    gpu = GpuFacts("test", (Gpu(0, "RTX 4090", GPU_MB, 6000, GPU_MB - 6000),))
+    seen = Observed("h", {p.id: svc_obs(p, R, 3000, None, True, False) for p in ps}, gpu, MemInfo(65536, 64000),
+                    ModeRecord("m0"), "supervisor", True, boot_time=BOOT)
+    return cat, seen, None
+
+
 @PROPERTY
+# a second service.stop of a model unloaded from a router that serves another unloaded it again
+@example((*two_router_models_up(), ServiceOp("stop", "s0")))
 # the router unit was started twice: once for the dependency, once again for the service
 @example((*router_model_on_its_peer(), ServiceOp("start", "s1")))
 # a restart started the service while what it depends on was stopped (service.start brings it up)

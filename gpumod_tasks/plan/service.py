@@ -140,6 +140,11 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
         leaving = [_stop_step(catalog, seen, d, f"depends on {sid}")
                    for d in dependents_of(catalog, sid) if seen.services[d].holds_gpu]
         leaving.append(_stop_step(catalog, seen, sid, what))
+        # a model already unloaded from a router that stays up has nothing left to unload
+        leaving = [s for s in leaving if not (isinstance(s, RouterUnload) and seen.services[s.service].state is SvcState.SLEEPING)]
+        if not leaving:
+            nothing = f"{sid} is already unloaded from its router"
+            return plan([], sleeping, awake)
         after_sleep = {k: v for k, v in sleeping.items() if k not in {getattr(s, "service", "") for s in leaving}}
         awake_after = [s for s in awake if s not in {getattr(x, "service", "") for x in leaving}]
         return plan(leaving + [_wait(seen, leaving, policy)], after_sleep, awake_after)
