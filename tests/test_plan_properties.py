@@ -10,8 +10,9 @@ either the plan is refused, or it
 - writes units before the one daemon-reload, and both before any start,
 and applying its effects to the observation (a small simulator below) then planning again gives no step.
 
-On the simulated host (stand-in servers, supervisor, ledger): a switch to a generated mode, then the
-same switch as a dry run shows no step, the ledger is within budget, and ``blank`` frees all VRAM.
+On the simulated host (stand-in servers, supervisor, ledger), for a few generated catalogs written as
+YAML: after each switch to a generated mode, the same switch as a dry run shows no step and the ledger
+is within budget and equals the services' sum; a refused switch changes nothing; ``blank`` frees all VRAM.
 """
 
 from __future__ import annotations
