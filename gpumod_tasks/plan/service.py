@@ -95,6 +95,8 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
         ids = [d for d in with_dependencies(catalog, [sid])]
         after_sleep = dict(sleeping)
         starting: list[str] = []
+        restarting: list[Step] = []  # unhealthy ones: all stopped first (dependents first), one release wait
+        units_started: set[str] = set()  # a router unit started here serves its other models too
         for d in ids:
             od = seen.services[d]
             if od.state is SvcState.RUNNING or od.state is SvcState.STARTING:
@@ -108,21 +110,22 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
             if od.foreign_listener:
                 raise PlanRefused(f"cannot start {d}: port {pd.port} already answers, but its unit is not running "
                                   "(another process holds the port); nothing was changed")
-            router_up = is_router(pd) and od.unit.is_running
+            router_up = is_router(pd) and (od.unit.is_running or pd.unit in units_started)
             if router_up:
                 steps.append(RouterLoad(d, "its router is up"))
                 continue
             reason = what if d == sid else f"{sid} depends on it"
             if od.state is SvcState.UNHEALTHY:  # its process lives but does not answer: a fresh one
-                stop = Stop(d, "unhealthy, restarting", od.vram_mb, pd.unit)
-                steps += [stop, _wait(seen, [stop], policy)]
+                restarting.insert(0, Stop(d, "unhealthy, restarting", od.vram_mb, pd.unit))
             steps += start_steps(pd, seen, policy, reason, restart=od.state is SvcState.UNHEALTHY)
             starting.append(d)
+            units_started.add(pd.unit)
         awake_after = sorted(set(awake) | set(ids))
         proj = refuse_unless_fits(catalog, seen, awake_after, after_sleep, policy, what, arriving=ids)
         refuse_unless_ram(catalog, seen, starting, policy)
         installs = install_steps([s.unit for s in steps if isinstance(s, Start)], rendered, seen)
-        return plan(installs + steps, after_sleep, awake_after, proj)
+        leaving = restarting + [_wait(seen, restarting, policy)] if restarting else []
+        return plan(installs + leaving + steps, after_sleep, awake_after, proj)
 
     if op.action == "wake":
         if o.state is SvcState.RUNNING:
@@ -137,11 +140,21 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
         leaving = [_stop_step(catalog, seen, d, f"depends on {sid}")
                    for d in dependents_of(catalog, sid) if seen.services[d].holds_gpu]
         leaving.append(_stop_step(catalog, seen, sid, what))
+        # a model already unloaded from a router that stays up has nothing left to unload
+        leaving = [s for s in leaving if not (isinstance(s, RouterUnload) and seen.services[s.service].state is SvcState.SLEEPING)]
+        if not leaving:
+            nothing = f"{sid} is already unloaded from its router"
+            return plan([], sleeping, awake)
         after_sleep = {k: v for k, v in sleeping.items() if k not in {getattr(s, "service", "") for s in leaving}}
         awake_after = [s for s in awake if s not in {getattr(x, "service", "") for x in leaving}]
         return plan(leaving + [_wait(seen, leaving, policy)], after_sleep, awake_after)
 
     if op.action == "restart":
+        down = [d for d in with_dependencies(catalog, [sid])[:-1]
+                if seen.services[d].state not in (SvcState.RUNNING, SvcState.STARTING)]
+        if down:
+            raise PlanRefused(f"cannot restart {sid}: it depends on {', '.join(down)}, not running; "
+                              f"service.start {sid} brings its dependencies up first; nothing was changed")
         leaving = []
         if o.state is not SvcState.STOPPED:
             leaving = [Stop(sid, what, o.vram_mb, p.unit)]

@@ -98,7 +98,8 @@ def partition(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
     unit_started: set[str] = set()  # router units a Start in this plan brings up
     unit_stopped: dict[str, str] = {}  # router unit -> the service whose Stop takes it down
 
-    for sid in topo_order(catalog, list(catalog.presets)):
+    # the target first, in the order assemble() starts it: the first of a router's models gets its unit's Start
+    for sid in topo_order(catalog, target + [s for s in catalog.presets if s not in tset]):
         p, o = catalog.presets[sid], svc.get(sid)
         if o is None:
             continue
@@ -107,7 +108,8 @@ def partition(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
                 _arrive_router(catalog, seen, p, policy, part, restarts, unit_started, unit_stopped, recorded, mode,
                                recorded_services)
                 continue
-            stale = stale_reason(seen, sid, p.unit, rendered, policy) if o.state in (SvcState.RUNNING, SvcState.SLEEPING) else ""
+            stale = (stale_reason(seen, sid, p.unit, rendered, policy)
+                     if o.state in (SvcState.RUNNING, SvcState.SLEEPING, SvcState.STARTING) else "")
             if stale:
                 part.leaving[sid] = Stop(sid, stale, o.vram_mb, p.unit)
                 part.arriving[sid] = start_steps(p, seen, policy, stale, restart=True)
