@@ -197,3 +197,25 @@ def test_edited_preset_reaches_the_running_service_through_the_daemon_reload(sim
         d.stop()
     after = {s["id"]: s["pid"] for s in status(h)["services"]}
     assert after["doc"] != pids["doc"] and after["emb"] == pids["emb"]
+
+
+def test_a_leaving_service_that_dies_before_its_sleep_does_not_fail_the_switch(sim_host):
+    """Killed between the observation and its sleep step (as a crash would): the step reports that
+    it had already stopped, the release wait checks the GPU, and the switch completes."""
+    import os
+    import signal
+
+    from invoke import Context
+
+    from gpumod_tasks.cli_context import catalog, inventory, open_target
+    from gpumod_tasks.pipeline import SwitchTo, run
+
+    h = sim_host
+    assert h.inv("mode.switch", "--name", "rag")[0] == 0
+    pid = {s["id"]: s["pid"] for s in status(h)["services"]}["doc"]
+    spec = inventory().resolve("local")[0]
+    with open_target(Context(), spec, catalog()) as t:
+        out = run(t, SwitchTo("chat"), on_plan=lambda plan: os.kill(pid, signal.SIGKILL))
+    steps = {r.step.kind: r for r in out.report.results}
+    assert out.report.ok and steps["sleep"].status == "unchanged" and steps["sleep"].detail == "it had already stopped"
+    assert states(h)["big"] == "running" and states(h)["doc"] in ("stopped", "failed")
