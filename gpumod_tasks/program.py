@@ -164,6 +164,9 @@ class Gpumod(Program):
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             raise Exit(code=130) from None
+        except OSError as exc:  # the last guard: an OS error nothing below turned into ours is one line, not a traceback
+            print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+            raise Exit(code=1) from None
         except ModuleNotFoundError as exc:
             task = (self.tasks[0].name or "") if self.tasks else ""
             msg = missing_extra_message(exc, task)

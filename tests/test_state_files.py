@@ -131,3 +131,14 @@ def test_a_switch_on_a_truncated_ledger_says_so_and_works(sim_host):
     assert code == 0, out + err
     assert f"{ledger}: truncated or not JSON" in err and "kept as" in err
     assert json.loads(ledger.read_text())["allocs"] == []
+
+
+def test_a_state_path_that_cannot_be_read_is_one_clear_line_not_a_traceback(sim_host):
+    """A directory where the mode record belongs (or any OS error reading or writing state): the
+    command says which file and why, exit non-zero, and nothing is half-written."""
+    h = sim_host
+    (h.state / "mode.json").mkdir(parents=True)
+    for argv in (("mode.switch", "--name", "rag"), ("status",), ("mode.switch", "--name", "blank")):
+        code, out, err = h.inv(*argv)
+        assert code != 0 and "Traceback" not in err + out, err
+        assert f"cannot read {h.state / 'mode.json'}: Is a directory" in err, err

@@ -52,9 +52,11 @@ class LocalHost(Host):
             return None
         except PermissionError:
             if not sudo:
-                raise
+                raise HostError(self.name, f"cannot read {p}: permission denied") from None
             r = self.run(["cat", "--", str(p)], sudo=True, ok=(0, 1))
             return r.stdout if r.exit_code == 0 else None
+        except (OSError, UnicodeDecodeError) as exc:  # a directory where a file belongs, an I/O error, bytes
+            raise HostError(self.name, f"cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
         p = Path(self.expand(path))
@@ -63,13 +65,19 @@ class LocalHost(Host):
         if sudo and not self.is_root:
             self.run(["sh", "-c", WRITE_SCRIPT, "sh", str(p), f"{mode:o}"], sudo=True, input=content)
             return True
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".gpumod.")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".gpumod.")
+        except OSError as exc:
+            raise HostError(self.name, f"cannot write {p}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(content)
             os.chmod(tmp, mode)
             os.replace(tmp, p)
+        except OSError as exc:  # a full disk, a directory in the way: nothing half-written is left
+            Path(tmp).unlink(missing_ok=True)
+            raise HostError(self.name, f"cannot write {p}: {exc.strerror or exc}") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
