@@ -10,8 +10,11 @@ Each command is a fresh process, as a user runs it; medians of ``--runs``. Two c
 
 - ``source``: ``PYTHONDONTWRITEBYTECODE=1`` and no ``__pycache__`` for gpumod's own modules, as an
   editable checkout on these machines runs (every module is compiled at every start);
-- ``compiled``: byte-compiled (``python -m compileall``, into a private ``PYTHONPYCACHEPREFIX``,
-  so the checkout is not touched), as a user's ``pip install`` runs.
+- ``compiled``: gpumod's modules byte-compiled (``python -m compileall`` into the checkout's
+  ``__pycache__``, removed again afterwards), as a user's ``pip install`` runs.
+
+(The installed packages are byte-compiled in both, as pip leaves them.)  The columns run one
+after the other; within a column every command's runs are interleaved with the others'.
 
 Then the same work as one sequence (status, switch -> code, -> rag, no-op, -> code, -> blank),
 summed, in each column. ``--repo`` measures another checkout (e.g. the one before a change)
@@ -84,7 +87,7 @@ ROWS = ["inv status (2 services)", "inv status (20 services)", "  ratio 20 / 2",
 
 
 def measure(clis: dict[str, Cli], runs: int) -> dict[str, dict[str, float]]:
-    """Every command in every column, interleaved run by run, so the machine's noise hits all alike."""
+    """Every command in every column given, interleaved run by run."""
     t: dict[str, dict[str, list[float]]] = {c: {r: [] for r in ROWS} for c in clis}
     one = next(iter(clis.values()))
 
@@ -131,22 +134,26 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, default=HERE, help="the checkout to measure (default: this one)")
     a = ap.parse_args()
     repo = a.repo.resolve()
-    if any((repo / "gpumod_tasks").rglob("__pycache__")):
+    had_pycache = any((repo / "gpumod_tasks").rglob("__pycache__"))
+    if had_pycache:
         print(f"note: {repo}/gpumod_tasks has __pycache__ dirs; the 'source' column is not uncompiled", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="gpumod-bench-cli-"))
     home = tmp / "home"
     setup(repo, home)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GPUMOD_"))}
     base.update(GPUMOD_HOME=str(home), GPUMOD_STATE_DIR=str(tmp / "state"), PYTHONPATH=str(repo), COLUMNS="120")
-    source = {**base, "PYTHONDONTWRITEBYTECODE": "1"}
-    compiled = {**base, "PYTHONPYCACHEPREFIX": str(tmp / "pyc")}
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(repo / "gpumod_tasks")], env=compiled, check=True)
+    cols: dict[str, dict[str, float]] = {}
     try:
-        Cli(repo, compiled)("--list")  # the rest of what gets imported lands in the prefix too
-        cols = measure({"source": Cli(repo, source), "compiled": Cli(repo, compiled)}, a.runs)
+        cols.update(measure({"source": Cli(repo, {**base, "PYTHONDONTWRITEBYTECODE": "1"})}, a.runs))
+        if not had_pycache:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(repo / "gpumod_tasks")], env=base, check=True)
+        cols.update(measure({"compiled": Cli(repo, base)}, a.runs))
     finally:
-        subprocess.run([sys.executable, "-m", "gpumod_tasks.program", "sim.reset"], env=source,
+        subprocess.run([sys.executable, "-m", "gpumod_tasks.program", "sim.reset"], env=base,
                        cwd=home, capture_output=True)
+        if not had_pycache:
+            for d in (repo / "gpumod_tasks").rglob("__pycache__"):
+                shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"== {repo}: whole commands, zero-delay stand-ins {ZERO}, medians of {a.runs} runs (ms)")
     print(f"{'':<62} {'source':>9} {'compiled':>9}")
