@@ -2,8 +2,9 @@
 longer exist (only ones gpumod generated), one daemon-reload when anything changed.
 
 Every plan compares the target services' units as they should be with what is installed, so
-``render_units`` runs before every switch.  Filling a Jinja template (and importing Jinja) is
-most of that; the text a template gives is remembered by the digest of everything it is rendered
+``render_units`` runs before every switch.  Under the supervisor the body is its runner script,
+made from the ``ExecSpec`` alone: no template is filled.  For systemd, filling a Jinja template
+(and importing Jinja) is most of it; the text a template gives is remembered by the digest of everything it is rendered
 from (the preset and its router peers, the host's spec and facts, the ``ExecSpec`` computed
 afresh every time, and the size and mtime of every template file and of ``render.py``), in this
 process and in the controller's ``render-cache.json``.  An edited preset, inventory entry or
@@ -75,19 +76,21 @@ def render_units(t: Target, presets: Iterable[Preset]) -> dict[str, RenderedUnit
     facts = t.render_facts()
     sup = t.manager if isinstance(t.manager, Supervisor) else None
     out: dict[str, RenderedUnit] = {}
-    cache = _RenderCache.load()
+    cache = _RenderCache.load() if sup is None else _RenderCache("", {})
     for p in presets:
         if p.unit in out:
             continue
         peers = t.catalog.unit_peers(p)  # a shared router's lead renders it
         lead = peers[0]
         spec = exec_spec(lead, t.spec, facts, peers)
-        key = digest(repr((peers, t.spec, facts, spec, t.project_root, _template_stamp(t.project_root))))
-        text = cache.get(key)
-        if text is None:
-            text = render_unit(lead, t.spec, facts, t.project_root, spec, peers)
-            cache.put(key, text)
-        body = sup.script(p.unit, spec) if sup is not None else text
+        if sup is not None:  # the supervisor runs its script, made from the ExecSpec: no template
+            body = sup.script(p.unit, spec)
+        else:
+            key = digest(repr((peers, t.spec, facts, spec, t.project_root, _template_stamp(t.project_root))))
+            body = cache.get(key) or ""
+            if not body:
+                body = render_unit(lead, t.spec, facts, t.project_root, spec, peers)
+                cache.put(key, body)
         out[p.unit] = RenderedUnit(p.unit, body, digest(body), spec)
     cache.save()
     return out
@@ -143,7 +146,7 @@ class _RenderCache:
         self.dirty = True
 
     def save(self) -> None:
-        if not self.dirty:
+        if not self.dirty or not self.path:
             return
         keep = dict(list(self.entries.items())[-self.MAX:])
         if len(self._mem) > self.MAX:
