@@ -76,7 +76,9 @@ class GpuReader:
 
     @property
     def _in_process(self) -> bool:
-        return self.shim is not None and self.sim_dir is not None and self.host.colocated
+        # this machine itself, not just its disk: reading the ledger settles it, which checks that
+        # its pids live, and a namespace's (nsenter) pids are its own
+        return self.shim is not None and self.sim_dir is not None and self.host.is_this_machine
 
     @property
     def _binary(self) -> str:
