@@ -11,14 +11,13 @@ Each command is a fresh process, as a user runs it; medians of ``--runs``. Two c
 - ``source``: ``PYTHONDONTWRITEBYTECODE=1`` and no ``__pycache__`` for gpumod's own modules, as an
   editable checkout on these machines runs (every module is compiled at every start);
 - ``compiled``: gpumod's modules byte-compiled (``python -m compileall`` into the checkout's
-  ``__pycache__``, removed again afterwards), as a user's ``pip install`` runs.
+  ``__pycache__``, removed before and after), as a user's ``pip install`` runs.
 
-(The installed packages are byte-compiled in both, as pip leaves them.)  The columns run one
-after the other; within a column every command's runs are interleaved with the others'.
+(The installed packages are byte-compiled in both, as pip leaves them.)
 
 Then the same work as one sequence (status, switch -> code, -> rag, no-op, -> code, -> blank),
-summed, in each column. ``--repo`` measures another checkout (e.g. the one before a change)
-with the same catalog and interpreter, so two runs compare like for like.
+summed, in each column. ``--repo A --repo B`` measures two checkouts (before and after a change),
+each on its own simulated host, their runs interleaved so the machine's noise hits both alike.
 """
 
 from __future__ import annotations
@@ -40,13 +39,16 @@ HERE = Path(__file__).resolve().parent.parent
 ZERO = "{load_s: 0, wake_l1_s: 0, wake_l2_s: 0, release_lag_s: 0}"
 
 
-def setup(repo: Path, home: Path) -> None:
-    """The bundled catalog with every port moved to a free one, 20 small services, zero delays."""
+def setup(repo: Path, home: Path, avoid: set[int] | None = None) -> set[int]:
+    """The bundled catalog with every port moved to a free one (none of ``avoid``), 20 small
+    services, zero delays; returns the ports it took."""
     shutil.copytree(repo / "templates", home / "templates")
     shutil.copytree(repo / "modes", home / "modes")
     texts = {p: p.read_text() for p in (repo / "presets").rglob("*.yaml")}
     olds = sorted({int(m) for t in texts.values() for m in re.findall(r"^port: (\d+)", t, re.M)})
     ports = free_ports(len(olds) + 20)
+    while avoid and avoid & set(ports):
+        ports = free_ports(len(olds) + 20)
     new, spare = dict(zip(olds, ports)), ports[len(olds):]
     for p, t in texts.items():
         out = home / "presets" / p.relative_to(repo / "presets")
@@ -65,6 +67,7 @@ def setup(repo: Path, home: Path) -> None:
         "hosts:\n  local:\n    connection: local\n    sim: true\n"
         "    gpu: {name: NVIDIA GeForce RTX 4090, total_mb: 24564}\n"
         f"    default_mode: rag\n    sim_timings: {ZERO}\n")
+    return set(ports)
 
 
 class Cli:
@@ -89,7 +92,10 @@ ROWS = ["inv status (2 services)", "inv status (20 services)", "  ratio 20 / 2",
 def measure(clis: dict[str, Cli], runs: int) -> dict[str, dict[str, float]]:
     """Every command in every column given, interleaved run by run."""
     t: dict[str, dict[str, list[float]]] = {c: {r: [] for r in ROWS} for c in clis}
-    one = next(iter(clis.values()))
+
+    def one(*args: str) -> None:  # a set-up step, on every column's own host
+        for inv in clis.values():
+            inv(*args)
 
     def each(row: str, *args: str) -> None:
         for col, inv in clis.items():
@@ -113,10 +119,10 @@ def measure(clis: dict[str, Cli], runs: int) -> dict[str, dict[str, float]]:
     for _ in range(runs):
         each("inv --list", "--list")
     for _ in range(max(1, runs // 2)):
+        one("mode.switch", "--name", "blank")
+        one("sim.reset")
+        one("mode.switch", "--name", "rag")
         for col, inv in clis.items():
-            one("mode.switch", "--name", "blank")
-            one("sim.reset")
-            one("mode.switch", "--name", "rag")
             t[col][ROWS[-1]].append(sum(inv(*a) for a in (
                 ("status",), ("mode.switch", "--name", "code"), ("mode.switch", "--name", "rag"),
                 ("mode.switch", "--name", "rag"), ("mode.switch", "--name", "code"), ("mode.switch", "--name", "blank"))))
@@ -131,38 +137,44 @@ def measure(clis: dict[str, Cli], runs: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--repo", type=Path, default=HERE, help="the checkout to measure (default: this one)")
+    ap.add_argument("--repo", type=Path, action="append",
+                    help="a checkout to measure (default: this one); given twice, both are measured interleaved")
     a = ap.parse_args()
-    repo = a.repo.resolve()
-    had_pycache = any((repo / "gpumod_tasks").rglob("__pycache__"))
-    if had_pycache:
-        print(f"note: {repo}/gpumod_tasks has __pycache__ dirs; the 'source' column is not uncompiled", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix="gpumod-bench-cli-"))
-    home = tmp / "home"
-    setup(repo, home)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GPUMOD_"))}
-    base.update(GPUMOD_HOME=str(home), GPUMOD_STATE_DIR=str(tmp / "state"), PYTHONPATH=str(repo), COLUMNS="120")
-    cols: dict[str, dict[str, float]] = {}
-    try:
-        cols.update(measure({"source": Cli(repo, {**base, "PYTHONDONTWRITEBYTECODE": "1"})}, a.runs))
-        if not had_pycache:
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(repo / "gpumod_tasks")], env=base, check=True)
-        cols.update(measure({"compiled": Cli(repo, base)}, a.runs))
-    finally:
-        subprocess.run([sys.executable, "-m", "gpumod_tasks.program", "sim.reset"], env=base,
-                       cwd=home, capture_output=True)
-        if not had_pycache:
+    repos = [r.resolve() for r in (a.repo or [HERE])]
+    names = [r.name for r in repos] if len(repos) > 1 else [""]
+
+    def uncompile() -> None:  # derived files (gitignored); the stand-ins' own imports leave some too
+        for repo in repos:
             for d in (repo / "gpumod_tasks").rglob("__pycache__"):
                 shutil.rmtree(d, ignore_errors=True)
+
+    uncompile()
+    tmp = Path(tempfile.mkdtemp(prefix="gpumod-bench-cli-"))
+    envs, taken = [], set()
+    for i, repo in enumerate(repos):  # each checkout drives its own simulated host
+        home = tmp / f"home{i}"
+        taken |= setup(repo, home, taken)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GPUMOD_"))}
+        base.update(GPUMOD_HOME=str(home), GPUMOD_STATE_DIR=str(tmp / f"state{i}"), PYTHONPATH=str(repo), COLUMNS="120")
+        envs.append(base)
+    cols: dict[str, dict[str, float]] = {}
+    try:
+        cols.update(measure({f"{n} source".strip(): Cli(r, {**e, "PYTHONDONTWRITEBYTECODE": "1"})
+                             for n, r, e in zip(names, repos, envs)}, a.runs))
+        for repo, e in zip(repos, envs):
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(repo / "gpumod_tasks")], env=e, check=True)
+        cols.update(measure({f"{n} compiled".strip(): Cli(r, e) for n, r, e in zip(names, repos, envs)}, a.runs))
+    finally:
+        for e in envs:
+            subprocess.run([sys.executable, "-m", "gpumod_tasks.program", "sim.reset"], env=e,
+                           cwd=e["GPUMOD_HOME"], capture_output=True)
+        uncompile()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"== {repo}: whole commands, zero-delay stand-ins {ZERO}, medians of {a.runs} runs (ms)")
-    print(f"{'':<62} {'source':>9} {'compiled':>9}")
+    print(f"== {', '.join(map(str, repos))}: whole commands, zero-delay stand-ins {ZERO}, medians of {a.runs} runs (ms)")
+    print(f"{'':<62}" + "".join(f" {c:>16}" for c in cols))
     for row in ROWS:
-        s, c = cols["source"][row], cols["compiled"][row]
-        if row.strip().startswith("ratio"):
-            print(f"{row:<62} {s:>9.2f} {c:>9.2f}")
-        else:
-            print(f"{row:<62} {s * 1000:>9.0f} {c * 1000:>9.0f}")
+        fmt = (lambda v: f"{v:>16.2f}") if row.strip().startswith("ratio") else (lambda v: f"{v * 1000:>16.0f}")
+        print(f"{row:<62}" + "".join(" " + fmt(cols[c][row]) for c in cols))
 
 
 if __name__ == "__main__":
