@@ -46,7 +46,7 @@ def test_render_cache_hits_and_every_input_still_counts(tmp_path, monkeypatch):
     body2, dig2 = units()
     assert dig2 != dig and "1234" in body2 and "1234" not in body
     # a template edited (same preset): rendered again
-    tpl = root / "templates" / "systemd" / "base.service.j2"  
+    tpl = root / "templates" / "systemd" / "base.service.j2"  # what vllm.service.j2 extends
     tpl.write_text(tpl.read_text() + "# an operator's note\n")
     body3, dig3 = units()
     assert dig3 != dig2 and body3.endswith("# an operator's note\n")
