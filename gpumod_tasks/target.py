@@ -114,7 +114,8 @@ class Target:
     @functools.cached_property
     def gpu_reader(self) -> GpuReader:
         return GpuReader(self.host, self.spec.name, backend=self.spec.gpu_backend,
-                         shim=self.shim_path if self.sim else None, repair=self.ensure_sim)
+                         shim=self.shim_path if self.sim else None, repair=self.ensure_sim,
+                         sim_dir=self.sim_dir if self.sim else None)
 
     def gpu(self) -> GpuFacts:
         """Total/used/free and per-pid usage, from NVML, nvidia-smi, or the simulator's shim."""

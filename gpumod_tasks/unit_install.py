@@ -1,18 +1,32 @@
 """Install rendered units idempotently: write only what changed, remove units of presets that no
-longer exist (only ones gpumod generated), one daemon-reload when anything changed."""
+longer exist (only ones gpumod generated), one daemon-reload when anything changed.
+
+Every plan compares the target services' units as they should be with what is installed, so
+``render_units`` runs before every switch.  Under the supervisor the body is its runner script,
+made from the ``ExecSpec`` alone: no template is filled.  For systemd, filling a Jinja template
+(and importing Jinja) is most of it; the text a template gives is remembered by the digest of everything it is rendered
+from (the preset and its router peers, the host's spec and facts, the ``ExecSpec`` computed
+afresh every time, and the size and mtime of every template file and of ``render.py``), in this
+process and in the controller's ``render-cache.json``.  An edited preset, inventory entry or
+template is a different key, so it is rendered again and noticed as before.
+"""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .catalog.model import Preset
 from .fleet.unit import FLEET_UNIT, render_fleet_unit
 from .observed import RenderedUnit
-from .render import DAEMON_UNIT, env_file_path, render_daemon_unit, unit_for
+from .paths import controller_dir
+from .render import DAEMON_UNIT, env_file_path, exec_spec, render_daemon_unit, render_unit, template_dirs, unit_for
 from .service_manager import Supervisor, Systemd
 from .target import Target
 
@@ -62,13 +76,92 @@ def render_units(t: Target, presets: Iterable[Preset]) -> dict[str, RenderedUnit
     facts = t.render_facts()
     sup = t.manager if isinstance(t.manager, Supervisor) else None
     out: dict[str, RenderedUnit] = {}
+    cache = _RenderCache.load() if sup is None else _RenderCache("", {})
     for p in presets:
         if p.unit in out:
             continue
-        text, spec = unit_for(t.catalog, p, t.spec, facts, t.project_root)  # a shared router's lead renders it
-        body = sup.script(p.unit, spec) if sup is not None else text
+        peers = t.catalog.unit_peers(p)  # a shared router's lead renders it
+        lead = peers[0]
+        spec = exec_spec(lead, t.spec, facts, peers)
+        if sup is not None:  # the supervisor runs its script, made from the ExecSpec: no template
+            body = sup.script(p.unit, spec)
+        else:
+            key = digest(repr((peers, t.spec, facts, spec, t.project_root, _template_stamp(t.project_root))))
+            body = cache.get(key) or ""
+            if not body:
+                body = render_unit(lead, t.spec, facts, t.project_root, spec, peers)
+                cache.put(key, body)
         out[p.unit] = RenderedUnit(p.unit, body, digest(body), spec)
+    cache.save()
     return out
+
+
+def _template_stamp(project_root: str) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of every template file and of the renderer itself: what else a unit's
+    text depends on."""
+    from . import render
+
+    files = [Path(render.__file__)]
+    for d in template_dirs(project_root):
+        files += sorted(p for p in Path(d).rglob("*") if p.is_file())
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((str(f), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class _RenderCache:
+    """Rendered unit texts by the digest of what they were rendered from: this process's, and the
+    controller's file (best effort: a missing, corrupt or unwritable file only means rendering)."""
+
+    MAX = 256
+    _mem: dict[str, str] = {}
+
+    def __init__(self, path: str, entries: dict[str, str]):
+        self.path, self.entries, self.dirty = path, entries, False
+
+    @classmethod
+    def load(cls) -> _RenderCache:
+        path = f"{controller_dir()}/render-cache.json"
+        entries: dict[str, str] = {}
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                entries = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+        except (OSError, ValueError):
+            pass
+        return cls(path, entries)
+
+    def get(self, key: str) -> str | None:
+        return self._mem.get(key) or self.entries.get(key)
+
+    def put(self, key: str, text: str) -> None:
+        self._mem[key] = text
+        self.entries.pop(key, None)
+        self.entries[key] = text  # newest last
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty or not self.path:
+            return
+        keep = dict(list(self.entries.items())[-self.MAX:])
+        if len(self._mem) > self.MAX:
+            _RenderCache._mem = dict(list(self._mem.items())[-self.MAX:])
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(keep, fh)
+            os.replace(tmp, self.path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def write_unit(t: Target, unit: str, body: str, spec: object = None) -> bool:

@@ -57,11 +57,15 @@ def setup(root: Path) -> None:
 
 
 PREFIX: list[str] = []
+_VENV_INV = REPO / ".venv" / "bin" / "inv"
+# the checkout's venv, else this interpreter with this checkout first on the path
+INV = [str(_VENV_INV)] if _VENV_INV.exists() else [sys.executable, "-m", "gpumod_tasks.program"]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def inv(*args: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    r = subprocess.run([str(REPO / ".venv" / "bin" / "inv"), *PREFIX, *args], capture_output=True, text=True)
+    r = subprocess.run([*INV, *PREFIX, *args], capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"inv {' '.join(args)} failed: {r.stderr}")
@@ -138,7 +142,7 @@ def main() -> None:
             measure(a.runs, f"over SSH to {box.addr} (network namespace, private systemd, sshd)")
     finally:
         PREFIX[:] = []
-        subprocess.run([str(REPO / ".venv" / "bin" / "inv"), "sim.reset"], capture_output=True)
+        subprocess.run([*INV, "sim.reset"], capture_output=True)
         if box is not None:
             box.down()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 
@@ -192,6 +193,44 @@ def test_gpu_reader_sets_up_a_missing_simulated_gpu_then_reads_it(tmp_path):
     Path(sim.ledger_path).unlink()  # exit 9: no simulated GPU
     assert r.parse_fact(9, "").primary.total_mb == 24564 and len(calls) == 2
     assert r.read().primary.used_mb == 0 and len(calls) == 2  # nothing to repair: no set-up
+
+
+def test_gpu_reader_reads_a_local_simulated_gpu_in_process_as_the_shim_reports_it(tmp_path):
+    from gpumod_tasks.errors import GpuProbeError
+    from gpumod_tasks.facts.gpu_read import SIM_BACKEND, GpuReader
+    from gpumod_tasks.sim.ledger import Ledger
+
+    host, sim = _sim_box(tmp_path)
+    sim.ensure()
+    led = Ledger(sim.ledger_path)
+    me = os.getpid()  # a live owner: the ledger starts the lag for dead ones
+    led.alloc(me, 3000, tag="weights")
+    led.alloc(me, 1200, tag="kv")
+    shim = GpuReader(host, "box", shim=sim.shim_path)
+    ours = GpuReader(host, "box", shim=sim.shim_path, sim_dir=sim.sim_dir)
+    a, b = shim.read(), ours.read()
+    assert a == b and b.backend == SIM_BACKEND and b.primary.used_mb == 4200
+    assert [g.per_pid for g in a.gpus] == [g.per_pid for g in b.gpus] == [{me: 4200}]
+    assert ours.used_mb() == shim.used_mb() == 4200
+    # no process is started: it answers with the shim gone (the shim reader cannot)
+    Path(sim.shim_path).unlink()
+    assert ours.read() == b
+    with pytest.raises(GpuProbeError):
+        shim.read()
+    # a released allocation is seen once the lag has passed, as the shim sees it
+    led.free(me, tag="kv", lag_s=0)
+    assert ours.used_mb() == 3000
+    # no ledger: set up again through repair, else the shim's exit-9 answer in words
+    Path(sim.ledger_path).unlink()
+    with pytest.raises(GpuProbeError, match="no simulated GPU"):
+        ours.read()
+    calls = []
+    fixing = GpuReader(host, "box", shim=sim.shim_path, sim_dir=sim.sim_dir, repair=lambda: calls.append(sim.ensure()))
+    assert fixing.read().primary.used_mb == 0 and len(calls) == 1
+    # a corrupt ledger is the simulator failing, in words
+    Path(sim.ledger_path).write_text("{")
+    with pytest.raises(GpuProbeError, match="simulator failed"):
+        ours.read()
 
 
 @pytest.mark.skipif(Path("/proc/driver/nvidia/version").exists(), reason="a real NVIDIA driver answers NVML here")

@@ -334,15 +334,21 @@ class ModelManager:
             mode = self.mode
             if mode in self.cat.modes and sid in self.cat.modes[mode].service_ids:
                 return await self._service_start(sid)
-            target_mode = await asyncio.to_thread(self._best_mode_for, sid)
+            target_mode = await asyncio.to_thread(self._best_mode_for, sid, self.seen)
             return await self._switch(target_mode, sid)
 
-    def _best_mode_for(self, sid: str) -> str:
-        """One observation, every candidate mode planned from it (pure), the quickest wins."""
+    def _best_mode_for(self, sid: str, seen: Observed | None = None) -> str:
+        """Every candidate mode planned (pure) from one observation, the quickest wins.
+
+        ``ensure`` passes the one it has just made with the switch lock held, so nothing of the
+        daemon's has changed since; a change behind its back in those milliseconds only makes
+        the choice less than the quickest: the switch itself observes again under the host lock
+        and plans from that, refusing what does not fit."""
         from ..pipeline import policy_for
 
         t = self.target()
-        seen = self._observe()
+        if seen is None:
+            seen = self._observe()
         try:
             return choose_mode(self.cat, seen, sid, policy_for(t)).mode
         except NoModeFits as exc:

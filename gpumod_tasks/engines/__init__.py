@@ -39,10 +39,27 @@ def probe(host: Host, preset: Preset, timeout: float = 2.0) -> Probe:
     """Health and sleep state in as few requests as the server allows.  Never raises for what a port
     answers: an answer of the wrong shape is ``Health.BAD`` with a detail (one odd port makes that
     one service ``error``, never the whole observation)."""
+    if host.is_this_machine and _refused(preset.port):  # every engine's answer, without an HTTP request
+        return Probe(Health.DOWN, detail="connection refused")
     try:
         return engine_for(preset).probe(host, preset, timeout)
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeError) as exc:  # a parser missed a shape
         return Probe(Health.BAD, detail=f"unexpected answer: {type(exc).__name__}: {exc}")
+
+
+def _refused(port: int) -> bool:
+    """Nobody listens on 127.0.0.1:``port`` (anything else, the engine's own probe tells)."""
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def sleep(host: Host, preset: Preset, level: int) -> None:

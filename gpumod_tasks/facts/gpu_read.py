@@ -1,6 +1,10 @@
 """Reading the GPU fact from a host, with its backend fallback: NVML -> nvidia-smi, or the
 simulator's nvidia-smi shim on a simulated host.
 
+A simulated GPU on this machine is read in-process from its ledger files (``sim_dir``), the way
+NVML is read on a real one: the same snapshot the shim would print, without starting a Python
+process per read. The shim stays what a remote box, a batched fact and users run.
+
 The parsers live in ``facts/gpu.py``; this module only decides which backend to ask and what its
 exit codes mean.  ``EXIT_CODES`` is the one table of the exit codes each command backend may end
 with that are *answers* (turned into a ``GpuProbeError`` with the backend's own words); any other
@@ -15,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ..errors import GpuProbeError
-from .gpu import APPS_QUERY, GPU_QUERY, MARK, GpuFacts, nvidia_smi_script, parse_nvidia_smi, read_nvml
+from .gpu import APPS_QUERY, GPU_QUERY, MARK, Gpu, GpuFacts, nvidia_smi_script, parse_nvidia_smi, read_nvml
 
 if TYPE_CHECKING:
     from ..host.base import Host
@@ -68,6 +72,13 @@ class GpuReader:
     backend: str = "auto"  # auto | nvml | nvidia-smi (the inventory's gpu.backend)
     shim: str | None = None
     repair: Callable[[], object] | None = None
+    sim_dir: str | None = None  # the simulated GPU's ledgers, read in-process when the host is this machine
+
+    @property
+    def _in_process(self) -> bool:
+        # this machine itself, not just its disk: reading the ledger settles it, which checks that
+        # its pids live, and a namespace's (nsenter) pids are its own
+        return self.shim is not None and self.sim_dir is not None and self.host.is_this_machine
 
     @property
     def _binary(self) -> str:
@@ -112,9 +123,37 @@ class GpuReader:
                       f"{r.stderr.strip() or r.stdout.strip()}")
         raise GpuProbeError(f"[{self.label}] no GPU backend answered: " + "; ".join(errors))
 
+    def _read_ledgers(self) -> GpuFacts | None:
+        """The simulated GPUs from their ledgers, as the shim reports them; None: no ledger."""
+        from ..sim.ledger import ledgers
+
+        assert self.sim_dir is not None
+        try:
+            snaps = [led.snapshot() for led in ledgers(self.sim_dir)]
+        except FileNotFoundError:  # removed between listing and reading
+            return None
+        except (OSError, ValueError) as exc:  # LedgerInvalid is a ValueError: the shim's exit 1
+            raise GpuProbeError(f"[{self.label}] simulated nvidia-smi failed: {meaning('shim', 1)}: {exc}") from None
+        if not snaps:
+            return None
+        return GpuFacts(backend=SIM_BACKEND, gpus=tuple(
+            Gpu(index=g.index, name=g.name, total_mb=g.total_mb, used_mb=g.used_mb, free_mb=g.free_mb, uuid=g.uuid,
+                per_pid=dict(sorted(g.per_pid.items()))) for g in snaps))
+
+    def _read_in_process(self) -> GpuFacts:
+        facts = self._read_ledgers()
+        if facts is None and self.repair is not None:
+            self.repair()
+            facts = self._read_ledgers()
+        if facts is None:
+            raise GpuProbeError(f"[{self.label}] simulated nvidia-smi failed: {meaning('shim', 9)}")
+        return facts
+
     def _read_shim(self) -> GpuFacts:
         ok = accepted("shim")
         assert self.shim is not None
+        if self._in_process:
+            return self._read_in_process()
         if self.host.colocated:
             # two short local processes: run the GPU and the process query side by side
             from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +179,8 @@ class GpuReader:
 
     def used_mb(self) -> int:
         """Just the primary GPU's used MB: the cheap query the release poll repeats."""
+        if self._in_process:
+            return self._read_in_process().primary.used_mb or 0
         if self._nvml_first:
             try:
                 return self.read().primary.used_mb or 0
