@@ -26,7 +26,10 @@ class Router:
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**os.environ, "PYTHONPATH": str(REPO)})
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False)
+        # a fresh connection per request: the real router may close a kept-alive connection after a
+        # proxied answer, and a reused one then reads "Server disconnected" (seen under load)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False,
+                                 limits=httpx.Limits(max_keepalive_connections=0))
         deadline = time.monotonic() + 20
         while True:
             try:
