@@ -11,7 +11,6 @@ server with the same port, VRAM and sleep behaviour.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from .engines import llamacpp as engines_llamacpp
 from .engines import vllm as engines_vllm
 from .envfile import env_digest, env_file_path, no_control
 from .hostfacts import HostFacts
+from .interpreter import this_python
 from .inventory import HostSpec
 from .service_manager import ExecSpec
 
@@ -243,7 +243,7 @@ DAEMON_UNIT = "gpumod.service"
 def render_daemon_unit(host: HostSpec, facts: HostFacts, project_root: str, *, local: bool) -> str:
     """The router daemon's unit: ``python -m gpumod_tasks.program router.serve`` on the box."""
     rd = host.router_daemon or {}
-    python = sys.executable if local else str(host.vars.get("gpumod_python", "python3"))
+    python = this_python() if local else str(host.vars.get("gpumod_python", "python3"))
     argv = (python, "-m", "gpumod_tasks.program", "router.serve", "--port", str(rd.get("port", 8787)),
             "--bind", str(rd.get("bind", "127.0.0.1")), "--as-host", host.name,
             *(("--reconcile-s", str(rd["reconcile_s"])) if rd.get("reconcile_s") else ()))

@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .host.base import Host
+from .interpreter import this_python
 from .inventory import HostSpec
 from .render import PREFLIGHT_SCRIPT, preflight_path
 
@@ -81,7 +81,7 @@ class SimSetup:
     @property
     def runtime(self) -> SimRuntime:
         if self.host.colocated:  # this interpreter and this checkout are there as they are
-            return SimRuntime(sys.executable, str(SIM_PACKAGE.parent.parent), "gpumod_tasks.sim")
+            return SimRuntime(this_python(), str(SIM_PACKAGE.parent.parent), "gpumod_tasks.sim")
         return SimRuntime("python3", self.lib_dir, REMOTE_PACKAGE)
 
     # -- set-up -------------------------------------------------------------------------------

@@ -219,3 +219,23 @@ def test_a_leaving_service_that_dies_before_its_sleep_does_not_fail_the_switch(s
     steps = {r.step.kind: r for r in out.report.results}
     assert out.report.ok and steps["sleep"].status == "unchanged" and steps["sleep"].detail == "it had already stopped"
     assert states(h)["big"] == "running" and states(h)["doc"] in ("stopped", "failed")
+
+
+def test_the_same_interpreter_under_another_name_writes_the_same_units(sim_host):
+    """`inv` (a python3 shebang) and `python -m` are one interpreter under two names: a switch by one
+    after a switch by the other restarts nothing."""
+    import os
+
+    h = sim_host
+    bindir = Path(sys.executable).parent
+    names = [n for n in ("python", "python3") if (bindir / n).exists()]
+    if len(names) < 2:
+        pytest.skip(f"{bindir} has only {names}")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    outs = []
+    for name in names:
+        r = subprocess.run([str(bindir / name), "-m", "gpumod_tasks.program", "mode.switch", "--name", "rag", "--json"],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout))
+    assert outs[0]["steps"] and outs[1]["steps"] == [], outs[1]["steps"]

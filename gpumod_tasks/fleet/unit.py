@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from ..interpreter import this_python
 from ..inventory import HostSpec
 
 FLEET_UNIT = "gpumod-fleet.service"
@@ -13,7 +13,7 @@ FLEET_UNIT = "gpumod-fleet.service"
 def render_fleet_unit(host: HostSpec, project_root: str, *, local: bool) -> str:
     from ..render import jinja_env
 
-    python = sys.executable if local else str(host.vars.get("gpumod_python", "python3"))
+    python = this_python() if local else str(host.vars.get("gpumod_python", "python3"))
     argv = (python, "-m", "gpumod_tasks.program", "fleet.serve", "--as-host", host.name)
     env: list[tuple[str, str]] = []
     home = project_root if local else host.vars.get("gpumod_home")
