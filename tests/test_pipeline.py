@@ -226,8 +226,7 @@ def test_the_same_interpreter_under_another_name_writes_the_same_units(sim_host)
     after a switch by the other restarts nothing."""
     import os
 
-    h = sim_host
-    bindir = Path(sys.executable).parent
+    bindir = Path(sys.executable).parent  # sim_host: the catalog, inventory and state dir in the environment
     names = [n for n in ("python", "python3") if (bindir / n).exists()]
     if len(names) < 2:
         pytest.skip(f"{bindir} has only {names}")
