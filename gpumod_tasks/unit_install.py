@@ -26,7 +26,7 @@ from .catalog.model import Preset
 from .fleet.unit import FLEET_UNIT, render_fleet_unit
 from .observed import RenderedUnit
 from .paths import controller_dir
-from .render import DAEMON_UNIT, env_file_path, exec_spec, render_daemon_unit, render_unit, template_dirs, unit_for
+from .render import DAEMON_UNIT, env_file_path, exec_spec, render_daemon_unit, render_unit, template_dirs
 from .service_manager import Supervisor, Systemd
 from .target import Target
 
@@ -52,17 +52,17 @@ def unit_dir(t: Target) -> str:
     return t.host.expand(t.spec.resolved_unit_dir(t.host.home))
 
 
-def rendered(t: Target) -> dict[str, tuple[str, object]]:
-    facts = t.render_facts()
-    out: dict[str, tuple[str, object]] = {}
-    for p in t.catalog.presets.values():
-        if p.unit not in out:
-            out[p.unit] = unit_for(t.catalog, p, t.spec, facts, t.project_root)
+def rendered(t: Target) -> dict[str, RenderedUnit]:
+    """Every unit the catalog and inventory ask for on ``t`` (the services', the router daemon's,
+    the fleet's), rendered as the planner renders them."""
+    out = render_units(t, t.catalog.presets.values())
+    local = t.host.is_this_machine or t.spec.is_local
     if t.spec.router_daemon and not isinstance(t.manager, Supervisor):
-        text = render_daemon_unit(t.spec, facts, t.project_root, local=t.host.is_this_machine or t.spec.is_local)
-        out[DAEMON_UNIT] = (text, None)
+        text = render_daemon_unit(t.spec, t.render_facts(), t.project_root, local=local)
+        out[DAEMON_UNIT] = RenderedUnit(DAEMON_UNIT, text, digest(text))
     if t.spec.fleet is not None and not isinstance(t.manager, Supervisor):
-        out[FLEET_UNIT] = (render_fleet_unit(t.spec, t.project_root, local=t.host.is_this_machine or t.spec.is_local), None)
+        text = render_fleet_unit(t.spec, t.project_root, local=local)
+        out[FLEET_UNIT] = RenderedUnit(FLEET_UNIT, text, digest(text))
     return out
 
 
@@ -209,8 +209,8 @@ def install_all(t: Target, check: bool = False) -> InstallReport:
     if not check:
         t.ensure_helpers()
     have = installed_texts(t, list(want))
-    for unit, (text, spec) in want.items():
-        new = t.manager.script(unit, spec) if sup else text  # type: ignore[attr-defined]
+    for unit, r in want.items():
+        new = r.body
         old = have.get(unit)
         if old == new:
             rep.unchanged.append(unit)
@@ -219,7 +219,7 @@ def install_all(t: Target, check: bool = False) -> InstallReport:
         rep.diffs[unit] = "".join(difflib.unified_diff((old or "").splitlines(True), new.splitlines(True),
                                                        f"installed/{unit}", f"rendered/{unit}"))
         if not check:
-            write_unit(t, unit, new, spec)
+            write_unit(t, unit, new, r.spec)
     for unit in installed_units(t):
         if is_generated_name(unit) and unit not in want:
             rep.removed.append(unit)
