@@ -86,10 +86,7 @@ def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tupl
     from .unit_install import render_units
 
     cat = target.catalog
-    if isinstance(op, SwitchTo):
-        mode = cat.mode(op.mode)  # unknown names: clear errors before anything is touched
-    elif isinstance(op, ServiceOp):
-        cat.preset(op.service)
+    _check_names(target, op)
     policy = policy or policy_for(target)
     target.ensure_sim()
     rendered = render_units(target, [cat.presets[s] for s in _units_for(target, op)])
@@ -97,7 +94,7 @@ def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tupl
     if seen.gpu is None:
         raise GpuProbeError(f"cannot plan without the GPU: {seen.gpu_error}")
     if isinstance(op, SwitchTo):
-        plan = plan_switch(cat, seen, mode, policy, rendered)
+        plan = plan_switch(cat, seen, cat.modes[op.mode], policy, rendered)
     elif isinstance(op, ServiceOp):
         plan = plan_service(cat, seen, op, policy, rendered, now=time.time())
     else:
@@ -116,10 +113,7 @@ def run(target: Target, op: Operation, *, dry_run: bool = False, wait_lock: bool
     if dry_run:
         plan, seen = prepare(target, op, policy)
         return Outcome(plan, None, seen)
-    if isinstance(op, SwitchTo):
-        target.catalog.mode(op.mode)
-    elif isinstance(op, ServiceOp):
-        target.catalog.preset(op.service)
+    _check_names(target, op)
     with host_lock(target.host, target.state_dir, what=_lock_label(op), wait=wait_lock, on_wait=on_wait):
         plan, seen = prepare(target, op, policy)
         if on_plan is not None:
@@ -128,27 +122,38 @@ def run(target: Target, op: Operation, *, dry_run: bool = False, wait_lock: bool
         else:  # a router daemon serving on the box drains its requests to the leaving services first
             hold = drained(target, _daemon_elsewhere(target, seen), leaving_services(plan), note=on_wait)
         with hold:
-            started = time.time()
-            executor = Executor(target, policy, on_event=on_event, quiesce=quiesce,
-                                release_timeout_s=target.spec.release_timeout_s)
-            report = executor.run(plan)
-            if not report.ok:
-                _record_failure(target, op, report)
-            _history(target, op, started, report, plan)
+            report = _execute(target, op, plan, policy, on_event, quiesce)
             outcome = Outcome(plan, report, seen)
             if (not report.ok and rollback and isinstance(op, SwitchTo) and plan.previous_mode
                     and plan.previous_mode != op.mode):
                 back_op = SwitchTo(plan.previous_mode)
                 back_plan, _ = prepare(target, back_op, policy)
-                back = Executor(target, policy, on_event=on_event, quiesce=quiesce,
-                                release_timeout_s=target.spec.release_timeout_s).run(back_plan)
-                if not back.ok:
-                    _record_failure(target, back_op, back)
-                _history(target, back_op, time.time(), back, back_plan)
-                outcome.rollback = back
+                outcome.rollback = _execute(target, back_op, back_plan, policy, on_event, quiesce)
     if not report.ok:
         raise _failure(target, op, plan, outcome)
     return outcome
+
+
+def _check_names(target: Target, op: Operation) -> None:
+    """Unknown mode or service: a clear error before anything is touched."""
+    if isinstance(op, SwitchTo):
+        target.catalog.mode(op.mode)
+    elif isinstance(op, ServiceOp):
+        target.catalog.preset(op.service)
+
+
+def _execute(target: Target, op: Operation, plan: Plan, policy: Policy, on_event: Event | None,
+             quiesce: bool) -> SwitchReport:
+    """Walk the plan; a failure goes into the target's record; the run goes into the history."""
+    from .history import record_run
+
+    started = time.time()
+    report = Executor(target, policy, on_event=on_event, quiesce=quiesce,
+                      release_timeout_s=target.spec.release_timeout_s).run(plan)
+    if not report.ok:
+        _record_failure(target, op, report)
+    record_run(target, op, started, report)
+    return report
 
 
 def leaving_services(plan: Plan) -> list[str]:
@@ -180,8 +185,7 @@ def _failure(target: Target, op: Operation, plan: Plan, outcome: Outcome) -> Swi
         lines.append(f"rollback to {plan.previous_mode}: " + ("done" if rb.ok else f"FAILED: {rb.error}"))
         if not rb.ok:
             lines += ["after rollback:"] + ["  " + ln for ln in rb.state_lines if not ln.startswith("now")]
-    what = f"switch to {op.mode}" if isinstance(op, SwitchTo) else op.describe()
-    err = SwitchFailed(f"{what} on {target.spec.name} {report.error}", lines, report.as_dict())
+    err = SwitchFailed(f"{op.describe()} on {target.spec.name} {report.error}", lines, report.as_dict())
     if report.error.startswith("interrupted"):
         err.exit_code = 130  # Ctrl-C: the shell's convention, after the state report
     return err
@@ -197,9 +201,3 @@ def _record_failure(target: Target, op: Operation, report: SwitchReport) -> None
         write_mode(target.host, target.state_dir, replace(rec, failure=failure))
     except Exception:  # noqa: BLE001 - the host may be gone; the error report still says it all
         pass
-
-
-def _history(target: Target, op: Operation, started: float, report: SwitchReport, plan: Plan) -> None:
-    from .history import record_run
-
-    record_run(target, op, started, report)
