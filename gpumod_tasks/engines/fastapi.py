@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RenderError
-from .base import Command, Engine, Probe
-from .vllm import Vllm, probe_sleep_routes, sleep_routes_sleep, sleep_routes_wake
+from .base import Command
+from .vllm import SleepRoutes, Vllm
 
 if TYPE_CHECKING:
     from ..catalog.model import Preset
-    from ..host.base import Host
     from ..hostfacts import HostFacts
     from ..inventory import HostSpec
 
@@ -27,7 +26,7 @@ def fill(value: Any, preset: Preset, bind: str) -> str:
             .replace("{model}", preset.model_id or preset.model_path).replace("{host}", bind))
 
 
-class FastApi(Engine):
+class FastApi(SleepRoutes):
     name = "fastapi"
     sim_flavor = "fastapi"
 
@@ -57,15 +56,6 @@ class FastApi(Engine):
         # the stand-in is vLLM's, without vLLM's dev-mode variable
         vllm = Vllm().stand_in_args(preset, peers)
         return Command(vllm.argv)
-
-    def probe(self, host: Host, preset: Preset, timeout: float) -> Probe:
-        return probe_sleep_routes(host, preset, timeout)
-
-    def sleep(self, host: Host, preset: Preset, level: int) -> None:
-        sleep_routes_sleep(host, preset, level)
-
-    def wake(self, host: Host, preset: Preset, level: int) -> None:
-        sleep_routes_wake(host, preset, level)
 
 
 ENGINE = FastApi()

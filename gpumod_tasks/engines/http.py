@@ -56,29 +56,25 @@ def sleep_timeout(host: Host, preset: Preset) -> float:
 
 
 def get(host: Host, port: int, path: str, timeout: float) -> Answer:
-    import httpx
-
-    try:
-        r = host.http.get(host.base_url(port) + path, timeout=timeout)
-        return Answer(r.status_code, r.text)
-    except httpx.ConnectError:
-        return Answer(0, "connection refused")
-    except httpx.TimeoutException:
-        return Answer(-1, f"timed out after {timeout:g}s")
-    except httpx.HTTPError as exc:
-        return Answer(-2, f"{type(exc).__name__}: {exc}")
+    return _ask(lambda: host.http.get(host.base_url(port) + path, timeout=timeout), f"timed out after {timeout:g}s")
 
 
 def post(host: Host, port: int, path: str, *, timeout: float, json_body: Any = None, params: Any = None) -> Answer:
+    return _ask(lambda: host.http.post(host.base_url(port) + path, json=json_body, params=params, timeout=timeout),
+                f"timed out after {timeout:g}s (set unit_vars.sleep_timeout_s or the host's vars.sleep_timeout_s)")
+
+
+def _ask(request: Any, timed_out: str) -> Answer:
+    """One request; a transport failure is an Answer too (0 refused, -1 timed out, -2 other)."""
     import httpx
 
     try:
-        r = host.http.post(host.base_url(port) + path, json=json_body, params=params, timeout=timeout)
+        r = request()
         return Answer(r.status_code, r.text)
     except httpx.ConnectError:
         return Answer(0, "connection refused")
     except httpx.TimeoutException:
-        return Answer(-1, f"timed out after {timeout:g}s (set unit_vars.sleep_timeout_s or the host's vars.sleep_timeout_s)")
+        return Answer(-1, timed_out)
     except httpx.HTTPError as exc:
         return Answer(-2, f"{type(exc).__name__}: {exc}")
 

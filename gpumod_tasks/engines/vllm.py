@@ -106,7 +106,21 @@ def sleep_routes_wake(host: Host, preset: Preset, level: int) -> None:
         _check(host, preset, path, http.post(host, preset.port, path, timeout=timeout, **kw))
 
 
-class Vllm(Engine):
+class SleepRoutes(Engine):
+    """An engine whose server speaks vLLM's dev routes (``/sleep``, ``/wake_up``, ``/is_sleeping``):
+    vLLM itself, and custom servers that implement them."""
+
+    def probe(self, host: Host, preset: Preset, timeout: float) -> Probe:
+        return probe_sleep_routes(host, preset, timeout)
+
+    def sleep(self, host: Host, preset: Preset, level: int) -> None:
+        sleep_routes_sleep(host, preset, level)
+
+    def wake(self, host: Host, preset: Preset, level: int) -> None:
+        sleep_routes_wake(host, preset, level)
+
+
+class Vllm(SleepRoutes):
     name = "vllm"
     sim_flavor = "vllm"
 
@@ -136,15 +150,5 @@ class Vllm(Engine):
             argv.append("--enable-sleep-mode")
             env.append(("VLLM_SERVER_DEV_MODE", "1"))
         return Command(tuple(argv), tuple(env))
-
-    def probe(self, host: Host, preset: Preset, timeout: float) -> Probe:
-        return probe_sleep_routes(host, preset, timeout)
-
-    def sleep(self, host: Host, preset: Preset, level: int) -> None:
-        sleep_routes_sleep(host, preset, level)
-
-    def wake(self, host: Host, preset: Preset, level: int) -> None:
-        sleep_routes_wake(host, preset, level)
-
 
 ENGINE = Vllm()
