@@ -27,7 +27,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -477,18 +477,25 @@ class ModelManager:
             log.info("%s: working again", loop)
 
     async def _reconcile_loop(self) -> None:
+        await self._every("reconcile", lambda: self.opts.reconcile_s, self._reconcile_once,
+                          skip=self.switch_lock.locked)
+
+    async def _every(self, name: str, seconds: Callable[[], float], once: Callable[[], Awaitable[None]],
+                     skip: Callable[[], bool] = lambda: False) -> None:
+        """Run ``once`` every ``seconds()`` (not while ``skip()``); an error is logged (once while it
+        repeats) and the loop goes on, so a bad observation never ends the daemon's watch."""
         while True:
-            await asyncio.sleep(self.opts.reconcile_s)
-            if self.switch_lock.locked():
+            await asyncio.sleep(seconds())
+            if skip():
                 continue
             try:
-                await self._reconcile_once()
+                await once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - see above
-                self._loop_failed("reconcile", exc)
+                self._loop_failed(name, exc)
             else:
-                self._loop_ok("reconcile")
+                self._loop_ok(name)
 
     async def _reconcile_once(self) -> None:
         if self.held:
@@ -534,16 +541,7 @@ class ModelManager:
                         await self.refresh()
 
     async def _idle_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.opts.idle_check_s)
-            try:
-                await self._idle_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - see above
-                self._loop_failed("idle", exc)
-            else:
-                self._loop_ok("idle")
+        await self._every("idle", lambda: self.opts.idle_check_s, self._idle_once)
 
     async def _idle_once(self) -> None:
         from ..services import service_action
