@@ -26,6 +26,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NET_BASE = int(os.environ.get("GPUMOD_TEST_NET_BASE", "0"))
 
 
+def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
+    """Poll ``pred`` until it holds or ``timeout`` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):

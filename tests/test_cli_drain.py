@@ -15,20 +15,11 @@ import time
 
 import httpx
 import pytest
-from conftest import REPO, free_ports, run_cli
+from conftest import REPO, free_ports, run_cli, wait_for
 from test_router_daemon import set_sim
 
 KEY = "drain-test-key-0123456789"
 WORDS = "w0 w1 w2 w3 w4 w5"  # the stand-in answers with these, one chunk each, 0.4 s apart
-
-
-def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 @pytest.fixture

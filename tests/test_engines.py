@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_sim import StandIn
 
 from gpumod_tasks import engines
 from gpumod_tasks.catalog.model import Driver, Preset, SleepMode
@@ -124,24 +125,16 @@ def test_probe_of_an_odd_port_is_bad_never_an_exception(body):
 # -- vLLM sleep against the stand-in ----------------------------------------------------------------
 
 
-class VllmStandIn:
+class VllmStandIn(StandIn):
     def __init__(self, tmp_path: Path, *args: str):
         from conftest import free_ports
 
         self.port = free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "GPUMOD_SIM_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "VLLM_SERVER_DEV_MODE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "gpumod_tasks.sim.server", "--flavor", "vllm", "--port", str(self.port),
-                                      "--served-model-name", "m", "--vram-mb", "1000", "--sleep-vram-mb", "100", "--enable-sleep-mode",
-                                      "--load-s", "0", "--wake-l1-s", "0", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.c = httpx.Client(timeout=30, trust_env=False)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                self.c.get(self.url + "/health")
-                break
-            except httpx.ConnectError:
-                time.sleep(0.02)
+        super().__init__(tmp_path, self.port, "--flavor", "vllm", "--served-model-name", "m", "--vram-mb", "1000",
+                         "--sleep-vram-mb", "100", "--enable-sleep-mode", "--load-s", "0", "--wake-l1-s", "0", *args,
+                         env={"VLLM_SERVER_DEV_MODE": "1"})
+        self.c.timeout = httpx.Timeout(30)
+        self.wait_listening()
         self.preset = Preset(id="m", name="m", driver=Driver.VLLM, port=self.port, vram_mb=1000, sleep_mode=SleepMode.L1,
                              supports_sleep=True, unit_vars={"served_model_name": "m"})
 
@@ -167,11 +160,6 @@ class VllmStandIn:
         th.start()
         time.sleep(0.35)  # the stream is under way
         return th
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(5)
-        self.c.close()
 
 
 @pytest.fixture

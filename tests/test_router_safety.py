@@ -14,18 +14,10 @@ import time
 
 import httpx
 import pytest
+from conftest import wait_for
 from test_router_daemon import set_sim
 
 pytestmark = pytest.mark.usefixtures("sim_host")
-
-
-def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def test_background_loops_survive_failing_observations(sim_host, daemon_factory, caplog):
