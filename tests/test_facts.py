@@ -197,7 +197,7 @@ def test_gpu_reader_sets_up_a_missing_simulated_gpu_then_reads_it(tmp_path):
 
 def test_gpu_reader_reads_a_local_simulated_gpu_in_process_as_the_shim_reports_it(tmp_path):
     from gpumod_tasks.errors import GpuProbeError
-    from gpumod_tasks.facts.gpu_read import SIM_BACKEND, GpuReader
+    from gpumod_tasks.facts.gpu_read import SIM_BACKEND, SIM_LEDGER_BACKEND, GpuReader
     from gpumod_tasks.sim.ledger import Ledger
 
     host, sim = _sim_box(tmp_path)
@@ -209,7 +209,8 @@ def test_gpu_reader_reads_a_local_simulated_gpu_in_process_as_the_shim_reports_i
     shim = GpuReader(host, "box", shim=sim.shim_path)
     ours = GpuReader(host, "box", shim=sim.shim_path, sim_dir=sim.sim_dir)
     a, b = shim.read(), ours.read()
-    assert a == b and b.backend == SIM_BACKEND and b.primary.used_mb == 4200
+    assert a.gpus == b.gpus and b.primary.used_mb == 4200  # the figures the shim reports
+    assert (a.backend, b.backend) == (SIM_BACKEND, SIM_LEDGER_BACKEND)  # each says how it was read
     assert [g.per_pid for g in a.gpus] == [g.per_pid for g in b.gpus] == [{me: 4200}]
     assert ours.used_mb() == shim.used_mb() == 4200
     # no process is started: it answers with the shim gone (the shim reader cannot)

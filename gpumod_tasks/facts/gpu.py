@@ -32,7 +32,7 @@ class Gpu:
 
 @dataclass(frozen=True)
 class GpuFacts:
-    backend: str  # nvml | nvidia-smi | simulated (nvidia-smi shim)
+    backend: str  # nvml | nvidia-smi | simulated (nvidia-smi shim) | simulated (ledger, read in-process)
     gpus: tuple[Gpu, ...]
 
     @property

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from ..host.base import Host
 
 SIM_BACKEND = "simulated (nvidia-smi shim)"
+#: the same figures read from the ledger files by this process (a local simulated GPU, as NVML is read)
+SIM_LEDGER_BACKEND = "simulated (ledger, read in-process)"
 
 _NVIDIA_SMI = {
     0: "ok",
@@ -136,7 +138,7 @@ class GpuReader:
             raise GpuProbeError(f"[{self.label}] simulated nvidia-smi failed: {meaning('shim', 1)}: {exc}") from None
         if not snaps:
             return None
-        return GpuFacts(backend=SIM_BACKEND, gpus=tuple(
+        return GpuFacts(backend=SIM_LEDGER_BACKEND, gpus=tuple(
             Gpu(index=g.index, name=g.name, total_mb=g.total_mb, used_mb=g.used_mb, free_mb=g.free_mb, uuid=g.uuid,
                 per_pid=dict(sorted(g.per_pid.items()))) for g in snaps))
 
