@@ -36,8 +36,14 @@ class ServiceObs:
     unit: UnitState
     probe: Probe | None = None
     sleep_level: int | None = None
-    vram_mb: int = 0
+    vram_mb: int = 0  # the sum of gpu_mb
     foreign_listener: bool = False  # the unit is stopped but something answers on its port
+    gpu_mb: dict[int, int] = field(default_factory=dict, hash=False, compare=False)  # GPU index -> MB it holds there
+
+    @property
+    def gpu_indices(self) -> tuple[int, ...]:
+        """The GPUs it holds memory on now (sorted)."""
+        return tuple(sorted(i for i, mb in self.gpu_mb.items() if mb))
 
     @property
     def holds_gpu(self) -> bool:

@@ -71,6 +71,9 @@ class Preset:
     docker: DockerSpec | None = None
     sim: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
     router: str = ""  # llama.cpp: presets naming the same router are models of one router unit
+    gpus: int = 1  # how many GPUs it runs on (vLLM: its tensor-parallel size)
+    gpu_pin: tuple[str, ...] = ()  # GPUs it must run on: indices ("1") or UUIDs; () = any
+    tensor_split: tuple[float, ...] = ()  # llama.cpp: the share of each of its GPUs (() = even)
     file: str = ""
 
     @property
@@ -87,6 +90,15 @@ class Preset:
         if self.sleep_vram_mb is not None:
             return self.sleep_vram_mb
         return min(self.vram_mb, DEFAULT_SLEEP_VRAM_MB[self.driver])
+
+    def per_gpu_mb(self, mb: int) -> tuple[int, ...]:
+        """A total of this service's MB split over its GPUs, in its GPU order: by ``tensor_split``
+        ratios, else evenly (vLLM tensor parallel); the rounding remainder goes to the first."""
+        n = max(1, self.gpus)
+        ratios = self.tensor_split if len(self.tensor_split) == n and sum(self.tensor_split) > 0 else (1.0,) * n
+        shares = [int(mb * r / sum(ratios)) for r in ratios]
+        shares[0] += mb - sum(shares)
+        return tuple(shares)
 
     @property
     def served_model(self) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from .order import topo_order
 from .policy import Policy
 from .refresh import plan_refresh
-from .result import Plan
+from .result import GpuPlan, Plan
 from .service import ACTIONS, ServiceOp, plan_service
 from .steps import (
                     ARRIVING,
@@ -39,7 +39,7 @@ from .steps import (
 from .switch import plan_switch
 
 __all__ = [
-    "ACTIONS", "ARRIVING", "LEAVING", "AwaitHealthy", "DaemonReload", "InstallUnit", "Plan", "Policy", "Quiesce", "Record",
+    "ACTIONS", "ARRIVING", "LEAVING", "AwaitHealthy", "DaemonReload", "InstallUnit", "GpuPlan", "Plan", "Policy", "Quiesce", "Record",
     "ResetFailed", "RouterLoad", "RouterUnload", "ServiceOp", "Sleep", "Start", "Step", "Stop", "WaitRelease", "Wake",
     "plan_refresh", "plan_service", "plan_switch", "topo_order",
 ]
