@@ -94,7 +94,8 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
 
     @server.tool()
     def gpu_mode_status() -> dict[str, Any]:
-        """The current mode, the GPU's VRAM and every service's state (running, sleeping, stopped, ...)."""
+        """The current mode, every GPU's VRAM (``gpus``: per GPU its total, used, free, each service's MB and
+        other processes there) and every service's state (running, sleeping, stopped, ...) and GPUs."""
         from .observe import observe
         from .status import observed_dict
 
@@ -119,8 +120,10 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
 
     @server.tool()
     def simulate_mode(mode: str, add: list[str] | None = None) -> dict[str, Any]:
-        """Would a mode (plus extra services) fit in VRAM? Changes nothing. Lists alternatives when not."""
+        """Would a mode (plus extra services) fit in VRAM? Changes nothing. Lists alternatives when not.
+        With several GPUs: where each service would go (``placement``) and each GPU's figures (``gpus``)."""
         from .fit import simulate
+        from .gpu_use import fit_per_gpu, fit_placement
 
         cat = load_catalog()
         known_mode(cat, mode)
@@ -132,7 +135,11 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
         with target() as t:
             gpu_mb = t.spec.gpu_total_mb or t.gpu_total_hint
             r = simulate(cat, [cat.presets[i] for i in ids], gpu_mb, t.spec.reserve_mb)
-        return {"mode": mode, "services": ids, **r.as_dict()}
+        doc = {"mode": mode, "services": ids, **r.as_dict()}
+        per_gpu = fit_per_gpu(r, cat.presets)
+        if per_gpu or "gpus" not in doc:
+            doc.update(placement={sid: list(ix) for sid, ix in fit_placement(r)}, gpus=[g.as_dict() for g in per_gpu])
+        return doc
 
     @server.tool()
     def service_list() -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from .errors import GpumodError
     from .execute import SwitchReport
     from .fit import FitResult
+    from .gpu_use import PlannedGpu
     from .observe import Observed
     from .plan import Plan, Step
 
@@ -108,7 +110,8 @@ def ascii_bar(segments: list[tuple[str, int]], total_mb: int, width: int = 60) -
     return plain(segments, total_mb, width)
 
 
-def fit_report(con: Console, fit: FitResult, title: str) -> None:
+def fit_report(con: Console, fit: FitResult, title: str, per_gpu: list[PlannedGpu] | None = None) -> None:
+    """``per_gpu``: each GPU after the planned placement (several GPUs): a bar per GPU instead of one."""
     style = "bold green" if fit.fits else "bold red"
     con.print(Text(fit.headline(), style=style))
     t = Table(title=title, title_justify="left")
@@ -118,10 +121,13 @@ def fit_report(con: Console, fit: FitResult, title: str) -> None:
         t.add_row(p.id, p.name, p.driver.value, str(p.vram_mb), p.sleep_mode.value)
     t.add_row("", "[bold]total[/bold]", "", f"[bold]{fit.total_mb}[/bold]", "")
     con.print(t)
-    segs = [(p.id, p.vram_mb) for p in fit.services]
-    con.print(Text("VRAM ") + Text(ascii_bar(segs, fit.gpu_mb)) + Text(f" {fit.total_mb}/{fit.gpu_mb} MB"))
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    con.print("     " + "  ".join(f"{letters[i % 26]}={p.id}" for i, p in enumerate(fit.services) if p.vram_mb > 0))
+    if per_gpu and len(per_gpu) > 1:
+        planned_bars(con, per_gpu, [p.id for p in fit.services])
+    else:
+        segs = [(p.id, p.vram_mb) for p in fit.services]
+        con.print(Text("VRAM ") + Text(ascii_bar(segs, fit.gpu_mb)) + Text(f" {fit.total_mb}/{fit.gpu_mb} MB"))
+        con.print("     " + "  ".join(f"{letters[i % 26]}={p.id}" for i, p in enumerate(fit.services) if p.vram_mb > 0))
     if not fit.fits:
         con.print(Text(f"Over by {fit.over_by_mb} MB. Alternatives:", style="red"))
         for a in fit.alternatives:
@@ -129,6 +135,21 @@ def fit_report(con: Console, fit: FitResult, title: str) -> None:
             con.print(mark + Text(a.description))
         if not fit.alternatives:
             con.print("  (none found in the catalog)")
+
+
+def planned_bars(con: Console, per_gpu: list[PlannedGpu], order: list[str]) -> None:
+    """A bar per GPU of a plan: what the placement puts there against its total (a service keeps
+    its letter on every GPU), and the budget the plan may use of it."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    ids = list(order) + [sid for g in per_gpu for sid, _ in g.services if sid not in order]
+    for g in per_gpu:
+        mine = dict(g.services)
+        segs = [(sid, mine.get(sid, 0)) for sid in ids]
+        name = f" {g.plan.name}" if g.plan.name else ""
+        con.print(Text(f"{g.label}{name}: {g.plan.projected_mb}/{g.plan.total_mb} MB (budget {g.plan.budget_mb} MB)"))
+        con.print(Text(f"{g.label} ") + Text(ascii_bar(segs, g.plan.total_mb)))
+        shown = "  ".join(f"{letters[i % 26]}={sid} {mine[sid]} MB" for i, sid in enumerate(ids) if mine.get(sid))
+        con.print(" " * (len(g.label) + 1) + (shown or "(nothing placed)"))
 
 
 def presets_table(presets: list[Preset], title: str = "services") -> Table:
@@ -172,7 +193,9 @@ def print_plan(con: Console, plan: Plan) -> None:
 
 def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None = None) -> Table:
     t = Table(title_justify="left")
-    cols = ["service", "state", "port", "VRAM MB", "driver", *(["uptime"] if uptimes is not None else []), "detail"]
+    on_gpus = _service_gpus(seen)
+    cols = ["service", "state", "port", "VRAM MB", *(["GPUs"] if on_gpus is not None else []), "driver",
+            *(["uptime"] if uptimes is not None else []), "detail"]
     for col in cols:
         t.add_column(col, justify="right" if col in ("port", "VRAM MB", "uptime") else "left", **ID_COLUMN if col == "service" else {})
     for sid, o in seen.services.items():
@@ -187,11 +210,29 @@ def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None 
             detail = "port answered by another process"
         if o.unit.main_pid:
             detail = (detail + f" pid {o.unit.main_pid}").strip()
-        row: list[Any] = [sid, Text(state, style=STATE_STYLE.get(o.state.value, "")), str(p.port), str(o.vram_mb or ""), p.driver.value]
+        row: list[Any] = [sid, Text(state, style=STATE_STYLE.get(o.state.value, "")), str(p.port), str(o.vram_mb or "")]
+        if on_gpus is not None:
+            row.append(gpus_label(on_gpus.get(sid, ())) if sid in on_gpus else "")
+        row.append(p.driver.value)
         if uptimes is not None:
             row.append(human_duration(uptimes[sid]) if sid in uptimes else "-")
         t.add_row(*row, detail)
     return t
+
+
+def _service_gpus(seen: Observed) -> dict[str, tuple[int, ...]] | None:
+    """Each service's GPUs when the box has several (None with one: the table keeps its columns)."""
+    if seen.gpu is None or len(seen.gpu.gpus) < 2:
+        return None
+    from .gpu_use import gpu_uses, service_gpus
+
+    return service_gpus(gpu_uses(seen))
+
+
+def gpus_label(indices: Any) -> str:
+    from .gpu_use import gpus_label as label
+
+    return label(indices)
 
 
 def human_duration(s: float) -> str:
@@ -208,6 +249,8 @@ def human_duration(s: float) -> str:
 def gpu_renderables(seen: Observed) -> list[Any]:
     if seen.gpu is None or not seen.gpu.gpus:
         return [Text.from_markup(f"[red]GPU unavailable:[/red] {seen.gpu_error}")]
+    if len(seen.gpu.gpus) > 1:
+        return gpus_renderables(seen)
     g = seen.gpu.primary
     segs = [(sid, o.vram_mb) for sid, o in seen.services.items() if o.vram_mb]
     out: list[Any] = [Text.from_markup(f"[bold]{g.name}[/bold]  {g.used_mb} / {g.total_mb} MB used, {g.free_mb} MB free  "
@@ -218,6 +261,30 @@ def gpu_renderables(seen: Observed) -> list[Any]:
     if seen.unmapped_pids:
         out.append(Text.from_markup("[yellow]other GPU processes:[/yellow] "
                                     + ", ".join(f"pid {p}: {mb} MB" for p, mb in seen.unmapped_pids.items())))
+    return out
+
+
+def gpus_renderables(seen: Observed) -> list[Any]:
+    """Several GPUs: a line for the box, then per GPU its figures, its bar (a segment per service
+    holding memory there, a service keeping its colour on every GPU) and what else runs on it."""
+    from .gpu_use import gpu_uses
+
+    uses = gpu_uses(seen)
+    holders = [sid for sid in seen.services if any(u.services.get(sid) for u in uses)]
+    used, total = sum(u.used_mb for u in uses), sum(u.total_mb for u in uses)
+    backend = seen.gpu.backend if seen.gpu else ""
+    out: list[Any] = [Text.from_markup(f"[bold]{len(uses)} GPUs[/bold]  {used} / {total} MB used, {total - used} MB free  "
+                                       f"[dim](backend: {backend})[/dim]")]
+    for u in uses:
+        segs = [(sid, u.services.get(sid, 0)) for sid in holders]
+        out.append(Text.from_markup(f"[bold]{u.label}[/bold] {escape(u.name)}  {u.used_mb} / {u.total_mb} MB used, "
+                                    f"{u.free_mb} MB free"))
+        out.append(vram_bar(segs, u.total_mb, used_mb=u.used_mb))
+        if any(mb for _, mb in segs):
+            out.append(legend(segs))
+        if u.other:
+            out.append(Text.from_markup(f"[yellow]{u.label} other GPU processes:[/yellow] "
+                                        + ", ".join(f"pid {p}: {mb} MB" for p, mb in u.other.items())))
     return out
 
 

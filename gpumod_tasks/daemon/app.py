@@ -133,15 +133,20 @@ def create_app(manager: ModelManager, metrics: Metrics, *, api_key: str | None =
         return JSONResponse({"status": "ok", "mode": manager.mode, "switching": manager.switching})
 
     async def models(request: Request) -> Response:
+        from ..gpu_use import gpu_uses, service_gpu_mb
+
         seen = manager.seen
+        uses = gpu_uses(seen) if seen else []
+        per = service_gpu_mb(uses)
         out = []
         for sid, p in manager.cat.presets.items():
             o = seen.services.get(sid) if seen else None
             out.append({"id": sid, "name": p.name, "model": p.served_model, "state": manager.state_of(sid),
                         "vram_mb": (o.vram_mb if o else 0) or 0, "preset_vram_mb": p.vram_mb, "port": p.port,
                         "in_flight": manager.in_flight[sid], "waiting": manager.waiting[sid],
-                        "error": manager.errors.get(sid)})
-        return JSONResponse({"mode": manager.mode, "models": out})
+                        "error": manager.errors.get(sid), "gpus": sorted(per.get(sid, {})),
+                        "gpu_mb": {str(i): mb for i, mb in sorted(per.get(sid, {}).items())}})
+        return JSONResponse({"mode": manager.mode, "models": out, "gpus": [u.as_dict() for u in uses]})
 
     async def switch(request: Request) -> Response:
         body = loads(await request.body())

@@ -22,8 +22,17 @@ class Metrics:
         self.wake_seconds = Histogram("gpumod_wake_seconds", "Time to wake or start one service", ["service"],
                                       buckets=buckets, registry=r)
         self.switch_seconds = Histogram("gpumod_switch_seconds", "Time of a mode switch", ["mode"], buckets=buckets, registry=r)
-        self.vram_used = Gauge("gpumod_vram_used_mb", "GPU memory used (MB)", registry=r)
-        self.vram_total = Gauge("gpumod_vram_total_mb", "GPU memory total (MB)", registry=r)
+        self.vram_used = Gauge("gpumod_vram_used_mb", "GPU memory used (MB), summed over every GPU", registry=r)
+        self.vram_total = Gauge("gpumod_vram_total_mb", "GPU memory total (MB), summed over every GPU", registry=r)
+        self.gpu_used = Gauge("gpumod_gpu_used_mb", "GPU memory used (MB), by GPU index", ["gpu"], registry=r)
+        self.gpu_total = Gauge("gpumod_gpu_total_mb", "GPU memory total (MB), by GPU index", ["gpu"], registry=r)
+        self.gpu_free = Gauge("gpumod_gpu_free_mb", "GPU memory free (MB), by GPU index", ["gpu"], registry=r)
+        self.gpu_other = Gauge("gpumod_gpu_other_mb", "GPU memory of processes gpumod does not run (MB), by GPU index",
+                               ["gpu"], registry=r)
+        self.service_vram = Gauge("gpumod_service_vram_mb", "GPU memory a service holds (MB), by service id and GPU index",
+                                  ["service", "gpu"], registry=r)
+        self._gpu_labels: set[str] = set()
+        self._service_labels: set[tuple[str, str]] = set()
         self._req_children: dict[tuple[str, int], Any] = {}
         self.state = Gauge("gpumod_service_state", "1 for the service's current state", ["service", "state"], registry=r)
 
@@ -47,9 +56,30 @@ class Metrics:
         self.switch_seconds.labels(mode).observe(seconds)
 
     def observed(self, mgr: Any, seen: Any) -> None:
-        if seen.gpu and seen.gpu.gpus:
-            self.vram_used.set(seen.gpu.primary.used_mb or 0)
-            self.vram_total.set(seen.gpu.primary.total_mb or 0)
+        from ..gpu_use import gpu_uses
+
+        uses = gpu_uses(seen)
+        if uses:
+            self.vram_used.set(sum(u.used_mb for u in uses))
+            self.vram_total.set(sum(u.total_mb for u in uses))
+            gpus, held = set(), set()
+            for u in uses:
+                g = str(u.index)
+                gpus.add(g)
+                self.gpu_used.labels(g).set(u.used_mb)
+                self.gpu_total.labels(g).set(u.total_mb)
+                self.gpu_free.labels(g).set(u.free_mb)
+                self.gpu_other.labels(g).set(u.other_mb)
+                for sid, mb in u.services.items():
+                    held.add((sid, g))
+                    self.service_vram.labels(sid, g).set(mb)
+            # a series for a GPU that is gone, or a service that left a GPU, ends (not stuck at its last value)
+            for g in self._gpu_labels - gpus:
+                for gauge in (self.gpu_used, self.gpu_total, self.gpu_free, self.gpu_other):
+                    gauge.remove(g)
+            for sid, g in self._service_labels - held:
+                self.service_vram.remove(sid, g)
+            self._gpu_labels, self._service_labels = gpus, held
         for sid in seen.services:
             now = mgr.state_of(sid)
             for st in STATES:

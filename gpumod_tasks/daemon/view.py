@@ -16,6 +16,7 @@ from typing import Any
 
 from ..catalog.model import Catalog, Preset
 from ..errors import PlanRefused
+from ..gpu_use import gpu_uses
 from ..observed import Observed, ServiceObs, SvcState
 from ..plan import Plan, Policy, plan_switch
 
@@ -48,64 +49,26 @@ def declared_mb(p: Preset, o: ServiceObs | None) -> int:
     return 0
 
 
-def _pid_owners(seen: Observed) -> dict[int, str]:
-    """Main pid -> service; a shared router's pid belongs to the model holding VRAM."""
-    owners: dict[int, str] = {}
-    for sid, o in seen.services.items():
-        pid = o.unit.main_pid
-        if pid and (pid not in owners or o.vram_mb > seen.services[owners[pid]].vram_mb):
-            owners[pid] = sid
-    return owners
-
-
 def gpu_bars(cat: Catalog, seen: Observed) -> list[dict[str, Any]]:
     """Per GPU: total/used and a segment per service holding memory there.
 
-    With one GPU every service's measured figure is the observation's. With several, a unit's main
-    process is placed on the GPU nvidia-smi lists it on; what the observation attributed to a
-    service through other processes (vLLM's engine core, a router's children, found by cgroup) is
-    taken from the GPUs' memory of processes that are neither a main process nor foreign. The
-    declared figure goes on the GPU where the service holds most."""
-    if seen.gpu is None or not seen.gpu.gpus:
+    Measured: what the observation attributes to the service on that GPU (``gpu_use.gpu_uses``:
+    the observation's per-GPU figures, else its processes placed where nvidia-smi lists them).
+    The declared figure goes on the GPU where the service holds most."""
+    uses = gpu_uses(seen)
+    if not uses:
         return []
-    gpus = seen.gpu.gpus
-    measured: list[dict[str, int]] = [{} for _ in gpus]
-    other = [0 for _ in gpus]
-    if len(gpus) == 1:
-        measured[0] = {sid: o.vram_mb for sid, o in seen.services.items() if o.vram_mb}
-        other[0] = seen.external_mb
-    else:
-        owners = _pid_owners(seen)
-        pool = [0 for _ in gpus]  # ours, but not a main process
-        for i, g in enumerate(gpus):
-            for pid, mb in g.per_pid.items():
-                if pid in owners:
-                    measured[i][owners[pid]] = measured[i].get(owners[pid], 0) + (mb or 0)
-                elif pid in seen.unmapped_pids:
-                    other[i] += mb or 0
-                else:
-                    pool[i] += mb or 0
-        for sid, o in seen.services.items():
-            left = o.vram_mb - sum(m.get(sid, 0) for m in measured)
-            for i in sorted(range(len(gpus)), key=lambda i: (sid not in measured[i], i)):
-                take = min(left, pool[i])
-                if take > 0:
-                    measured[i][sid] = measured[i].get(sid, 0) + take
-                    pool[i] -= take
-                    left -= take
-            if left > 0:
-                measured[0][sid] = measured[0].get(sid, 0) + left
-    home = {sid: max(range(len(gpus)), key=lambda i: (measured[i].get(sid, 0), -i)) for sid in cat.presets}
+    home = {sid: max(range(len(uses)), key=lambda i: (uses[i].services.get(sid, 0), -i)) for sid in cat.presets}
     out = []
-    for i, g in enumerate(gpus):
+    for i, u in enumerate(uses):
         segs = []
         for sid, p in cat.presets.items():
-            m = measured[i].get(sid, 0)
+            m = u.services.get(sid, 0)
             d = declared_mb(p, seen.services.get(sid)) if home[sid] == i else 0
             if m or d:
                 segs.append({"service": sid, "measured_mb": m, "declared_mb": d})
-        out.append({"index": g.index, "name": g.name, "total_mb": g.total_mb or 0, "used_mb": g.used_mb or 0,
-                    "other_mb": other[i], "segments": segs})
+        out.append({"index": u.index, "uuid": u.uuid or None, "name": u.name, "total_mb": u.total_mb, "used_mb": u.used_mb,
+                    "free_mb": u.free_mb, "other_mb": u.other_mb, "segments": segs})
     return out
 
 
@@ -115,6 +78,16 @@ def service_gpus(bars: list[dict[str, Any]]) -> dict[str, list[int]]:
         for s in b["segments"]:
             if s["measured_mb"]:
                 out.setdefault(s["service"], []).append(b["index"])
+    return out
+
+
+def service_gpu_mb(bars: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Service -> {GPU index (as a JSON key): measured MB there}."""
+    out: dict[str, dict[str, int]] = {}
+    for b in bars:
+        for s in b["segments"]:
+            if s["measured_mb"]:
+                out.setdefault(s["service"], {})[str(b["index"])] = s["measured_mb"]
     return out
 
 

@@ -122,6 +122,7 @@ class Dashboard:
             bars = view.gpu_bars(cat, seen)
             self._extras = {
                 "host": t.spec.name, "header": t.header(), "gpus": bars, "service_gpus": view.service_gpus(bars),
+                "service_gpu_mb": view.service_gpu_mb(bars),
                 "modes": view.mode_fits(cat, seen, policy_for(t)),
                 "started_at": {sid: round(now - s, 1) for sid, s in uptimes(seen, now_mono).items()},
                 "observed_at": round(now, 1),
@@ -147,6 +148,7 @@ class Dashboard:
             services.append({
                 "id": sid, "name": p.name, "driver": p.driver.value, "state": state, "api_state": api_state,
                 "detail": detail, "port": p.port, "gpus": ex.get("service_gpus", {}).get(sid, []),
+                "gpu_mb": ex.get("service_gpu_mb", {}).get(sid, {}),
                 "in_flight": m.in_flight[sid], "waiting": m.waiting[sid], "vram_mb": (o.vram_mb if o else 0) or 0,
                 "preset_vram_mb": p.vram_mb, "declared_mb": view.declared_mb(p, o),
                 "started_at": ex.get("started_at", {}).get(sid), "leaving": sid in m.leaving,

@@ -36,6 +36,7 @@ def show(c, name, json_=False):
     """Show one mode: its services and their VRAM."""
     from ..cli_context import catalog
     from ..fit import simulate as fit
+    from ..gpu_use import fit_per_gpu
     from ..ui import fit_report, make_console
 
     cat = catalog()
@@ -48,7 +49,8 @@ def show(c, name, json_=False):
         return
     con = make_console()
     con.print(f"[bold]{m.name}[/bold] ({m.id}) — {m.description}")
-    fit_report(con, fit(cat, presets, _gpu_mb(c), 0), f"mode {m.id}")
+    r = fit(cat, presets, _gpu_mb(c), 0)
+    fit_report(con, r, f"mode {m.id}", per_gpu=fit_per_gpu(r, cat.presets))
 
 
 def _gpu_mb(c) -> int:
@@ -73,6 +75,7 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     """
     from ..cli_context import catalog, host_specs
     from ..fit import simulate as fit
+    from ..gpu_use import fit_per_gpu, fit_placement
     from ..paths import controller_dir
     from ..state import History
     from ..ui import fit_report, make_console
@@ -103,10 +106,15 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
         h.close()
     except Exception:  # noqa: BLE001 - history is advisory
         pass
+    per_gpu = fit_per_gpu(result, cat.presets)
     if json_:
-        print(json.dumps({"mode": name, "services": seen, **result.as_dict()}, indent=1))
+        doc = {"mode": name, "services": seen, **result.as_dict()}
+        if per_gpu or "gpus" not in doc:  # per GPU: the GPU's arithmetic and each placed service's share there
+            doc.update(placement={sid: list(ix) for sid, ix in fit_placement(result)}, gpus=[g.as_dict() for g in per_gpu])
+        print(json.dumps(doc, indent=1))
     else:
-        fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip())
+        fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip(),
+                   per_gpu=per_gpu)
     if not result.fits:
         raise Exit(code=1)
 
