@@ -288,6 +288,13 @@ def gpus_renderables(seen: Observed) -> list[Any]:
     return out
 
 
+def gpu_used_text(seen: Observed) -> str:
+    """``7500 / 24564 MB``; with several GPUs each one's: ``GPU0 7500 / 24564 MB, GPU1 2200 / 24564 MB``."""
+    if seen.gpu is None or len(seen.gpu.gpus) < 2:
+        return f"{seen.gpu_used_mb} / {seen.gpu_total_mb} MB"
+    return ", ".join(f"GPU{g.index} {g.used_mb or 0} / {g.total_mb or 0} MB" for g in seen.gpu.gpus)
+
+
 def gpu_panel(con: Console, cat: Catalog, seen: Observed) -> None:
     for r in gpu_renderables(seen):
         con.print(r)

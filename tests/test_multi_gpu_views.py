@@ -226,6 +226,29 @@ def test_status_shows_two_bars_and_json_two_gpus(two_gpu_rag):
     assert f"GPU0 {NAME}  7500 / 24564 MB used" in out and f"GPU1 {NAME}  2200 / 24564 MB used" in out
     assert "GPU0,1" in out
 
+    code, out, err = h.inv("mode.status")
+    assert code == 0, err
+    assert "GPU used now: GPU0 7500 / 24564 MB, GPU1 2200 / 24564 MB" in out and "GPU0,1" in out
+
+
+def test_mcp_tools_give_per_gpu_figures(two_gpu_rag):
+    from test_mcp_model import call_all, payload
+
+    h, doc_pid, foreign = two_gpu_rag
+
+    async def script(s):
+        return {"status": payload(await s.call_tool("gpu_mode_status", {})),
+                "svc": payload(await s.call_tool("service_status", {"service_id": "doc"})),
+                "sim": payload(await s.call_tool("simulate_mode", {"mode": "rag"}))}
+
+    out = call_all(script)
+    st = out["status"]
+    assert [(g["index"], g["used_mb"], g["services"]) for g in st["gpus"]] == [(0, 7500, {"emb": 2500, "doc": 5000}), (1, 2200, {"doc": 1500})]
+    assert st["gpus"][1]["other_processes"] == {str(foreign): 700}
+    assert out["svc"]["gpus"] == [0, 1] and out["svc"]["gpu_mb"] == {"0": 5000, "1": 1500}
+    # a fit that places nothing per GPU says so (its placement and per-GPU figures are empty)
+    assert out["sim"]["fits"] is True and "placement" in out["sim"] and "gpus" in out["sim"]
+
 
 def test_one_simulated_gpu_keeps_todays_status(sim_host):
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0

@@ -17,7 +17,7 @@ from ..target import Target
 
 
 def host_status(c: Context, as_json: bool) -> None:
-    from ..ui import gpu_panel, status_table
+    from ..ui import gpu_panel, gpu_used_text, status_table
 
     def run(t: Target, con: Any) -> str:
         t.ensure_sim()
@@ -36,7 +36,7 @@ def host_status(c: Context, as_json: bool) -> None:
             con.print(f"mode: [bold]{rec.mode or '(none recorded)'}[/bold]{when}")
         con.print(status_table(t.catalog, seen))
         return (f"FAILED: {rec.failure.get('operation')}" if rec.failed else f"mode {rec.mode}") + \
-            f", {seen.gpu_used_mb}/{seen.gpu_total_mb} MB"
+            f", {gpu_used_text(seen).replace(' / ', '/')}"
 
     for_each_host(c, run, as_json=as_json)
 
@@ -44,7 +44,7 @@ def host_status(c: Context, as_json: bool) -> None:
 def mode_status(c: Context, as_json: bool) -> None:
     from rich.panel import Panel
 
-    from ..ui import status_table
+    from ..ui import gpu_used_text, status_table
 
     def run(t: Target, con: Any) -> str:
         t.ensure_sim()
@@ -62,7 +62,7 @@ def mode_status(c: Context, as_json: bool) -> None:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.since)) if rec.since else "-"
         body = (f"mode [bold]{rec.mode or '(none)'}[/bold] ({name}) since {since}\n"
                 f"services: {', '.join(ids) or '-'}\ntotal VRAM (preset figures): {total} MB; "
-                f"GPU used now: {seen.gpu_used_mb} / {seen.gpu_total_mb} MB")
+                f"GPU used now: {gpu_used_text(seen)}")
         if rec.failed:
             body = f"[bold red]FAILED[/bold red]: {escape(rec.failure_line())}\n" + body
         con.print(Panel(body, title="current mode", expand=False))
