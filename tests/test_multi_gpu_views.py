@@ -157,6 +157,31 @@ def test_a_plans_placement_gives_a_bar_per_gpu():
     assert re.search(r"^VRAM \[", buf.getvalue(), re.M)  # no placement: today's single bar
 
 
+def test_dashboard_bars_split_a_tensor_parallel_services_declared_figure_and_plans_carry_placement():
+    from gpumod_tasks.daemon import view
+
+    presets = {"tp": Preset("tp", "tp", Driver.VLLM, 8001, 12000, gpus=2),
+               "split": Preset("split", "split", Driver.LLAMACPP, 8002, 4000, gpus=2, tensor_split=(3.0, 1.0), gpu_pin=("1", "0")),
+               "one": Preset("one", "one", Driver.VLLM, 8003, 3000)}
+    cat = Catalog(presets, {})
+    services = {"tp": running("tp", 10, 11800, {0: 5900, 1: 5900}), "split": running("split", 30, 4000, {0: 1000, 1: 3000}),
+                "one": running("one", 20, 3000, {1: 3000})}
+    seen = two_gpus(services, {10: 5900, 30: 1000}, {11: 5900, 30: 3000, 20: 3000, 99: 800}, {99: 800})
+    bars = view.gpu_bars(cat, seen)
+    segs = [{s["service"]: (s["measured_mb"], s["declared_mb"]) for s in b["segments"]} for b in bars]
+    # tp's 12000 declared MB split evenly; split's 3:1 in its pinned order (GPU 1 first); one on its GPU
+    assert segs == [{"tp": (5900, 6000), "split": (1000, 1000)},
+                    {"tp": (5900, 6000), "split": (3000, 3000), "one": (3000, 3000)}]
+    assert [b["other_mb"] for b in bars] == [0, 800] and bars[1]["uuid"] == "GPU-u1"
+    assert view.service_gpu_mb(bars) == {"tp": {"0": 5900, "1": 5900}, "split": {"0": 1000, "1": 3000}, "one": {"1": 3000}}
+    plan = Plan("m", (), placement=(("tp", (0, 1)), ("one", (1,))),
+                gpus=(GpuPlan(0, 24000, 23000, 6000), GpuPlan(1, 16000, 15000, 9000)))
+    d = view.plan_dict(plan, cat)
+    assert d["placement"] == {"tp": [0, 1], "one": [1]}
+    assert [(g["index"], g["projected_mb"], g["services"]) for g in d["gpus"]] == [(0, 6000, {"tp": 6000}), (1, 9000, {"tp": 6000, "one": 3000})]
+    assert view.plan_dict(Plan("m", ()), cat)["gpus"] == []  # one GPU, or a plan without per-GPU figures
+
+
 # -- for real: the simulated host with a second GPU ------------------------------------------------
 
 def add_gpu(sim_host, total_mb: int = 24564) -> Path:
@@ -295,4 +320,5 @@ def test_the_dashboard_draws_a_bar_per_gpu(two_gpu_rag, daemon_factory, browser,
     assert [(i, segs) for i, _, segs in shown] == [("0", {"emb": 2500, "doc": 5000}), ("1", {"doc": 1500, "(other)": 700})]
     assert shown[1][1] == f"GPU 1: {NAME} — 2200 / 24564 MB used"
     assert browser.execute_script("return document.querySelector('tr[data-service=doc] td.gpus').textContent") == "0,1"
+    assert browser.execute_script("return document.querySelector('tr[data-service=doc] td.gpus').title") == "GPU 0: 5000 MB, GPU 1: 1500 MB"
     shot(browser, artifacts, "dashboard-two-gpus.png")

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..catalog.model import Catalog, Preset
 from ..errors import PlanRefused
-from ..gpu_use import gpu_uses
+from ..gpu_use import fit_per_gpu, gpu_uses
 from ..observed import Observed, ServiceObs, SvcState
 from ..plan import Plan, Policy, plan_switch
 
@@ -54,22 +54,43 @@ def gpu_bars(cat: Catalog, seen: Observed) -> list[dict[str, Any]]:
 
     Measured: what the observation attributes to the service on that GPU (``gpu_use.gpu_uses``:
     the observation's per-GPU figures, else its processes placed where nvidia-smi lists them).
-    The declared figure goes on the GPU where the service holds most."""
+    The declared figure of a service found on as many GPUs as its preset runs on is split as the
+    preset splits it (``Preset.per_gpu_mb``); otherwise it goes on the GPU where it holds most."""
     uses = gpu_uses(seen)
     if not uses:
         return []
-    home = {sid: max(range(len(uses)), key=lambda i: (uses[i].services.get(sid, 0), -i)) for sid in cat.presets}
+    declared: list[dict[str, int]] = [{} for _ in uses]
+    for sid, p in cat.presets.items():
+        d = declared_mb(p, seen.services.get(sid))
+        on = [i for i, u in enumerate(uses) if u.services.get(sid)]
+        if len(on) > 1 and len(on) == p.gpus:
+            for i, mb in zip(_in_gpu_order(p, on, uses), p.per_gpu_mb(d)):
+                declared[i][sid] = mb
+        else:
+            declared[max(range(len(uses)), key=lambda i: (uses[i].services.get(sid, 0), -i))][sid] = d
     out = []
     for i, u in enumerate(uses):
         segs = []
-        for sid, p in cat.presets.items():
+        for sid in cat.presets:
             m = u.services.get(sid, 0)
-            d = declared_mb(p, seen.services.get(sid)) if home[sid] == i else 0
+            d = declared[i].get(sid, 0)
             if m or d:
                 segs.append({"service": sid, "measured_mb": m, "declared_mb": d})
         out.append({"index": u.index, "uuid": u.uuid or None, "name": u.name, "total_mb": u.total_mb, "used_mb": u.used_mb,
                     "free_mb": u.free_mb, "other_mb": u.other_mb, "segments": segs})
     return out
+
+
+def _in_gpu_order(p: Preset, on: list[int], uses: list[Any]) -> list[int]:
+    """The positions ``on`` in the preset's GPU order: its pins (an index or a UUID) first, as pinned."""
+    def rank(i: int) -> tuple[int, int]:
+        u = uses[i]
+        for n, pin in enumerate(p.gpu_pin):
+            if pin in (str(u.index), u.uuid):
+                return (n, i)
+        return (len(p.gpu_pin), i)
+
+    return sorted(on, key=rank)
 
 
 def service_gpus(bars: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -111,10 +132,14 @@ def mode_fits(cat: Catalog, seen: Observed, policy: Policy) -> list[dict[str, An
     return out
 
 
-def plan_dict(plan: Plan) -> dict[str, Any]:
+def plan_dict(plan: Plan, cat: Catalog | None = None) -> dict[str, Any]:
+    """A plan for the page; with several GPUs (and the catalog) each GPU after it: its figures and
+    the share of every service the placement puts there."""
+    per_gpu = fit_per_gpu(plan, cat.presets) if cat is not None else []
     return {"steps": [{"kind": s.kind, "step": s.describe()} for s in plan.steps], "notes": list(plan.notes),
             "kept": list(plan.keep), "projected_mb": plan.projected_mb, "budget_mb": plan.budget_mb,
-            "converged": plan.converged}
+            "converged": plan.converged, "placement": {sid: list(ix) for sid, ix in plan.placement},
+            "gpus": [g.as_dict() for g in per_gpu] if len(per_gpu) > 1 else []}
 
 
 def refusal_dict(exc: PlanRefused) -> dict[str, Any]:

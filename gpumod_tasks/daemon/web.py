@@ -290,7 +290,7 @@ class Dashboard:
             plan, _ = await asyncio.to_thread(prepare, self.m.target(), op)
         except PlanRefused as exc:
             return {**head, **view.refusal_dict(exc)}
-        out = {**head, "refused": False, **view.plan_dict(plan)}
+        out = {**head, "refused": False, **view.plan_dict(plan, self.m.cat)}
         if plan.nothing_to_do:
             out["notes"] = [plan.nothing_to_do, *out["notes"]]
         return out

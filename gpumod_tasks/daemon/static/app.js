@@ -230,7 +230,9 @@
         el("td", { class: "sid", "data-label": "service" }, v.id, el("span", { class: "sub" }, `${v.name} · ${v.driver}`)),
         state,
         el("td", { class: "num port", "data-label": "port" }, v.port),
-        el("td", { class: "gpus", "data-label": "GPUs" }, v.gpus.length ? v.gpus.join(",") : "-"),
+        el("td", { class: "gpus", "data-label": "GPUs",
+                   title: Object.entries(v.gpu_mb || {}).map(([i, mb]) => `GPU ${i}: ${mb} MB`).join(", ") },
+          v.gpus.length ? v.gpus.join(",") : "-"),
         el("td", { class: "num inflight", "data-label": "in flight" }, v.in_flight),
         el("td", { class: "num queued", "data-label": "queued" }, v.waiting),
         el("td", { class: "num vram", "data-label": "VRAM MB" }, v.vram_mb),
@@ -300,7 +302,13 @@
     }
     const list = el("ol", { class: "plan-steps" }, ...d.steps.map((s) => el("li", { class: "step", "data-kind": s.kind }, s.step)));
     const notes = (d.notes || []).map((n) => el("p", { class: "muted note" }, n));
-    $("plan").replaceChildren(el("p", {}, d.converged ? "nothing to do:" : "plan (dry run):"), list, ...notes);
+    const gpus = (d.gpus || []).length > 1
+      ? [el("ul", { class: "plan-gpus" }, ...d.gpus.map((g) => el("li", { "data-index": g.index },
+          `GPU ${g.index}: ${g.projected_mb} / ${g.total_mb} MB (budget ${g.budget_mb} MB)` +
+          (Object.keys(g.services).length
+            ? " — " + Object.entries(g.services).map(([sid, mb]) => `${sid} ${mb} MB`).join(", ") : ""))))]
+      : [];
+    $("plan").replaceChildren(el("p", {}, d.converged ? "nothing to do:" : "plan (dry run):"), list, ...gpus, ...notes);
     $("run").disabled = d.converged || Boolean(lastState && lastState.busy);
   }
 
