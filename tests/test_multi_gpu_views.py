@@ -322,3 +322,32 @@ def test_the_dashboard_draws_a_bar_per_gpu(two_gpu_rag, daemon_factory, browser,
     assert browser.execute_script("return document.querySelector('tr[data-service=doc] td.gpus').textContent") == "0,1"
     assert browser.execute_script("return document.querySelector('tr[data-service=doc] td.gpus').title") == "GPU 0: 5000 MB, GPU 1: 1500 MB"
     shot(browser, artifacts, "dashboard-two-gpus.png")
+
+
+CHARGE_IN_BOX = (
+    "import sys\nsys.path.insert(0, sys.argv[1])\nfrom gpumod_tasks.sim.ledger import Ledger\n"
+    "Ledger.create(sys.argv[2], name=sys.argv[3], total_mb=24564, index=1, release_lag_s=0.0)\n"
+    "Ledger(sys.argv[2]).alloc(int(sys.argv[4]), int(sys.argv[5]), tag='tp-rank-1')\n")
+
+
+@pytest.mark.systemd
+def test_status_over_ssh_shows_the_boxs_two_gpus(ssh_lab, tmp_path):
+    from conftest import REPO
+
+    lab = ssh_lab
+    box = lab.boxes[0]
+    assert lab.inv("-H", "box1", "mode.switch", "--name", "rag")[0] == 0
+    code, out, err = lab.inv("-H", "box1", "status", "--json")
+    assert code == 0, err
+    doc_pid = {s["id"]: s["pid"] for s in json.loads(out)["services"]}["doc"]
+    # the second GPU is charged from inside the box, where the ledger's pids are the box's own
+    box.sd.run(["python3", "-c", CHARGE_IN_BOX, str(REPO), f"{tmp_path}/box1-state/sim/gpu1.json", NAME, str(doc_pid), "1500"])
+    code, out, err = lab.inv("-H", "box1", "status", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert [(g["index"], g["used_mb"], g["services"]) for g in d["gpus"]] == [(0, 7500, {"emb": 2500, "doc": 5000}), (1, 1500, {"doc": 1500})]
+    assert {s["id"]: s["gpus"] for s in d["services"]}["doc"] == [0, 1]
+    code, out, err = lab.inv("-H", "box1", "status")
+    assert code == 0, err
+    assert f"GPU0 {NAME}  7500 / 24564 MB used" in out and f"GPU1 {NAME}  1500 / 24564 MB used" in out
+    assert re.search(r"│ doc +│ running +│ +\d+ +│ +6500 +│ GPU0,1 +│", out), out
