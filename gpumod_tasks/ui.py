@@ -192,6 +192,8 @@ def print_plan(con: Console, plan: Plan) -> None:
 
 
 def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None = None) -> Table:
+    from .gpu_use import gpus_label
+
     t = Table(title_justify="left")
     on_gpus = _service_gpus(seen)
     cols = ["service", "state", "port", "VRAM MB", *(["GPUs"] if on_gpus is not None else []), "driver",
@@ -227,12 +229,6 @@ def _service_gpus(seen: Observed) -> dict[str, tuple[int, ...]] | None:
     from .gpu_use import gpu_uses, service_gpus
 
     return service_gpus(gpu_uses(seen))
-
-
-def gpus_label(indices: Any) -> str:
-    from .gpu_use import gpus_label as label
-
-    return label(indices)
 
 
 def human_duration(s: float) -> str:
