@@ -180,6 +180,9 @@ def test_dashboard_bars_split_a_tensor_parallel_services_declared_figure_and_pla
     assert d["placement"] == {"tp": [0, 1], "one": [1]}
     assert [(g["index"], g["projected_mb"], g["services"]) for g in d["gpus"]] == [(0, 6000, {"tp": 6000}), (1, 9000, {"tp": 6000, "one": 3000})]
     assert view.plan_dict(Plan("m", ()), cat)["gpus"] == []  # one GPU, or a plan without per-GPU figures
+    # a mode's fit on the page speaks per GPU
+    assert view.fit_why(plan) == "GPU0 6000 MB of 23000 MB, GPU1 9000 MB of 15000 MB"
+    assert view.fit_why(Plan("m", (), projected_mb=7500, budget_mb=24000)) == "7500 MB of 24000 MB"
 
 
 # -- for real: the simulated host with a second GPU ------------------------------------------------

@@ -122,14 +122,20 @@ def mode_fits(cat: Catalog, seen: Observed, policy: Policy) -> list[dict[str, An
         if seen.gpu is not None and seen.gpu.gpus:
             try:
                 plan = plan_switch(cat, seen, m, policy)
-                row.update(fits=True, steps=len([s for s in plan.steps if s.kind != "record"]),
-                           why=f"{plan.projected_mb} MB of {plan.budget_mb} MB")
+                row.update(fits=True, steps=len([s for s in plan.steps if s.kind != "record"]), why=fit_why(plan))
             except PlanRefused as exc:
                 row.update(fits=False, why=str(exc))
             except KeyError:  # a catalog newer than the observation: unknown until the next one
                 pass
         out.append(row)
     return out
+
+
+def fit_why(plan: Plan) -> str:
+    """How a planned mode fits: its MB against the budget, per GPU when the plan has several."""
+    if len(plan.gpus) > 1:
+        return ", ".join(f"GPU{g.index} {g.projected_mb} MB of {g.budget_mb} MB" for g in plan.gpus)
+    return f"{plan.projected_mb} MB of {plan.budget_mb} MB"
 
 
 def plan_dict(plan: Plan, cat: Catalog | None = None) -> dict[str, Any]:
