@@ -187,14 +187,33 @@ def test_dashboard_bars_split_a_tensor_parallel_services_declared_figure_and_pla
 
 # -- for real: the simulated host with a second GPU ------------------------------------------------
 
-def add_gpu(sim_host, total_mb: int = 24564) -> Path:
-    """A second simulated GPU: a ledger file beside the first (the readers list every ledger)."""
+ONE_GPU = f"gpu: {{name: {NAME}, total_mb: 24564}}"
+
+
+def declare_two_gpus(inventory: Path) -> None:
+    """Where the inventory can declare several simulated GPUs, declare two (the set-up then keeps a
+    ledger for each); where it cannot, ``add_gpu`` writes the second ledger by hand."""
+    from gpumod_tasks.inventory import HOST_SCHEMA
+
+    if "gpus" in HOST_SCHEMA:
+        text = inventory.read_text()
+        assert ONE_GPU in text
+        inventory.write_text(text.replace(ONE_GPU, f"gpus: {{count: 2, name: {NAME}, total_mb: 24564}}"))
+
+
+def add_gpu(sim_dir: Path) -> Path:
+    """The second simulated GPU: its ledger beside the first (the readers list every ledger)."""
     from gpumod_tasks.sim.ledger import Ledger
 
-    path = sim_host.state / "sim" / "gpu1.json"
-    assert (sim_host.state / "sim" / "gpu0.json").exists()
-    Ledger.create(path, name=NAME, total_mb=total_mb, index=1, release_lag_s=0.0)
+    path = sim_dir / "gpu1.json"
+    assert (sim_dir / "gpu0.json").exists()
+    if not path.exists():
+        Ledger.create(path, name=NAME, total_mb=24564, index=1, release_lag_s=0.0)
     return path
+
+
+def uuids(sim_dir: Path) -> list[str]:
+    return [json.loads((sim_dir / f"gpu{i}.json").read_text())["uuid"] for i in (0, 1)]
 
 
 def charge(path: Path, pid: int, mb: int, tag: str) -> None:
@@ -207,8 +226,9 @@ def charge(path: Path, pid: int, mb: int, tag: str) -> None:
 def two_gpu_rag(sim_host):
     """rag running (emb, doc on GPU 0); doc's own process also holds 1500 MB on GPU 1 and a process
     gpumod does not run holds 700 MB there."""
+    declare_two_gpus(sim_host.root / "inventory" / "hosts.yaml")
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
-    gpu1 = add_gpu(sim_host)
+    gpu1 = add_gpu(sim_host.state / "sim")
     code, out, err = sim_host.inv("status", "--json")
     assert code == 0, err
     doc_pid = {s["id"]: s["pid"] for s in json.loads(out)["services"]}["doc"]
@@ -241,8 +261,8 @@ def test_status_shows_two_bars_and_json_two_gpus(two_gpu_rag):
     assert code == 0, err
     d = json.loads(out)
     assert d["gpu"]["used_mb"] == 7500  # the first GPU, as with one
-    assert [(g["index"], g["uuid"], g["total_mb"], g["used_mb"]) for g in d["gpus"]] == [
-        (0, "GPU-5151-0000-gpumod-sim", 24564, 7500), (1, "GPU-5151-0001-gpumod-sim", 24564, 2200)]
+    u0, u1 = uuids(h.state / "sim")
+    assert [(g["index"], g["uuid"], g["total_mb"], g["used_mb"]) for g in d["gpus"]] == [(0, u0, 24564, 7500), (1, u1, 24564, 2200)]
     assert d["gpus"][0]["services"] == {"emb": 2500, "doc": 5000}
     assert d["gpus"][1]["services"] == {"doc": 1500} and d["gpus"][1]["other_processes"] == {str(foreign): 700}
     svc = {s["id"]: s for s in d["services"]}
@@ -328,8 +348,8 @@ def test_the_dashboard_draws_a_bar_per_gpu(two_gpu_rag, daemon_factory, browser,
 
 
 CHARGE_IN_BOX = (
-    "import sys\nsys.path.insert(0, sys.argv[1])\nfrom gpumod_tasks.sim.ledger import Ledger\n"
-    "Ledger.create(sys.argv[2], name=sys.argv[3], total_mb=24564, index=1, release_lag_s=0.0)\n"
+    "import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom gpumod_tasks.sim.ledger import Ledger\n"
+    "if not os.path.exists(sys.argv[2]):\n    Ledger.create(sys.argv[2], name=sys.argv[3], total_mb=24564, index=1, release_lag_s=0.0)\n"
     "Ledger(sys.argv[2]).alloc(int(sys.argv[4]), int(sys.argv[5]), tag='tp-rank-1')\n")
 
 
@@ -339,6 +359,7 @@ def test_status_over_ssh_shows_the_boxs_two_gpus(ssh_lab, tmp_path):
 
     lab = ssh_lab
     box = lab.boxes[0]
+    declare_two_gpus(lab.sim.root / "inventory" / "hosts.yaml")
     assert lab.inv("-H", "box1", "mode.switch", "--name", "rag")[0] == 0
     code, out, err = lab.inv("-H", "box1", "status", "--json")
     assert code == 0, err
