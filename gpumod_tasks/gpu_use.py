@@ -201,3 +201,44 @@ def fit_per_gpu(result: object, presets: Mapping[str, Preset]) -> list[PlannedGp
         return []
     sleeping = dict(getattr(result, "sleeping_after", ()) or ())
     return planned_uses(fit_placement(result), gpus, presets, sleeping)
+
+
+@dataclass(frozen=True)
+class GpusFit:
+    """A set of services placed on a host's declared GPUs, as the planner would place them: the
+    verdict, its words when it refuses, and each GPU after the placement."""
+
+    fits: bool
+    placement: tuple[tuple[str, tuple[int, ...]], ...]
+    gpus: tuple[PlannedGpu, ...]
+    refusal: str = ""
+    lines: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"fits": self.fits, "placement": {sid: list(ix) for sid, ix in self.placement},
+                "gpus": [g.as_dict() for g in self.gpus], "refusal": self.refusal or None, "refusal_lines": list(self.lines)}
+
+
+def simulate_on_gpus(catalog: Any, services: list[Preset], spec: Any, reserve_mb: int) -> GpusFit | None:
+    """``mode.simulate`` on a host whose inventory declares several GPUs: the planner's placement and
+    per-GPU fit (``fit.simulate_gpus``) on those GPUs, empty; None for a host of one GPU (or where
+    the planner cannot place on several)."""
+    from . import fit
+
+    simulate_gpus = getattr(fit, "simulate_gpus", None)
+    declared = tuple(getattr(spec, "declared_gpus", ()) or ())
+    if simulate_gpus is None or len(declared) < 2:
+        return None
+    totals = [int(getattr(g, "total_mb", 0) or spec.gpu_total_mb or 24564) for g in declared]
+    names = [str(getattr(g, "name", "") or spec.gpu_name or "") for g in declared]
+    uuids: tuple[str, ...] = ()
+    if spec.sim:  # a simulated host's UUIDs are its name's and the index's: a pin by UUID holds here too
+        from .sim import ledger
+
+        sim_uuid = getattr(ledger, "sim_uuid", None)
+        if sim_uuid is not None:
+            uuids = tuple(sim_uuid(spec.name, i) for i in range(len(declared)))
+    multi = simulate_gpus(catalog, services, totals, reserve_mb, uuids)
+    gpus = tuple(PlannedGpu(GpuPlan(g.index, g.total_mb, g.budget_mb, g.used_mb, uuids[g.index] if g.index < len(uuids) else "",
+                                    names[g.index] if g.index < len(names) else ""), tuple(g.segments)) for g in multi.gpus)
+    return GpusFit(bool(multi.fits), tuple(multi.placement), gpus, multi.refusal, tuple(multi.lines))

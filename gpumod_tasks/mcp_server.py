@@ -123,7 +123,7 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
         """Would a mode (plus extra services) fit in VRAM? Changes nothing. Lists alternatives when not.
         With several GPUs: where each service would go (``placement``) and each GPU's figures (``gpus``)."""
         from .fit import simulate
-        from .gpu_use import fit_per_gpu, fit_placement
+        from .gpu_use import fit_per_gpu, fit_placement, simulate_on_gpus
 
         cat = load_catalog()
         known_mode(cat, mode)
@@ -135,9 +135,12 @@ def build_server(open_target: Callable[[], Any], load_catalog: Callable[[], Cata
         with target() as t:
             gpu_mb = t.spec.gpu_total_mb or t.gpu_total_hint
             r = simulate(cat, [cat.presets[i] for i in ids], gpu_mb, t.spec.reserve_mb)
+            on_gpus = simulate_on_gpus(cat, [cat.presets[i] for i in ids], t.spec, t.spec.reserve_mb)
         doc = {"mode": mode, "services": ids, **r.as_dict()}
         per_gpu = fit_per_gpu(r, cat.presets)
-        if per_gpu or "gpus" not in doc:
+        if on_gpus is not None:  # several GPUs: the planner's placement and per-GPU verdict
+            doc.update(on_gpus.as_dict())
+        elif per_gpu or "gpus" not in doc:
             doc.update(placement={sid: list(ix) for sid, ix in fit_placement(r)}, gpus=[g.as_dict() for g in per_gpu])
         return doc
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .errors import GpumodError
     from .execute import SwitchReport
     from .fit import FitResult
-    from .gpu_use import PlannedGpu
+    from .gpu_use import GpusFit, PlannedGpu
     from .observe import Observed
     from .plan import Plan, Step
 
@@ -110,10 +110,14 @@ def ascii_bar(segments: list[tuple[str, int]], total_mb: int, width: int = 60) -
     return plain(segments, total_mb, width)
 
 
-def fit_report(con: Console, fit: FitResult, title: str, per_gpu: list[PlannedGpu] | None = None) -> None:
-    """``per_gpu``: each GPU after the planned placement (several GPUs): a bar per GPU instead of one."""
-    style = "bold green" if fit.fits else "bold red"
-    con.print(Text(fit.headline(), style=style))
+def fit_report(con: Console, fit: FitResult, title: str, per_gpu: list[PlannedGpu] | None = None,
+               on_gpus: GpusFit | None = None) -> None:
+    """``per_gpu``: each GPU after the planned placement (several GPUs): a bar per GPU instead of one.
+    ``on_gpus``: the fit on the host's several GPUs, whose verdict (and refusal) is the one shown."""
+    if on_gpus is not None:
+        fit_on_gpus_headline(con, on_gpus)
+    else:
+        con.print(Text(fit.headline(), style="bold green" if fit.fits else "bold red"))
     t = Table(title=title, title_justify="left")
     for col in ("id", "name", "driver", "VRAM MB", "sleep"):
         t.add_column(col, justify="right" if col == "VRAM MB" else "left", **ID_COLUMN if col == "id" else {})
@@ -128,13 +132,25 @@ def fit_report(con: Console, fit: FitResult, title: str, per_gpu: list[PlannedGp
         segs = [(p.id, p.vram_mb) for p in fit.services]
         con.print(Text("VRAM ") + Text(ascii_bar(segs, fit.gpu_mb)) + Text(f" {fit.total_mb}/{fit.gpu_mb} MB"))
         con.print("     " + "  ".join(f"{letters[i % 26]}={p.id}" for i, p in enumerate(fit.services) if p.vram_mb > 0))
-    if not fit.fits:
+    if on_gpus is not None:
+        for line in on_gpus.lines:
+            con.print(Text(f"  {line}", style="red" if not on_gpus.fits else ""))
+    elif not fit.fits:
         con.print(Text(f"Over by {fit.over_by_mb} MB. Alternatives:", style="red"))
         for a in fit.alternatives:
             mark = Text("  fits  ", style="green") if a.fits else Text("  no    ", style="red")
             con.print(mark + Text(a.description))
         if not fit.alternatives:
             con.print("  (none found in the catalog)")
+
+
+def fit_on_gpus_headline(con: Console, f: GpusFit) -> None:
+    used, total = sum(g.plan.projected_mb for g in f.gpus), sum(g.plan.total_mb for g in f.gpus)
+    if f.fits:
+        place = ", ".join(f"{sid} GPU{','.join(map(str, ix))}" for sid, ix in f.placement if ix) or "-"
+        con.print(Text(f"Fits on {len(f.gpus)} GPUs: {used} / {total} MB (placed: {place})", style="bold green"))
+    else:
+        con.print(Text(f"Does not fit: {f.refusal}", style="bold red"))
 
 
 def planned_bars(con: Console, per_gpu: list[PlannedGpu], order: list[str]) -> None:

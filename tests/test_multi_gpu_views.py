@@ -298,6 +298,35 @@ def test_mcp_tools_give_per_gpu_figures(two_gpu_rag):
     assert out["sim"]["fits"] is True and "placement" in out["sim"] and "gpus" in out["sim"]
 
 
+def test_simulate_places_on_the_declared_gpus_with_a_bar_each(sim_host):
+    from gpumod_tasks import fit
+    from gpumod_tasks.inventory import HOST_SCHEMA
+
+    if "gpus" not in HOST_SCHEMA or not hasattr(fit, "simulate_gpus"):
+        pytest.skip("needs an inventory that declares several GPUs and the planner's placement on them")
+    declare_two_gpus(sim_host.root / "inventory" / "hosts.yaml")
+    code, out, err = sim_host.inv("mode.simulate", "--name", "chat", "--add", "doc")
+    assert code == 0, err + out
+    assert "Fits on 2 GPUs: 16500 / 49128 MB" in out
+    bars = dict(re.findall(r"^(GPU\d) (\[.*\])$", out, re.M))
+    assert set(bars) == {"GPU0", "GPU1"} and not re.search(r"^VRAM \[", out, re.M)
+    code, out, err = sim_host.inv("mode.simulate", "--name", "chat", "--add", "doc", "--json")
+    d = json.loads(out)
+    assert d["fits"] is True and sorted(d["placement"]) == ["big", "doc", "emb"]
+    assert [g["index"] for g in d["gpus"]] == [0, 1] and all(len(ix) == 1 for ix in d["placement"].values())
+    placed = {sid: mb for g in d["gpus"] for sid, mb in g["services"].items()}
+    assert placed == {"emb": 2500, "big": 9000, "doc": 5000}
+    for g in d["gpus"]:
+        assert g["projected_mb"] == sum(g["services"].values()) and g["total_mb"] == 24564
+    # 46000 MB of 49128 in total, but no placement holds it: refused per GPU, exit 1
+    for sid in ("h1", "h2"):
+        sim_host.write_preset("chat", sid, f"id: {sid}\nname: {sid}\ndriver: vllm\nport: {9000 + int(sid[1])}\nvram_mb: 20000\n")
+    code, out, err = sim_host.inv("mode.simulate", "--services", "h1,h2,router")
+    assert code == 1 and "Does not fit" in out, err + out
+    d = json.loads(sim_host.inv("mode.simulate", "--services", "h1,h2,router", "--json")[1])
+    assert d["fits"] is False and d["refusal"] and d["total_mb"] == 46000
+
+
 def test_one_simulated_gpu_keeps_todays_status(sim_host):
     assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
     code, out, err = sim_host.inv("status")

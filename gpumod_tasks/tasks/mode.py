@@ -75,7 +75,7 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     """
     from ..cli_context import catalog, host_specs
     from ..fit import simulate as fit
-    from ..gpu_use import fit_per_gpu, fit_placement
+    from ..gpu_use import fit_per_gpu, fit_placement, simulate_on_gpus
     from ..paths import controller_dir
     from ..state import History
     from ..ui import fit_report, make_console
@@ -106,16 +106,21 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
         h.close()
     except Exception:  # noqa: BLE001 - history is advisory
         pass
-    per_gpu = fit_per_gpu(result, cat.presets)
+    # several GPUs declared (and no --gpu-mb): the planner's placement and per-GPU fit decide
+    on_gpus = simulate_on_gpus(cat, [cat.presets[i] for i in seen], spec, reserve) if gpu_mb is None else None
+    per_gpu = list(on_gpus.gpus) if on_gpus is not None else fit_per_gpu(result, cat.presets)
+    fits = on_gpus.fits if on_gpus is not None else result.fits
     if json_:
         doc = {"mode": name, "services": seen, **result.as_dict()}
-        if per_gpu or "gpus" not in doc:  # per GPU: the GPU's arithmetic and each placed service's share there
+        if on_gpus is not None:
+            doc.update(on_gpus.as_dict())
+        elif per_gpu or "gpus" not in doc:  # per GPU: the GPU's arithmetic and each placed service's share there
             doc.update(placement={sid: list(ix) for sid, ix in fit_placement(result)}, gpus=[g.as_dict() for g in per_gpu])
         print(json.dumps(doc, indent=1))
     else:
         fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip(),
-                   per_gpu=per_gpu)
-    if not result.fits:
+                   per_gpu=per_gpu, on_gpus=on_gpus)
+    if not fits:
         raise Exit(code=1)
 
 
