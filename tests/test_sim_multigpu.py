@@ -251,3 +251,18 @@ def test_single_gpu_sims_are_unchanged(tmp_path):
             assert c.get(s.url + "/health").status_code == 200
     finally:
         s.close()
+
+
+def test_a_tp_stand_in_not_told_its_residual_keeps_vllms_published_per_gpu_figure(tmp_path):
+    _two_gpus(tmp_path)
+    port = free_ports(1)[0]
+    s = StandIn(tmp_path, port, "--flavor", "vllm", "--vram-mb", "20000", "--tensor-parallel-size", "2", "--enable-sleep-mode",
+                "--load-s", "0", "--release-lag-s", "0.1", env={"VLLM_SERVER_DEV_MODE": "1", "CUDA_VISIBLE_DEVICES": "0,1"})
+    try:
+        s.wait_listening()
+        s.c.post(s.url + "/sleep", params={"level": "2"})
+        assert wait_for(lambda: _used(tmp_path) == [2458, 2458], 3), _used(tmp_path)
+        s.c.post(s.url + "/wake_up")
+        assert _used(tmp_path) == [10000, 10000]
+    finally:
+        s.close()

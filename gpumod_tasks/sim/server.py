@@ -56,7 +56,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--infer-s", type=float, default=0.0, help="extra time per inference request")
     p.add_argument("--stream-delay-s", type=float, default=0.0, help="pause between streamed chunks")
     p.add_argument("--vram-mb", type=int, default=0)
-    p.add_argument("--sleep-vram-mb", type=int, default=512)
+    p.add_argument("--sleep-vram-mb", type=int, default=None,
+                   help="the TOTAL kept while asleep (default 512; under tensor parallel 2458 per GPU, as published for vLLM)")
     p.add_argument("--weights-mb", type=int, default=None)
     # vLLM's own flags
     p.add_argument("--model", "-m", default="")
@@ -80,6 +81,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if unknown and args.flavor != "llamacpp":
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
+
+
+#: what a sleeping tensor-parallel vLLM keeps on each GPU when not told (the low end of published
+#: TP=2 figures; engines/caps.py has the same default for the planner)
+TP_RESIDUAL_MB_PER_GPU = 2458
 
 
 def gpus_seen(args: argparse.Namespace) -> list[Ledger]:
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.flavor in ("vllm", "fastapi"):
         served = args.served_model_name or [args.model or "model"]
         ranks, used = vllm_ranks(args, gpus, served[0])
+        if args.sleep_vram_mb is None:  # servers.md D2: TP 1 about 0.5-1.3 GiB; TP 2 2.4-7.4 GiB per GPU
+            args.sleep_vram_mb = TP_RESIDUAL_MB_PER_GPU * len(ranks) if any(isinstance(r, Worker) for r in ranks) else 512
         if args.vram_mb == 0 and args.gpu_memory_utilization:
             # like vLLM: a fraction of each device's total memory, on every GPU it uses
             args.vram_mb = sum(int(g.snapshot().total_mb * args.gpu_memory_utilization) for g in used)
