@@ -266,3 +266,24 @@ def test_a_tp_stand_in_not_told_its_residual_keeps_vllms_published_per_gpu_figur
         assert _used(tmp_path) == [10000, 10000]
     finally:
         s.close()
+
+
+def test_tp_workers_do_not_outlive_a_killed_server(tmp_path):
+    _two_gpus(tmp_path)
+    port = free_ports(1)[0]
+    s = StandIn(tmp_path, port, "--flavor", "vllm", "--vram-mb", "8000", "--tensor-parallel-size", "2", "--load-s", "0",
+                "--release-lag-s", "0.1", env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    s.wait_listening()
+    workers = [p for _, p, _ in _apps(tmp_path)]
+    s.proc.kill()
+    s.proc.wait(5)
+    assert wait_for(lambda: _used(tmp_path) == [0, 0], 3)
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    assert wait_for(lambda: all(gone(p) for p in workers), 3)
+    s.c.close()

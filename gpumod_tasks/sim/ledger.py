@@ -187,7 +187,7 @@ class Ledger:
                 data.update(name=name, total_mb=int(total_mb), index=index, release_lag_s=float(release_lag_s))
                 if uuid:
                     data["uuid"] = uuid
-                data.setdefault("uuid", f"GPU-5151-{index:04d}-gpumod-sim")
+                data.setdefault("uuid", sim_uuid("", index))  # no host given: still shaped like a real one
                 led._write(data)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
