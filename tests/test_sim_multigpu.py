@@ -5,6 +5,7 @@ worker process per GPU) and llama.cpp's --tensor-split (one process on several G
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,3 +288,29 @@ def test_tp_workers_do_not_outlive_a_killed_server(tmp_path):
 
     assert wait_for(lambda: all(gone(p) for p in workers), 3)
     s.c.close()
+
+
+@pytest.mark.skipif(not shutil.which("python3"), reason="no system python3")
+def test_tp_workers_start_from_the_shipped_package_on_a_bare_python(tmp_path):
+    """On a remote box the simulator is ``gpumod_sim`` under the sim dir's lib/, run by a bare
+    python3: the workers must find their package there too."""
+    from gpumod_tasks.simhost import REMOTE_PACKAGE, sim_package_files
+
+    lib = tmp_path / "lib"
+    for rel, text in sim_package_files().items():
+        (lib / REMOTE_PACKAGE / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lib / REMOTE_PACKAGE / rel).write_text(text)
+    sim_dir = tmp_path / "sim"
+    uuids = _two_gpus(sim_dir)
+    port = free_ports(1)[0]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(lib), "CUDA_VISIBLE_DEVICES": ",".join(uuids)}
+    p = subprocess.Popen(["python3", "-S", "-m", f"{REMOTE_PACKAGE}.server", "--flavor", "vllm", "--port", str(port),
+                          "--sim-dir", str(sim_dir), "--vram-mb", "1000", "-tp", "2", "--load-s", "0", "--release-lag-s", "0.1"],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(_apps(sim_dir)) == 2, 10), p.stderr.read() if p.poll() is not None else ""
+        assert [(u, m) for u, _, m in _apps(sim_dir)] == [(uuids[0], 500), (uuids[1], 500)]
+    finally:
+        p.terminate()
+        p.wait(5)
+    assert wait_for(lambda: _used(sim_dir) == [0, 0], 3)
