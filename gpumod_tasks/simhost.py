@@ -160,7 +160,9 @@ class SimSetup:
 
     def _ensure_ledger(self, changed: list[str]) -> list[str]:
         specs = self.ledger_specs()
-        if self.host.colocated:
+        # in-process only on this machine itself: whether a GPU is still held depends on which pids
+        # live, and a namespace's (nsenter) pids are its own, so there it runs inside, as remotely
+        if self.host.is_this_machine:
             from .sim.ledger import GpuStillHeld, ensure_gpus
 
             try:
