@@ -84,6 +84,10 @@ def test_changing_the_declaration_keeps_charges_and_never_drops_a_held_gpu(tmp_p
     # a smaller GPU 1: updated in place, its charge still counted
     changed = ensure_gpus(tmp_path, [{"name": H100, "total_mb": m, "uuid": u, "release_lag_s": 0.2} for m, u in zip((81559, 40000), uuids)])
     assert changed == [f"simulated GPU 1: {H100} (40000 MB, {uuids[1]})"] and _used(tmp_path) == [0, 1000]
+    # smaller than what it holds: kept (the stand-ins hold it), and said
+    changed = ensure_gpus(tmp_path, [{"name": H100, "total_mb": m, "uuid": u, "release_lag_s": 0.2} for m, u in zip((81559, 600), uuids)])
+    assert changed == [f"simulated GPU 1: {H100} (600 MB, {uuids[1]}); it holds 1000 MB, more than its new total, until its services stop"]
+    assert _used(tmp_path) == [0, 1000]
     # one GPU only: GPU 1 still holds a live process's memory: refused, nothing removed
     with pytest.raises(GpuStillHeld, match=rf"gpu1.json is no longer declared but still holds 1000 MB \(pid {os.getpid()}"):
         ensure_gpus(tmp_path, [{"name": H100, "total_mb": 81559, "uuid": uuids[0], "release_lag_s": 0.2}])

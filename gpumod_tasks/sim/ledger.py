@@ -322,8 +322,13 @@ def ensure_gpus(sim_dir: str | os.PathLike[str], gpus: list[dict]) -> list[str]:
         except (OSError, ValueError, AttributeError):
             have = None
         if have != want:
-            Ledger.create(path, name=want[0], total_mb=want[1], release_lag_s=want[2], uuid=want[3], index=i)
-            changed.append(f"simulated GPU {i}: {want[0]} ({want[1]} MB, {want[3]})")
+            led = Ledger.create(path, name=want[0], total_mb=want[1], release_lag_s=want[2], uuid=want[3], index=i)
+            line = f"simulated GPU {i}: {want[0]} ({want[1]} MB, {want[3]})"
+            used = Ledger._used(led._read())
+            if used > want[1]:  # kept: the running stand-ins hold it; it frees as they stop
+                line += f"; it holds {used} MB, more than its new total, until its services stop"
+                sys.stderr.write(f"warning: {line}\n")
+            changed.append(line)
     for led in extra:
         for f in (led.path, led.lock_path):
             try:
