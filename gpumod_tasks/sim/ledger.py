@@ -8,6 +8,10 @@ double-count megabytes.  Allocations are keyed by pid and tag.  Freed memory is 
 once: it stays charged until ``release_at`` (``release_lag_s`` after the free), because real drivers
 reclaim VRAM late and gpumod must poll for it.  An allocation whose process died is reclaimed the
 same way, counted from when a reader first sees the process gone.
+
+A host's GPUs are the files ``gpu0.json`` .. ``gpuN-1.json`` of its sim dir (``ensure_gpus`` makes
+them match the inventory's declaration), each with a UUID from the host's name and its index
+(``sim_uuid``).
 """
 
 from __future__ import annotations
