@@ -27,7 +27,8 @@ def _units_carry_tensor_parallel() -> str | None:
     try:
         cat = load_catalog(REPO / "examples" / "homegpt")
     except CatalogError as exc:
-        return f"the catalog does not load the multi-GPU keys yet: {exc.details()[0]}"
+        details = exc.details()
+        return "the catalog does not load the multi-GPU keys yet: " + next((d for d in details if "presets/" in d), details[0])
     try:
         spec = exec_spec(cat.presets["hg-chat"], HostSpec(name="hg", sim=True), HostFacts(81559, True, "/tmp/x"))
     except Exception as exc:  # noqa: BLE001 - the renderer's placement seam is not there yet
