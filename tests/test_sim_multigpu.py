@@ -318,3 +318,17 @@ def test_tp_workers_start_from_the_shipped_package_on_a_bare_python(tmp_path):
         p.terminate()
         p.wait(5)
     assert wait_for(lambda: _used(sim_dir) == [0, 0], 3)
+
+
+def test_a_custom_server_given_two_gpus_is_one_pid_on_both(tmp_path):
+    uuids = _two_gpus(tmp_path)
+    port = free_ports(1)[0]
+    s = StandIn(tmp_path, port, "--flavor", "fastapi", "--vram-mb", "3001", "--sleep-vram-mb", "200", "--enable-sleep-mode",
+                "--load-s", "0", "--release-lag-s", "0.1", env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    try:
+        s.wait_listening()
+        assert _apps(tmp_path) == [(uuids[0], s.proc.pid, 1501), (uuids[1], s.proc.pid, 1500)]
+        s.c.post(s.url + "/sleep", params={"level": "1"})
+        assert wait_for(lambda: _used(tmp_path) == [100, 100], 3), _used(tmp_path)
+    finally:
+        s.close()
