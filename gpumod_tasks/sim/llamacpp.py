@@ -86,7 +86,7 @@ class Router:
     def _child_load(self, m: RouterModel) -> None:
         time.sleep(self.args.load_s)
         try:
-            self.ledger.alloc(self.pid, m.vram_mb, m.name, m.name)
+            self.ledger.alloc(self.pid, int(m.vram_mb * getattr(self.args, "hold_factor", 1.0)), m.name, m.name)
         except OutOfMemory as exc:
             log(f"model {m.name} failed to load: {exc}")
             with self.lock:
@@ -286,7 +286,7 @@ def single_llama_loader(args: argparse.Namespace, ledger: Ledger, state: dict[st
     def loader() -> None:
         time.sleep(args.load_s)
         try:
-            ledger.alloc(pid, args.vram_mb, "model", args.alias or args.model)
+            ledger.alloc(pid, int(args.vram_mb * getattr(args, "hold_factor", 1.0)), "model", args.alias or args.model)
         except OutOfMemory as exc:
             log(f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating failed: {exc}")
             os._exit(1)

@@ -40,9 +40,14 @@ class VllmEngine:
     def __init__(self, args: argparse.Namespace, ledger: Ledger, name: str):
         self.args, self.ledger, self.name = args, ledger, name
         self.pid = os.getpid()
-        total = args.vram_mb
-        self.runtime_mb = min(args.sleep_vram_mb, total)
-        rest = total - self.runtime_mb
+        total = int(args.vram_mb * getattr(args, "hold_factor", 1.0))  # what it really holds awake
+        # asleep it keeps its runtime (CUDA context) at every level; what one level keeps beyond
+        # the other (--sleep-l1-mb / --sleep-l2-mb) sits in a "graphs" pool freed at the other level
+        kept = {lv: getattr(args, f"sleep_l{lv}_mb", None) for lv in (1, 2)}
+        self.kept = {lv: min(total, args.sleep_vram_mb if mb is None else mb) for lv, mb in kept.items()}
+        self.runtime_mb = min(self.kept.values())
+        self.graphs_mb = max(self.kept.values()) - self.runtime_mb
+        rest = total - self.runtime_mb - self.graphs_mb
         self.weights_mb = min(args.weights_mb if args.weights_mb is not None else int(rest * 0.6), rest)
         self.kv_mb = rest - self.weights_mb
         self.cond = threading.Condition()
@@ -63,6 +68,8 @@ class VllmEngine:
             raise SystemExit(1)
         try:
             self.ledger.alloc(self.pid, self.runtime_mb, "runtime", self.name)
+            if self.graphs_mb:
+                self.ledger.alloc(self.pid, self.graphs_mb, "graphs", self.name)
             self.ledger.alloc(self.pid, self.weights_mb, "weights", self.name)
             self.ledger.alloc(self.pid, self.kv_mb, "kv_cache", self.name)
         except OutOfMemory as exc:
@@ -94,6 +101,8 @@ class VllmEngine:
                 if self.sleeps_free:
                     freed = self.ledger.free(self.pid, "kv_cache", self.args.release_lag_s)
                     freed += self.ledger.free(self.pid, "weights", self.args.release_lag_s)
+                    if self.graphs_mb and self.kept[level] == self.runtime_mb:
+                        freed += self.ledger.free(self.pid, "graphs", self.args.release_lag_s)
                     if level == 2:
                         self.weights_valid = False
                     log(f"Sleep mode freed {freed / 1024:.2f} GiB memory")
@@ -118,6 +127,8 @@ class VllmEngine:
         if "kv_cache" in todo:
             if self.sleeps_free:
                 self.ledger.alloc(self.pid, self.kv_mb, "kv_cache", self.name)
+                if self.graphs_mb and self.level is not None and self.kept[self.level] == self.runtime_mb:
+                    self.ledger.alloc(self.pid, self.graphs_mb, "graphs", self.name)
         with self.cond:
             self.asleep -= set(todo)
             if self.asleep == {"scheduling"} and not tags:

@@ -1,0 +1,252 @@
+"""Learn what services really hold, and plan with it.
+
+- ``apply`` (pure): the catalog with measured figures in place of the declared ones
+  (``vram_mb``, ``sleep_vram_mb``; the declared ones kept in ``declared_*`` and the source in
+  ``vram_source`` / ``sleep_source``; per-level residuals and learned durations on the preset).
+  Planning runs on that catalog, so every check (fit, alternatives, totals, the daemon's choice)
+  uses the measured figure where one exists; units are always rendered from the declared one.
+- ``learn_from_run``: after a run, record what each service it settled holds (per GPU, once the
+  GPU's figures stopped moving) and how long its transitions took, into the target's
+  ``footprints.json`` (written through the Host, so it works over SSH; only when something new
+  was learned). It never fails a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .catalog.model import Catalog, Preset, SleepMode
+from .footprints import DURATIONS, Footprints, Sample, Timing, digest_of, dump, footprints_file, sleep_state
+
+if TYPE_CHECKING:
+    from .execute import SwitchReport
+    from .observed import Observed, RenderedUnit
+    from .target import Target
+
+log = logging.getLogger("gpumod.learn")
+
+SETTLE_POLL_S = 0.3  # a sleep's release is settled when two observations this far apart agree
+SETTLE_MAX_S = 8.0
+
+
+# -- planning with learned figures (pure) ---------------------------------------------------
+
+def apply(catalog: Catalog, fp: Footprints, digests: Mapping[str, str],
+          asleep_at: Mapping[str, int | None] | None = None) -> Catalog:
+    """``catalog`` with every preset's learned figures (those whose digest still matches).
+
+    The residual planned for a sleeping service is the one measured at the level it sleeps at now
+    (``asleep_at``), else at its preset's sleep level, else the largest measured one."""
+    if not fp.services():
+        return catalog
+    presets = {sid: with_figures(p, fp, digests.get(sid, ""), (asleep_at or {}).get(sid))
+               for sid, p in catalog.presets.items()}
+    return replace(catalog, presets=presets)
+
+
+def with_figures(p: Preset, fp: Footprints, digest: str, asleep_level: int | None = None) -> Preset:
+    if not digest or p.id not in fp.services():
+        return p
+    awake = fp.figure(p.id, "awake", digest)
+    residuals: list[tuple[int, int]] = []
+    for level in (1, 2):
+        f = fp.figure(p.id, f"sleep_l{level}", digest)
+        if f is not None:
+            residuals.append((level, f.mb))
+    unloaded = fp.figure(p.id, "unloaded", digest)
+    if unloaded is not None:
+        residuals.append((0, unloaded.mb))
+    learned = tuple((k, s) for k in DURATIONS if (s := fp.seconds(p.id, k, digest)) is not None)
+    by_level = dict(residuals)
+    want = asleep_level if asleep_level is not None else (0 if p.sleep_mode is SleepMode.ROUTER else p.sleep_mode.level)
+    residual = by_level.get(want) if want in by_level else (max(by_level.values()) if by_level and want != 0 else None)
+    out = replace(p, declared_vram_mb=p.vram_mb, declared_sleep_vram_mb=p.sleep_vram_mb, residuals_mb=tuple(residuals),
+                  learned_s=learned)
+    if awake is not None:
+        out = replace(out, vram_mb=awake.mb, vram_source="measured")
+    if residual is not None:
+        out = replace(out, sleep_vram_mb=residual, sleep_source="measured")
+    return out
+
+
+def declared_mb(p: Preset) -> int:
+    return p.declared_vram_mb if p.declared_vram_mb is not None else p.vram_mb
+
+
+def declared_residual_mb(p: Preset) -> int:
+    """The residual the preset itself says (or its engine's default)."""
+    if p.sleep_source != "measured":
+        return p.residual_mb
+    return p.declared_sleep_vram_mb if p.declared_sleep_vram_mb is not None else replace(
+        p, vram_mb=declared_mb(p), sleep_vram_mb=None).residual_mb
+
+
+def figures_dict(p: Preset) -> dict[str, Any]:
+    """``--json``: both figures and where the planned one came from."""
+    return {"vram_mb": p.vram_mb, "vram_source": p.vram_source, "declared_vram_mb": declared_mb(p),
+            "measured_vram_mb": p.vram_mb if p.vram_source == "measured" else None,
+            "sleep_vram_mb": p.residual_mb, "sleep_source": p.sleep_source, "declared_sleep_vram_mb": declared_residual_mb(p),
+            "measured_sleep_mb": {f"l{lv}" if lv else "unloaded": mb for lv, mb in p.residuals_mb} or None,
+            "learned_s": dict(p.learned_s) or None}
+
+
+def label(p: Preset) -> str:
+    """``2600 MB measured`` / ``2000 MB declared``."""
+    return f"{p.vram_mb} MB {p.vram_source}"
+
+
+def measured_lines(catalog: Catalog) -> list[str]:
+    """For a refusal: the figures it used that were measured, with what the preset declares."""
+    out = []
+    for p in catalog.presets.values():
+        if p.vram_source == "measured":
+            out.append(f"  {p.id}: {p.vram_mb} MB measured awake (declared {declared_mb(p)} MB)")
+        if p.sleep_source == "measured":
+            out.append(f"  {p.id}: {p.residual_mb} MB measured asleep (declared {declared_residual_mb(p)} MB)")
+    return ["learned figures (footprints.json) used:", *out] if out else []
+
+
+# -- digests and the measured catalog of a target -------------------------------------------
+
+def digests(target: Target, ids: Iterable[str], rendered: Mapping[str, RenderedUnit] | None = None) -> dict[str, str]:
+    """The digest of each preset in ``ids`` with the unit it renders to now (units not in
+    ``rendered`` are rendered here: from the render cache, no host contact)."""
+    from .unit_install import render_units
+
+    cat = target.catalog
+    have = dict(rendered or {})
+    missing = [cat.presets[s] for s in ids if s in cat.presets and cat.presets[s].unit not in have]
+    if missing:
+        have.update(render_units(target, missing))
+    return {s: digest_of(cat.presets[s], have[cat.presets[s].unit].body) for s in ids
+            if s in cat.presets and cat.presets[s].unit in have}
+
+
+def measured_catalog(target: Target, seen: Observed, rendered: Mapping[str, RenderedUnit] | None = None) -> Catalog:
+    """The target's catalog with the figures its store holds (the declared catalog when none)."""
+    fp = seen.footprints
+    if not fp.services():
+        return target.catalog
+    try:
+        ds = digests(target, sorted(fp.services() & set(target.catalog.presets)), rendered)
+    except Exception as exc:  # noqa: BLE001 - a unit that does not render plans on declared figures
+        log.warning("warning: learned figures not applied (%s)", exc)
+        return target.catalog
+    asleep = {sid: o.sleep_level for sid, o in seen.services.items() if o.state.value == "sleeping"}
+    return apply(target.catalog, fp, ds, asleep)
+
+
+# -- learning after a run ---------------------------------------------------------------------
+
+def settled_states(report: SwitchReport) -> tuple[dict[str, str], list[tuple[str, str, float]]]:
+    """Pure: from a run's step results, the state each service was settled in (last wins) and
+    the durations (service, kind, seconds) of its transitions."""
+    from .plan.steps import RouterLoad, RouterUnload, Sleep, Start, Stop, Wake
+
+    states: dict[str, str] = {}
+    times: list[tuple[str, str, float]] = []
+    for r in report.results:
+        if r.status != "changed":
+            continue
+        s = r.step
+        if isinstance(s, Start):
+            if s.router:
+                continue  # its model's RouterLoad is the transition
+            states[s.service], kind = "awake", "start"
+        elif isinstance(s, Wake):
+            states[s.service], kind = "awake", f"wake_l{s.level}"
+        elif isinstance(s, RouterLoad):
+            states[s.service], kind = "awake", "router_load"
+        elif isinstance(s, Sleep):
+            states[s.service], kind = f"sleep_l{s.level}", f"sleep_l{s.level}"
+        elif isinstance(s, RouterUnload):
+            states[s.service], kind = "unloaded", "router_unload"
+        elif isinstance(s, Stop):
+            states.pop(s.service, None)
+            kind = "stop"
+        else:
+            continue
+        times.append((s.service, kind, r.seconds))
+    return states, times
+
+
+def matches(state: str, o: Any) -> bool:
+    """Is the observed service (ServiceObs) in the figure state ``state``?"""
+    if state == "awake":
+        return bool(o.state.value == "running")
+    return bool(o.state.value == "sleeping" and sleep_state(o.sleep_level) == state)
+
+
+def sample_of(o: Any) -> dict[int, int]:
+    """What it holds per GPU (``gpu_mb`` when the observation splits it, else all on GPU 0)."""
+    per = {int(g): int(mb) for g, mb in (o.gpu_mb or {}).items() if mb}
+    if not per and o.vram_mb:
+        per = {0: int(o.vram_mb)}
+    return per
+
+
+def learn_from_run(target: Target, report: SwitchReport, rendered: Mapping[str, RenderedUnit] | None = None) -> Footprints | None:
+    """Record the figures and durations of what ``report``'s run settled (None: nothing new)."""
+    try:
+        return _learn(target, report, rendered)
+    except Exception as exc:  # noqa: BLE001 - learning is advisory: the run's outcome stands
+        log.warning("warning: footprints not recorded: %s", exc)
+        return None
+
+
+def _learn(target: Target, report: SwitchReport, rendered: Mapping[str, RenderedUnit] | None) -> Footprints | None:
+    from .observe import observe
+
+    states, times = settled_states(report)
+    if not states and not times:
+        return None
+    ids = sorted(set(states) | {s for s, _, _ in times})
+    ds = digests(target, ids, rendered)
+    want = {s: st for s, st in states.items() if s in ds}
+    seen = observe(target)
+    if want:
+        seen = _settle(target, want, seen)
+    fp = seen.footprints
+    now = time.time()
+    changed = False
+    per_pid_known = bool(seen.gpu and any(g.per_pid for g in seen.gpu.gpus))
+    if seen.gpu is not None:
+        for sid, state in want.items():
+            o = seen.services.get(sid)
+            if o is None or not matches(state, o) or seen.releasing:
+                continue
+            per = sample_of(o)
+            if not per and (state == "awake" or not per_pid_known):
+                continue  # no per-process figure (WDDM, a container without the host's pids): nothing learned
+            fp.add_figure(sid, state, Sample(now, ds[sid], per))
+            changed = True
+    for sid, kind, secs in times:
+        if sid in ds and kind in DURATIONS:
+            fp.add_duration(sid, kind, Timing(now, ds[sid], secs))
+            changed = True
+    if changed:
+        target.host.write_file(footprints_file(target.state_dir), dump(fp))
+    return fp if changed else None
+
+
+def _settle(target: Target, want: Mapping[str, str], seen: Observed) -> Observed:
+    """Observe again until what the settled services hold stops moving (a sleep's release may
+    lag behind its answer) and nothing is still being released; at most ``SETTLE_MAX_S``."""
+    from .observe import observe
+
+    if all(s == "awake" for s in want.values()) and not seen.releasing:
+        return seen  # a start, wake or load holds all it will once its health gate passed
+    deadline = time.monotonic() + SETTLE_MAX_S
+    last = {s: seen.services[s].vram_mb for s in want if s in seen.services}
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_POLL_S)
+        nxt = observe(target)
+        now = {s: nxt.services[s].vram_mb for s in want if s in nxt.services}
+        if now == last and not nxt.releasing:
+            return nxt
+        seen, last = nxt, now
+    return seen
