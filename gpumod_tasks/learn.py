@@ -94,6 +94,10 @@ def figures_dict(p: Preset) -> dict[str, Any]:
             "learned_s": dict(p.learned_s) or None}
 
 
+def footprints_json(cat: Catalog, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    return [{"id": sid, **figures_dict(cat.presets[sid])} for sid in (ids if ids is not None else cat.presets)]
+
+
 def label(p: Preset) -> str:
     """``2600 MB measured`` / ``2000 MB declared``."""
     return f"{p.vram_mb} MB {p.vram_source}"
@@ -250,3 +254,66 @@ def _settle(target: Target, want: Mapping[str, str], seen: Observed) -> Observed
             return nxt
         seen, last = nxt, now
     return seen
+
+
+# -- views ------------------------------------------------------------------------------------
+
+def read_store(target: Target) -> Footprints:
+    """The target's store, read on its own (views without an observation: one read)."""
+    from .footprints import parse
+
+    return parse(target.host.read_file(footprints_file(target.state_dir)))
+
+
+def catalog_from_store(target: Target, fp: Footprints) -> Catalog:
+    if not fp.services():
+        return target.catalog
+    try:
+        ds = digests(target, sorted(fp.services() & set(target.catalog.presets)))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("warning: learned figures not applied (%s)", exc)
+        return target.catalog
+    return apply(target.catalog, fp, ds)
+
+
+def footprint_rows(p: Preset, fp: Footprints, digest: str) -> list[dict[str, Any]]:
+    """Declared vs measured for every state and GPU of one service (``service.show``)."""
+    from .footprints import STATES
+
+    declared_state = {"awake": p.vram_mb, "sleep_l1": p.residual_mb if p.can_sleep and p.sleep_mode is not SleepMode.ROUTER else None,
+                      "sleep_l2": p.residual_mb if p.can_sleep and p.sleep_mode is not SleepMode.ROUTER else None,
+                      "unloaded": 0 if p.sleep_mode is SleepMode.ROUTER else None}
+    rows = []
+    for state in STATES:
+        f = fp.figure(p.id, state, digest)
+        stale = sum(1 for s in fp.figures.get(p.id, {}).get(state, []) if s.digest != digest)
+        if f is None and declared_state[state] is None:
+            continue
+        dec = declared_state[state]
+        split = p.per_gpu_mb(dec) if dec is not None else ()
+        gpus = sorted(set(f.gpu_mb) if f else set()) or list(range(len(split)))
+        for i, g in enumerate(gpus):
+            dec_g = split[i] if i < len(split) else None
+            rows.append({"state": state, "gpu": g, "declared_mb": dec_g, "measured_mb": f.gpu_mb.get(g) if f else None,
+                         "samples": f.samples if f else 0, "stale_samples": stale, "at": f.at if f else None})
+    return rows
+
+
+def off_by(declared: int, measured: int) -> float:
+    """How far a declared figure is from the measured one, as a fraction of the measured."""
+    return abs(declared - measured) / measured if measured else (0.0 if not declared else 1.0)
+
+
+def figures_table(cat: Catalog, ids: Iterable[str], title: str = "figures planned with") -> Any:
+    """One row per service: its awake and asleep figures and where each came from."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in ("service", "awake MB", "asleep MB", "declared awake / asleep MB"):
+        t.add_column(col, justify="left" if col == "service" else "right")
+    for sid in ids:
+        p = cat.presets[sid]
+        asleep = f"{p.residual_mb} {p.sleep_source}" if p.can_sleep else "-"
+        t.add_row(sid, f"{p.vram_mb} {p.vram_source}", asleep,
+                  f"{declared_mb(p)} / {declared_residual_mb(p) if p.can_sleep else '-'}")
+    return t
