@@ -317,3 +317,32 @@ def figures_table(cat: Catalog, ids: Iterable[str], title: str = "figures planne
         t.add_row(sid, f"{p.vram_mb} {p.vram_source}", asleep,
                   f"{declared_mb(p)} / {declared_residual_mb(p) if p.can_sleep else '-'}")
     return t
+
+
+# -- expected switch time (mode.simulate) ---------------------------------------------------------
+
+def expected_switch(cat: Catalog, seen: Observed, mode: Any, policy: Any) -> tuple[float | None, int, str]:
+    """(expected seconds, steps, why refused) of switching from what ``seen`` shows to ``mode``:
+    every step timed by what it took here (learned), else its engine's default."""
+    from .daemon.decide import expected_seconds
+    from .errors import PlanRefused
+    from .plan import plan_switch
+
+    try:
+        plan = plan_switch(cat, seen, mode, policy)
+    except PlanRefused as exc:
+        return None, 0, str(exc).split(";")[0]
+    return expected_seconds(plan, cat), len(plan.steps), ""
+
+
+def mode_alternatives(cat: Catalog, seen: Observed, need: Iterable[str], policy: Any, exclude: str = "") -> list[dict[str, Any]]:
+    """Modes containing every service of ``need`` that fit from here, quickest first."""
+    need = set(need)
+    out = []
+    for m in sorted(cat.modes.values(), key=lambda m: m.id):
+        if m.id == exclude or not need <= set(m.service_ids):
+            continue
+        secs, steps, why = expected_switch(cat, seen, m, policy)
+        if secs is not None:
+            out.append({"mode": m.id, "expected_s": round(secs, 2), "steps": steps})
+    return sorted(out, key=lambda a: (a["expected_s"], a["steps"], a["mode"]))

@@ -17,13 +17,20 @@ def list_(c, json_=False):
     catalog()  # an invalid catalog is reported before any host is contacted
 
     def run(t, con):
-        cat = t.catalog
+        from ..learn import catalog_from_store, declared_mb, read_store
+
+        cat = catalog_from_store(t, read_store(t))  # totals with the figures learned on this target
         current = read_mode(t.host, t.state_dir).mode
+        measured = sorted(p.id for p in cat.presets.values() if p.vram_source == "measured")
         if json_:
             print_json([{"id": m.id, "name": m.name, "services": list(m.service_ids), "total_vram_mb": cat.mode_vram(m),
+                         "declared_total_vram_mb": sum(declared_mb(cat.presets[s]) for s in m.service_ids),
+                         "measured": [s for s in m.service_ids if s in measured],
                          "current": m.id == current} for m in cat.modes.values()])
         else:
             con.print(modes_table(cat, current))
+            con.print(f"totals: measured figures for {', '.join(measured)}, declared for the rest" if measured
+                      else "totals: declared figures (nothing measured on this target yet)")
             if current and current not in cat.modes:
                 con.print(f"[yellow]note:[/yellow] the recorded mode {current!r} is not in the catalog any more")
         return f"current: {current or '-'}"
@@ -96,6 +103,9 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     reserve = _megabytes("--reserve-mb", reserve_mb, minimum=0) if reserve_mb is not None else spec.reserve_mb
     if reserve >= total:
         raise Exit(f"error: the reserve ({reserve} MB) must be less than the GPU size ({total} MB)", code=2)
+    live = _from_the_target(c, spec, cat, name, seen, add)  # measured figures and the expected switch time
+    if live.get("catalog") is not None:
+        cat = live.pop("catalog")
     result = fit(cat, [cat.presets[i] for i in seen], total, reserve)
     try:
         h = History(f"{controller_dir()}/history.sqlite")
@@ -104,11 +114,55 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     except Exception:  # noqa: BLE001 - history is advisory
         pass
     if json_:
-        print(json.dumps({"mode": name, "services": seen, **result.as_dict()}, indent=1))
+        print(json.dumps({"mode": name, "services": seen, **result.as_dict(), **live}, indent=1))
     else:
-        fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip())
+        con = make_console()
+        fit_report(con, result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip())
+        _print_live(con, live)
     if not result.fits:
         raise Exit(code=1)
+
+
+def _from_the_target(c, spec, cat, name, ids, add) -> dict:
+    """What the target adds to a simulation: its learned figures (``catalog``), the figures'
+    sources, the expected switch time from its current state, and the modes that would do
+    (quickest first). Nothing when it cannot be reached: the declared figures stand."""
+    from ..catalog.model import Mode, ModeService
+    from ..cli_context import open_target
+    from ..errors import GpumodError
+    from ..learn import expected_switch, footprints_json, measured_catalog, mode_alternatives
+    from ..observe import observe
+    from ..pipeline import policy_for
+
+    try:
+        with open_target(c, spec, cat) as t:
+            t.ensure_sim()
+            seen = observe(t)
+            if seen.gpu is None:
+                return {"figures": footprints_json(cat, ids), "expected_note": f"GPU unreadable: {seen.gpu_error}"}
+            mcat = measured_catalog(t, seen)
+            policy = policy_for(t)
+            mode = Mode(name or "simulated", name or "simulated", services=tuple(ModeService(i) for i in ids))
+            secs, steps, why = expected_switch(mcat, seen, mode, policy)
+            alts = mode_alternatives(mcat, seen, add or ids, policy, exclude=name or "") if secs is None else []
+            return {"catalog": mcat, "figures": footprints_json(mcat, ids), "from_mode": seen.record.mode,
+                    "expected_s": None if secs is None else round(secs, 2), "expected_steps": steps,
+                    "expected_note": why, "mode_alternatives": alts}
+    except (GpumodError, OSError) as exc:
+        return {"figures": footprints_json(cat, ids), "expected_note": f"target not observed: {exc}"}
+
+
+def _print_live(con, live: dict) -> None:
+    figs = live.get("figures") or []
+    measured = [f"{f['id']} {f['vram_mb']} MB measured (declared {f['declared_vram_mb']})" for f in figs if f["vram_source"] == "measured"]
+    con.print("figures: " + ("; ".join(measured) + "; others declared" if measured else "all declared"))
+    if live.get("expected_s") is not None:
+        con.print(f"expected switch time from now ({live.get('from_mode') or 'no mode'}): {live['expected_s']:.1f} s "
+                  f"({live['expected_steps']} steps)")
+    elif live.get("expected_note"):
+        con.print(f"expected switch time: - ({live['expected_note']})")
+    for a in live.get("mode_alternatives") or []:
+        con.print(f"  fits  switch to mode {a['mode']} instead: expected {a['expected_s']:.1f} s ({a['steps']} steps)")
 
 
 def _megabytes(flag: str, value: str, minimum: int) -> int:
