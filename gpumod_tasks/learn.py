@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .catalog.model import Catalog, Preset, SleepMode
-from .footprints import DURATIONS, Footprints, Sample, Timing, digest_of, dump, footprints_file, sleep_state
+from .footprints import DURATIONS, WINDOW, Footprints, Sample, Timing, digest_of, dump, footprints_file, robust_seconds, sleep_state
 
 if TYPE_CHECKING:
     from .execute import SwitchReport
@@ -202,6 +202,27 @@ def learn_from_run(target: Target, report: SwitchReport, rendered: Mapping[str, 
         return None
 
 
+def worth_recording(rows: list[Sample], digest: str, per: Mapping[int, int]) -> bool:
+    """Pure: does a new sample add anything? Always until the window is full; then only when it
+    differs from the newest one of the same digest by more than 1 % on some GPU (so a box in a
+    steady state writes nothing, and a real change is seen at once)."""
+    same = [s for s in rows if s.digest == digest]
+    if len(same) < WINDOW:
+        return True
+    last = same[-1].gpu_mb
+    return any(abs(per.get(g, 0) - last.get(g, 0)) > max(1, 0.01 * max(per.get(g, 0), last.get(g, 0)))
+               for g in set(per) | set(last))
+
+
+def timing_worth_recording(rows: list[Timing], digest: str, secs: float) -> bool:
+    """Pure: the same for a duration: until the window is full, then when 25 % off the median."""
+    same = [t for t in rows if t.digest == digest]
+    if len(same) < WINDOW:
+        return True
+    med = robust_seconds(same, digest) or 0.0
+    return abs(secs - med) > 0.25 * max(med, 0.01)
+
+
 def _learn(target: Target, report: SwitchReport, rendered: Mapping[str, RenderedUnit] | None) -> Footprints | None:
     from .observe import observe
 
@@ -211,25 +232,32 @@ def _learn(target: Target, report: SwitchReport, rendered: Mapping[str, Rendered
     ids = sorted(set(states) | {s for s, _, _ in times})
     ds = digests(target, ids, rendered)
     want = {s: st for s, st in states.items() if s in ds}
-    seen = observe(target)
+    fp: Footprints | None = None
     if want:
-        seen = _settle(target, want, seen)
-    fp = seen.footprints
+        # every service (a subset would take the others' processes for strays or exiting ones)
+        seen = _settle(target, want, observe(target), ds)
+        fp = seen.footprints
+    else:
+        from .footprints import parse
+
+        fp = parse(target.host.read_file(footprints_file(target.state_dir)))
+        seen = None
     now = time.time()
     changed = False
-    per_pid_known = bool(seen.gpu and any(g.per_pid for g in seen.gpu.gpus))
-    if seen.gpu is not None:
+    if seen is not None and seen.gpu is not None and not seen.releasing:
+        per_pid_known = any(g.per_pid for g in seen.gpu.gpus)
         for sid, state in want.items():
             o = seen.services.get(sid)
-            if o is None or not matches(state, o) or seen.releasing:
+            if o is None or not matches(state, o):
                 continue
             per = sample_of(o)
             if not per and (state == "awake" or not per_pid_known):
                 continue  # no per-process figure (WDDM, a container without the host's pids): nothing learned
-            fp.add_figure(sid, state, Sample(now, ds[sid], per))
-            changed = True
+            if worth_recording(fp.figures.get(sid, {}).get(state, []), ds[sid], per):
+                fp.add_figure(sid, state, Sample(now, ds[sid], per))
+                changed = True
     for sid, kind, secs in times:
-        if sid in ds and kind in DURATIONS:
+        if sid in ds and kind in DURATIONS and timing_worth_recording(fp.durations.get(sid, {}).get(kind, []), ds[sid], secs):
             fp.add_duration(sid, kind, Timing(now, ds[sid], secs))
             changed = True
     if changed:
@@ -237,20 +265,41 @@ def _learn(target: Target, report: SwitchReport, rendered: Mapping[str, Rendered
     return fp if changed else None
 
 
-def _settle(target: Target, want: Mapping[str, str], seen: Observed) -> Observed:
-    """Observe again until what the settled services hold stops moving (a sleep's release may
-    lag behind its answer) and nothing is still being released; at most ``SETTLE_MAX_S``."""
+def _settle(target: Target, want: Mapping[str, str], seen: Observed, ds: Mapping[str, str]) -> Observed:
+    """The observation to measure from, once what the settled services hold stopped moving.
+
+    A start, wake or load holds all it will once its health gate passed. A sleep or unload may
+    give its memory back after its answer (a llama.cpp child exits later; the simulator's
+    release lag): when a sleeper holds more than its expected residual (declared or learned,
+    plus the release tolerance), observe again until two observations agree and nothing is
+    being released, at most ``SETTLE_MAX_S``. In a steady state nothing is polled."""
     from .observe import observe
 
-    if all(s == "awake" for s in want.values()) and not seen.releasing:
-        return seen  # a start, wake or load holds all it will once its health gate passed
+    tolerance = target.spec.release_tolerance_mb
+    fp = seen.footprints
+
+    def settled(obs: Observed) -> bool:
+        if obs.releasing:
+            return False
+        for sid, state in want.items():
+            if state == "awake" or sid not in obs.services:
+                continue
+            p = target.catalog.presets[sid]
+            learned = fp.figure(sid, state, ds.get(sid, ""))
+            expected = max(0 if state == "unloaded" else p.residual_mb, learned.mb if learned else 0)
+            if obs.services[sid].vram_mb > expected + tolerance:
+                return False
+        return True
+
+    if settled(seen):
+        return seen
     deadline = time.monotonic() + SETTLE_MAX_S
     last = {s: seen.services[s].vram_mb for s in want if s in seen.services}
     while time.monotonic() < deadline:
         time.sleep(SETTLE_POLL_S)
         nxt = observe(target)
         now = {s: nxt.services[s].vram_mb for s in want if s in nxt.services}
-        if now == last and not nxt.releasing:
+        if (now == last or settled(nxt)) and not nxt.releasing:
             return nxt
         seen, last = nxt, now
     return seen

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 
-
 def switch(h, name, *extra):
     code, out, err = h.inv("mode.switch", "--json", "--name", name, *extra)
     return code, (json.loads(out) if out.strip().startswith("{") else None), err
