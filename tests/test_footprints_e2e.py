@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 
 def switch(h, name, *extra):
     code, out, err = h.inv("mode.switch", "--json", "--name", name, *extra)
@@ -163,3 +165,43 @@ def test_a_preset_edit_invalidates_its_figures(sim_host):
     awake = [r for r in rows if r["state"] == "awake"]
     assert awake == [{"state": "awake", "gpu": 0, "declared_mb": 2500, "measured_mb": None, "samples": 0,
                       "stale_samples": 1, "at": None}]
+
+
+@pytest.mark.systemd
+def test_measured_under_systemd_units(systemd_box):
+    box = systemd_box
+    emb_lies(box.sim)
+    code, out, err = box.inv("mode.switch", "--name", "rag", "--json")
+    assert code == 0, err
+    code, out, err = box.inv("status", "--json")
+    d = json.loads(out)
+    f = {s["id"]: s for s in d["footprints"]}
+    pid = {s["id"]: s["pid"] for s in d["services"]}["emb"]
+    charged = charged_mb(box.state, pid)
+    assert charged == 3250 and f["emb"]["vram_source"] == "measured" and abs(f["emb"]["vram_mb"] - charged) <= charged * 0.05
+    assert (box.state / "footprints.json").exists()  # on the target, next to its mode record
+    code, out, err = box.inv("doctor.footprints")
+    assert code == 1 and "emb vram_mb declares 2500 MB, measured 3250 MB" in out
+
+
+@pytest.mark.systemd
+def test_measured_over_ssh(ssh_lab, tmp_path):
+    lab = ssh_lab
+    emb_lies(lab.sim)
+    code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "rag", "--json")
+    assert code == 0, err
+    code, out, err = lab.inv("-H", "box1", "mode.switch", "--name", "code", "--json")
+    assert code == 0, err
+    code, out, err = lab.inv("-H", "box1", "status", "--json")
+    d = json.loads(out)
+    f = {s["id"]: s for s in d["footprints"]}
+    pid = {s["id"]: s["pid"] for s in d["services"]}["emb"]
+    charged = charged_mb(tmp_path / "box1-state", pid)
+    assert charged == 3250 and f["emb"]["vram_source"] == "measured" and abs(f["emb"]["vram_mb"] - charged) <= charged * 0.05
+    assert f["doc"]["sleep_source"] == "measured" and f["doc"]["measured_sleep_mb"] == {"l1": 512}
+    assert f["router"]["vram_source"] == "measured" and f["router"]["learned_s"]["router_load"] > 0
+    code, out, err = lab.inv("-H", "box1", "mode.simulate", "--name", "rag")
+    assert code == 0 and "emb 3250 MB measured (declared 2500)" in out and "expected switch time from now (code):" in out
+    code, out, err = lab.inv("-H", "box1", "service.show", "emb", "--json")
+    rows = json.loads(out)["footprint"]["rows"]
+    assert {(r["state"], r["gpu"], r["declared_mb"], r["measured_mb"]) for r in rows} >= {("awake", 0, 2500, 3250)}
