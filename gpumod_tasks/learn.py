@@ -395,3 +395,35 @@ def mode_alternatives(cat: Catalog, seen: Observed, need: Iterable[str], policy:
         if secs is not None:
             out.append({"mode": m.id, "expected_s": round(secs, 2), "steps": steps})
     return sorted(out, key=lambda a: (a["expected_s"], a["steps"], a["mode"]))
+
+
+# -- model.info: the estimate next to what services of that model were measured holding ----------
+
+def serves_model(p: Preset, model: str) -> bool:
+    """Does ``p`` run ``model`` (a hub id, a directory or a file, as model.info was given it)?"""
+    import os
+
+    want = {model.rstrip("/"), os.path.abspath(os.path.expanduser(model)).rstrip("/")}
+    have = {p.model_id, p.model_path.rstrip("/"), str(p.unit_vars.get("model", "")).rstrip("/")} - {""}
+    if p.model_path:
+        have.add(os.path.abspath(os.path.expanduser(p.model_path)).rstrip("/"))
+    return bool(want & have)
+
+
+def learned_for_model(target: Target, model: str) -> list[dict[str, Any]]:
+    """Each service of ``model`` with a figure measured on ``target`` (with its current preset and unit)."""
+    cat = target.catalog
+    ids = [sid for sid, p in cat.presets.items() if serves_model(p, model)]
+    if not ids:
+        return []
+    fp = read_store(target)
+    have = [sid for sid in ids if sid in fp.services()]
+    ds = digests(target, have) if have else {}
+    out = []
+    for sid in have:
+        f = fp.figure(sid, "awake", ds.get(sid, ""))
+        if f is not None:
+            p = cat.presets[sid]
+            out.append({"service": sid, "measured_mb": f.mb, "gpu_mb": {str(g): mb for g, mb in sorted(f.gpu_mb.items())},
+                        "runs": f.samples, "declared_mb": p.vram_mb, "context_size": p.context_size})
+    return out

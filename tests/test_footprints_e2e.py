@@ -205,3 +205,23 @@ def test_measured_over_ssh(ssh_lab, tmp_path):
     code, out, err = lab.inv("-H", "box1", "service.show", "emb", "--json")
     rows = json.loads(out)["footprint"]["rows"]
     assert {(r["state"], r["gpu"], r["declared_mb"], r["measured_mb"]) for r in rows} >= {("awake", 0, 2500, 3250)}
+
+
+def test_model_info_shows_the_learned_figure_next_to_its_estimate(sim_host, tmp_path):
+    from test_modelinfo_config import QWEN25_05B
+
+    h = sim_host
+    d = tmp_path / "qwen"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(QWEN25_05B))
+    text = (h.root / "presets" / "embedding" / "emb.yaml").read_text()
+    h.write_preset("embedding", "emb", text + f"model_path: {d}\ncontext_size: 8192\nsim:\n  hold_factor: 1.3\n")
+    code, out, err = h.inv("model.info", str(d), "--json")
+    assert code == 0 and json.loads(out)["learned"] == [], err  # nothing measured yet
+    assert switch(h, "rag")[0] == 0
+    code, out, err = h.inv("model.info", str(d), "--json")
+    d_json = json.loads(out)
+    assert d_json["learned"] == [{"service": "emb", "measured_mb": 3250, "gpu_mb": {"0": 3250}, "runs": 1, "declared_mb": 2500,
+                                  "context_size": 8192}]
+    code, out, err = h.inv("model.info", str(d))
+    assert "measured        3250 MB held by emb (max of 1 run; preset declares 2500 MB) at its 8192 tokens: estimate" in out
