@@ -225,3 +225,30 @@ def test_model_info_shows_the_learned_figure_next_to_its_estimate(sim_host, tmp_
                                   "context_size": 8192}]
     code, out, err = h.inv("model.info", str(d))
     assert "measured        3250 MB held by emb (max of 1 run; preset declares 2500 MB) at its 8192 tokens: estimate" in out
+
+
+def test_the_daemon_picks_the_mode_quicker_by_learned_durations(sim_host, daemon_factory):
+    from conftest import free_ports
+
+    h = sim_host
+    px, pw, pc = free_ports(3)
+    base = "driver: vllm\nvram_mb: 1000\nstartup_timeout: 20\n"
+    h.write_preset("chat", "x", f"id: x\nname: x\nport: {px}\n{base}supports_sleep: true\nsleep_mode: l1\n")
+    # w wakes slowly here (2.5 s; the default guess for an L1 wake is 2 s), c starts fast (0.2 s; the guess: 45 s)
+    h.write_preset("chat", "w", f"id: w\nname: w\nport: {pw}\n{base}supports_sleep: true\nsleep_mode: l1\nsim:\n  wake_l1_s: 2.5\n")
+    h.write_preset("chat", "c", f"id: c\nname: c\nport: {pc}\n{base}supports_sleep: false\nsleep_mode: none\n")
+    h.write_mode("a", ["x", "w"])
+    h.write_mode("b", ["x", "c"])
+    h.write_mode("z", ["emb"])
+    for m in ("a", "b", "a", "z"):  # w started, slept, woken; c started and stopped; x asleep at the end
+        code, rep, err = switch(h, m)
+        assert code == 0, err
+    learned = store(h.state)["services"]
+    assert learned["w"]["durations"]["wake_l1"][-1]["s"] >= 2.5 and learned["c"]["durations"]["start"][-1]["s"] < 2.0
+    d = daemon_factory()
+    r = d.post("/switch", {"model_id": "x"})
+    assert r.status_code == 200 and r.json()["mode"] == "b", r.text  # starting c is quicker here than waking w
+    assert switch(h, "z")[0] == 0
+    (h.state / "footprints.json").unlink()  # nothing learned: the engines' defaults decide
+    r = d.post("/switch", {"model_id": "x"})
+    assert r.status_code == 200 and r.json()["mode"] == "a", r.text
