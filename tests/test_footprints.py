@@ -143,3 +143,21 @@ def test_settled_states_from_a_report():
     assert states == {"doc": "sleep_l1", "code": "unloaded", "code2": "awake", "emb": "awake"}
     assert [(s, k) for s, k, _ in times] == [("doc", "sleep_l1"), ("code", "router_unload"), ("code2", "router_load"),
                                             ("emb", "wake_l2"), ("tts", "start"), ("tts", "stop")]
+
+
+def test_stand_in_flags_for_holding_more_or_less_than_declared():
+    from gpumod_tasks.inventory import SimSettings
+    from gpumod_tasks.render import sim_footprint
+
+    p = vllm("emb", 9001, 2500)
+    assert sim_footprint(p, SimSettings()) == []  # holds what it declares: the stand-in's argv is unchanged
+    assert sim_footprint(dataclasses.replace(p, sim={"hold_factor": 1.3}), SimSettings()) == ["--hold-factor", "1.3"]
+    assert sim_footprint(dataclasses.replace(p, sim={"hold_mb": 2000}), SimSettings()) == ["--hold-factor", "0.8"]
+    assert sim_footprint(p, SimSettings(hold_factor=0.9)) == ["--hold-factor", "0.9"]  # the host's setting
+    assert sim_footprint(dataclasses.replace(p, sim={"sleep_l1_mb": 700, "sleep_l2_mb": 0}), SimSettings()) == \
+        ["--sleep-l1-mb", "700", "--sleep-l2-mb", "0"]
+    # the published figures where the preset declares no residual: 774 MiB asleep at TP 1, 2.4 GiB per GPU under TP
+    bare = dataclasses.replace(p, sleep_vram_mb=None)
+    assert sim_footprint(bare, SimSettings(published=1)) == ["--sleep-l1-mb", "774", "--sleep-l2-mb", "774"]
+    assert sim_footprint(dataclasses.replace(bare, gpus=2), SimSettings(published=1)) == ["--sleep-l1-mb", "4916", "--sleep-l2-mb", "4916"]
+    assert sim_footprint(p, SimSettings(published=1)) == []  # it declares its residual: that is what it holds

@@ -252,3 +252,26 @@ def test_the_daemon_picks_the_mode_quicker_by_learned_durations(sim_host, daemon
     (h.state / "footprints.json").unlink()  # nothing learned: the engines' defaults decide
     r = d.post("/switch", {"model_id": "x"})
     assert r.status_code == 200 and r.json()["mode"] == "a", r.text
+
+
+def test_published_residuals_on_a_simulated_host_are_learned_even_from_a_failed_run(sim_host):
+    h = sim_host
+    inv = h.root / "inventory" / "hosts.yaml"
+    inv.write_text(inv.read_text().replace("release_lag_s: 0.25}", "release_lag_s: 0.25, published: 1}")
+                   .replace("release_timeout_s: 10", "release_timeout_s: 2"))
+    assert switch(h, "rag")[0] == 0
+    # doc declares no sleep_vram_mb, so vLLM's default 512 MB applies; a sleeping vLLM really keeps
+    # ~774 MiB (the published figure), more than the release wait's 256 MB tolerance allows
+    code, out, err = h.inv("service.sleep", "doc")
+    assert code == 1 and "GPU still uses 3274 MB > expected 3012 MB + 256 MB" in err
+    f = figures(h)["doc"]
+    assert f["measured_sleep_mb"] == {"l1": 774} and f["sleep_vram_mb"] == 774 and f["declared_sleep_vram_mb"] == 512
+    assert h.inv("service.wake", "doc")[0] == 0
+    code, out, err = h.inv("service.sleep", "doc")
+    assert code == 0, out + err  # the release wait now expects what doc really keeps
+    code, out, err = h.inv("doctor.footprints")
+    assert code == 1 and "doc sleep_vram_mb defaults to 512 MB, measured 774 MB (sleep_l1, max of " in out
+    assert "write sleep_vram_mb: 774" in out
+    assert h.inv("doctor.footprints", "--write")[0] == 0
+    text = (h.root / "presets" / "embedding" / "doc.yaml").read_text()
+    assert "vram_mb: 5000\nsleep_vram_mb: 774\n" in text
