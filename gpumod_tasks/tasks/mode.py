@@ -76,7 +76,9 @@ def _gpu_mb(c) -> int:
 def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None, json_=False):
     """Check whether a mode (or a set of services) fits in VRAM, with alternatives when it does not.
 
-    Simulation never starts or stops anything: it reads only the catalog and the inventory.
+    Simulation never starts or stops anything. It plans with the figures measured on the target
+    (where there are some; each figure says measured or declared) and prints the expected switch
+    time from the target's current state; an unreachable target leaves the declared figures.
     """
     from ..cli_context import catalog, host_specs
     from ..fit import simulate as fit
