@@ -41,7 +41,7 @@ STATES = ("awake", "sleep_l1", "sleep_l2", "unloaded")
 DURATIONS = ("start", "wake_l1", "wake_l2", "sleep_l1", "sleep_l2", "router_load", "router_unload", "stop")
 # fields of a preset that describe it without changing what runs (a figure survives edits of them)
 _NOT_DIGESTED = {"vram_mb", "sleep_vram_mb", "file", "name", "description", "category", "declared_vram_mb",
-                 "declared_sleep_vram_mb", "vram_source", "sleep_source", "residuals_mb", "learned_s"}
+                 "declared_sleep_vram_mb", "vram_source", "sleep_source", "residuals_mb", "learned_s", "measured_gpu_mb"}
 
 
 def footprints_file(state_dir: str) -> str:

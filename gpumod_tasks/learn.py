@@ -67,7 +67,7 @@ def with_figures(p: Preset, fp: Footprints, digest: str, asleep_level: int | Non
     out = replace(p, declared_vram_mb=p.vram_mb, declared_sleep_vram_mb=p.sleep_vram_mb, residuals_mb=tuple(residuals),
                   learned_s=learned)
     if awake is not None:
-        out = replace(out, vram_mb=awake.mb, vram_source="measured")
+        out = replace(out, vram_mb=awake.mb, vram_source="measured", measured_gpu_mb=tuple(sorted(awake.gpu_mb.items())))
     if residual is not None:
         out = replace(out, sleep_vram_mb=residual, sleep_source="measured")
     return out
@@ -89,6 +89,7 @@ def figures_dict(p: Preset) -> dict[str, Any]:
     """``--json``: both figures and where the planned one came from."""
     return {"vram_mb": p.vram_mb, "vram_source": p.vram_source, "declared_vram_mb": declared_mb(p),
             "measured_vram_mb": p.vram_mb if p.vram_source == "measured" else None,
+            "measured_gpu_mb": {str(g): mb for g, mb in p.measured_gpu_mb} or None,
             "sleep_vram_mb": p.residual_mb, "sleep_source": p.sleep_source, "declared_sleep_vram_mb": declared_residual_mb(p),
             "measured_sleep_mb": {f"l{lv}" if lv else "unloaded": mb for lv, mb in p.residuals_mb} or None,
             "learned_s": dict(p.learned_s) or None}

@@ -86,7 +86,7 @@ def test_apply_puts_measured_figures_in_and_keeps_the_declared_ones(cat):
     fp = learned({"emb": {"awake": 3250, "sleep_l1": 700, "sleep_l2": 300}})
     m = apply(cat, fp, {sid: "d" for sid in cat.presets})
     p = m.presets["emb"]
-    assert (p.vram_mb, p.vram_source, p.declared_vram_mb) == (3250, "measured", 2500)
+    assert (p.vram_mb, p.vram_source, p.declared_vram_mb, p.measured_gpu_mb) == (3250, "measured", 2500, ((0, 3250),))
     assert (p.residual_mb, p.sleep_source, p.declared_sleep_vram_mb) == (700, "measured", 512)  # its preset sleeps at L1
     assert p.residual_at(2) == 300 and p.residual_at(1) == 700
     assert m.presets["chat"] == cat.presets["chat"]  # nothing learned: untouched

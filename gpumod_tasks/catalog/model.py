@@ -82,6 +82,7 @@ class Preset:
     vram_source: str = "declared"  # measured | declared
     sleep_source: str = "declared"
     residuals_mb: tuple[tuple[int, int], ...] = ()  # measured: (sleep level, MB held asleep at it)
+    measured_gpu_mb: tuple[tuple[int, int], ...] = ()  # measured awake: (GPU index, MB held there)
     learned_s: tuple[tuple[str, float], ...] = ()  # learned durations: (kind, seconds)
 
     @property

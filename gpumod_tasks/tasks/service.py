@@ -30,7 +30,7 @@ def show(c, service_id, json_=False):
     p = catalog().preset(service_id)
     d = masked_preset(dataclasses.asdict(p))  # secret-looking env values are masked
     d["driver"], d["sleep_mode"], d["unit"], d["sleep_residual_mb"] = p.driver.value, p.sleep_mode.value, p.unit, p.residual_mb
-    for k in ("declared_vram_mb", "declared_sleep_vram_mb", "vram_source", "sleep_source", "residuals_mb", "learned_s"):
+    for k in ("declared_vram_mb", "declared_sleep_vram_mb", "vram_source", "sleep_source", "residuals_mb", "learned_s", "measured_gpu_mb"):
         d.pop(k, None)  # the footprint below says them, per state and GPU
     fp = _footprint(c, p)
     if json_:
