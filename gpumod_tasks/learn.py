@@ -249,7 +249,7 @@ def _learn(target: Target, report: SwitchReport, rendered: Mapping[str, Rendered
         per_pid_known = any(g.per_pid for g in seen.gpu.gpus)
         for sid, state in want.items():
             o = seen.services.get(sid)
-            if o is None or not matches(state, o):
+            if o is None or not matches(state, o) or _shares_its_memory(target.catalog, seen, sid):
                 continue
             per = sample_of(o)
             if not per and (state == "awake" or not per_pid_known):
@@ -264,6 +264,13 @@ def _learn(target: Target, report: SwitchReport, rendered: Mapping[str, Rendered
     if changed:
         target.host.write_file(footprints_file(target.state_dir), dump(fp))
     return fp if changed else None
+
+
+def _shares_its_memory(cat: Catalog, seen: Observed, sid: str) -> bool:
+    """A router model while another model of its router is loaded too: the observation cannot
+    tell their memory apart (the router's processes are one unit), so neither is learned."""
+    return any(q.id != sid and q.id in seen.services and seen.services[q.id].state.value == "running"
+               for q in cat.unit_peers(cat.presets[sid]))
 
 
 def _settle(target: Target, want: Mapping[str, str], seen: Observed, ds: Mapping[str, str]) -> Observed:

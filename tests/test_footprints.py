@@ -161,3 +161,14 @@ def test_stand_in_flags_for_holding_more_or_less_than_declared():
     assert sim_footprint(bare, SimSettings(published=1)) == ["--sleep-l1-mb", "774", "--sleep-l2-mb", "774"]
     assert sim_footprint(dataclasses.replace(bare, gpus=2), SimSettings(published=1)) == ["--sleep-l1-mb", "4916", "--sleep-l2-mb", "4916"]
     assert sim_footprint(p, SimSettings(published=1)) == []  # it declares its residual: that is what it holds
+
+
+def test_a_router_model_is_not_measured_while_another_model_of_its_router_is_loaded(cat):
+    from test_plan import R
+
+    from gpumod_tasks.learn import _shares_its_memory
+
+    both = obs(cat, {"code": (R, 19100), "lite": (R, 9000)})
+    assert _shares_its_memory(cat, both, "code") and _shares_its_memory(cat, both, "lite")
+    alone = obs(cat, {"code": (R, 19100)})
+    assert not _shares_its_memory(cat, alone, "code") and not _shares_its_memory(cat, alone, "emb")
