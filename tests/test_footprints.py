@@ -172,3 +172,17 @@ def test_a_router_model_is_not_measured_while_another_model_of_its_router_is_loa
     assert _shares_its_memory(cat, both, "code") and _shares_its_memory(cat, both, "lite")
     alone = obs(cat, {"code": (R, 19100)})
     assert not _shares_its_memory(cat, alone, "code") and not _shares_its_memory(cat, alone, "emb")
+
+
+def test_a_steady_box_writes_nothing_new():
+    from gpumod_tasks.learn import timing_worth_recording, worth_recording
+
+    rows = [sample(3000, at=i) for i in range(4)]
+    assert worth_recording(rows, "d", {0: 3000})  # the window is not full yet
+    rows.append(sample(3000, at=5))
+    assert not worth_recording(rows, "d", {0: 3010})  # within 1 %
+    assert worth_recording(rows, "d", {0: 3100}) and worth_recording(rows, "d", {0: 3000, 1: 200})
+    assert worth_recording(rows, "new", {0: 3000})  # another preset or unit: a new window
+    ts = [Timing(i, "d", 2.0) for i in range(5)]
+    assert not timing_worth_recording(ts, "d", 2.3) and timing_worth_recording(ts, "d", 2.6)
+    assert timing_worth_recording(ts[:4], "d", 2.0)
