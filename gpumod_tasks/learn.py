@@ -85,25 +85,6 @@ def declared_residual_mb(p: Preset) -> int:
         p, vram_mb=declared_mb(p), sleep_vram_mb=None).residual_mb
 
 
-def figures_dict(p: Preset) -> dict[str, Any]:
-    """``--json``: both figures and where the planned one came from."""
-    return {"vram_mb": p.vram_mb, "vram_source": p.vram_source, "declared_vram_mb": declared_mb(p),
-            "measured_vram_mb": p.vram_mb if p.vram_source == "measured" else None,
-            "measured_gpu_mb": {str(g): mb for g, mb in p.measured_gpu_mb} or None,
-            "sleep_vram_mb": p.residual_mb, "sleep_source": p.sleep_source, "declared_sleep_vram_mb": declared_residual_mb(p),
-            "measured_sleep_mb": {f"l{lv}" if lv else "unloaded": mb for lv, mb in p.residuals_mb} or None,
-            "learned_s": dict(p.learned_s) or None}
-
-
-def footprints_json(cat: Catalog, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    return [{"id": sid, **figures_dict(cat.presets[sid])} for sid in (ids if ids is not None else cat.presets)]
-
-
-def label(p: Preset) -> str:
-    """``2600 MB measured`` / ``2000 MB declared``."""
-    return f"{p.vram_mb} MB {p.vram_source}"
-
-
 def measured_lines(catalog: Catalog) -> list[str]:
     """For a refusal: the figures it used that were measured, with what the preset declares."""
     out = []
@@ -313,7 +294,7 @@ def _settle(target: Target, want: Mapping[str, str], seen: Observed, ds: Mapping
     return seen
 
 
-# -- views ------------------------------------------------------------------------------------
+# -- the store on its own (views without an observation) -----------------------------------
 
 def read_store(target: Target) -> Footprints:
     """The target's store, read on its own (views without an observation: one read)."""
@@ -333,105 +314,6 @@ def catalog_from_store(target: Target, fp: Footprints) -> Catalog:
     return apply(target.catalog, fp, ds)
 
 
-def footprint_rows(p: Preset, fp: Footprints, digest: str) -> list[dict[str, Any]]:
-    """Declared vs measured for every state and GPU of one service (``service.show``)."""
-    from .footprints import STATES
-
-    declared_state = {"awake": p.vram_mb, "sleep_l1": p.residual_mb if p.can_sleep and p.sleep_mode is not SleepMode.ROUTER else None,
-                      "sleep_l2": p.residual_mb if p.can_sleep and p.sleep_mode is not SleepMode.ROUTER else None,
-                      "unloaded": 0 if p.sleep_mode is SleepMode.ROUTER else None}
-    rows = []
-    for state in STATES:
-        f = fp.figure(p.id, state, digest)
-        stale = sum(1 for s in fp.figures.get(p.id, {}).get(state, []) if s.digest != digest)
-        if f is None and declared_state[state] is None:
-            continue
-        dec = declared_state[state]
-        split = p.per_gpu_mb(dec) if dec is not None else ()
-        gpus = sorted(set(f.gpu_mb) if f else set()) or list(range(len(split)))
-        for i, g in enumerate(gpus):
-            dec_g = split[i] if i < len(split) else None
-            rows.append({"state": state, "gpu": g, "declared_mb": dec_g, "measured_mb": f.gpu_mb.get(g) if f else None,
-                         "samples": f.samples if f else 0, "stale_samples": stale, "at": f.at if f else None})
-    return rows
-
-
 def off_by(declared: int, measured: int) -> float:
     """How far a declared figure is from the measured one, as a fraction of the measured."""
     return abs(declared - measured) / measured if measured else (0.0 if not declared else 1.0)
-
-
-def figures_table(cat: Catalog, ids: Iterable[str], title: str = "figures planned with") -> Any:
-    """One row per service: its awake and asleep figures and where each came from."""
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for col in ("service", "awake MB", "asleep MB", "declared awake / asleep MB"):
-        t.add_column(col, justify="left" if col == "service" else "right")
-    for sid in ids:
-        p = cat.presets[sid]
-        asleep = f"{p.residual_mb} {p.sleep_source}" if p.can_sleep else "-"
-        t.add_row(sid, f"{p.vram_mb} {p.vram_source}", asleep,
-                  f"{declared_mb(p)} / {declared_residual_mb(p) if p.can_sleep else '-'}")
-    return t
-
-
-# -- expected switch time (mode.simulate) ---------------------------------------------------------
-
-def expected_switch(cat: Catalog, seen: Observed, mode: Any, policy: Any) -> tuple[float | None, int, str]:
-    """(expected seconds, steps, why refused) of switching from what ``seen`` shows to ``mode``:
-    every step timed by what it took here (learned), else its engine's default."""
-    from .daemon.decide import expected_seconds
-    from .errors import PlanRefused
-    from .plan import plan_switch
-
-    try:
-        plan = plan_switch(cat, seen, mode, policy)
-    except PlanRefused as exc:
-        return None, 0, str(exc).split(";")[0]
-    return expected_seconds(plan, cat), len(plan.steps), ""
-
-
-def mode_alternatives(cat: Catalog, seen: Observed, need: Iterable[str], policy: Any, exclude: str = "") -> list[dict[str, Any]]:
-    """Modes containing every service of ``need`` that fit from here, quickest first."""
-    need = set(need)
-    out = []
-    for m in sorted(cat.modes.values(), key=lambda m: m.id):
-        if m.id == exclude or not need <= set(m.service_ids):
-            continue
-        secs, steps, why = expected_switch(cat, seen, m, policy)
-        if secs is not None:
-            out.append({"mode": m.id, "expected_s": round(secs, 2), "steps": steps})
-    return sorted(out, key=lambda a: (a["expected_s"], a["steps"], a["mode"]))
-
-
-# -- model.info: the estimate next to what services of that model were measured holding ----------
-
-def serves_model(p: Preset, model: str) -> bool:
-    """Does ``p`` run ``model`` (a hub id, a directory or a file, as model.info was given it)?"""
-    import os
-
-    want = {model.rstrip("/"), os.path.abspath(os.path.expanduser(model)).rstrip("/")}
-    have = {p.model_id, p.model_path.rstrip("/"), str(p.unit_vars.get("model", "")).rstrip("/")} - {""}
-    if p.model_path:
-        have.add(os.path.abspath(os.path.expanduser(p.model_path)).rstrip("/"))
-    return bool(want & have)
-
-
-def learned_for_model(target: Target, model: str) -> list[dict[str, Any]]:
-    """Each service of ``model`` with a figure measured on ``target`` (with its current preset and unit)."""
-    cat = target.catalog
-    ids = [sid for sid, p in cat.presets.items() if serves_model(p, model)]
-    if not ids:
-        return []
-    fp = read_store(target)
-    have = [sid for sid in ids if sid in fp.services()]
-    ds = digests(target, have) if have else {}
-    out = []
-    for sid in have:
-        f = fp.figure(sid, "awake", ds.get(sid, ""))
-        if f is not None:
-            p = cat.presets[sid]
-            out.append({"service": sid, "measured_mb": f.mb, "gpu_mb": {str(g): mb for g, mb in sorted(f.gpu_mb.items())},
-                        "runs": f.samples, "declared_mb": p.vram_mb, "context_size": p.context_size})
-    return out

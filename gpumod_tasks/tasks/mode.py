@@ -82,6 +82,7 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     """
     from ..cli_context import catalog, host_specs
     from ..fit import simulate as fit
+    from ..footprint_view import print_simulate_extras, simulate_on_target
     from ..paths import controller_dir
     from ..state import History
     from ..ui import fit_report, make_console
@@ -105,7 +106,7 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     reserve = _megabytes("--reserve-mb", reserve_mb, minimum=0) if reserve_mb is not None else spec.reserve_mb
     if reserve >= total:
         raise Exit(f"error: the reserve ({reserve} MB) must be less than the GPU size ({total} MB)", code=2)
-    live = _from_the_target(c, spec, cat, name, seen, add)  # measured figures and the expected switch time
+    live = simulate_on_target(c, spec, cat, name, seen, add)  # measured figures and the expected switch time
     if live.get("catalog") is not None:
         cat = live.pop("catalog")
     result = fit(cat, [cat.presets[i] for i in seen], total, reserve)
@@ -120,50 +121,9 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     else:
         con = make_console()
         fit_report(con, result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip())
-        _print_live(con, live)
+        print_simulate_extras(con, live)
     if not result.fits:
         raise Exit(code=1)
-
-
-def _from_the_target(c, spec, cat, name, ids, add) -> dict:
-    """What the target adds to a simulation: its learned figures (``catalog``), the figures'
-    sources, the expected switch time from its current state, and the modes that would do
-    (quickest first). Nothing when it cannot be reached: the declared figures stand."""
-    from ..catalog.model import Mode, ModeService
-    from ..cli_context import open_target
-    from ..learn import expected_switch, footprints_json, measured_catalog, mode_alternatives
-    from ..observe import observe
-    from ..pipeline import policy_for
-
-    try:
-        with open_target(c, spec, cat) as t:
-            t.ensure_sim()
-            seen = observe(t)
-            if seen.gpu is None:
-                return {"figures": footprints_json(cat, ids), "expected_note": f"GPU unreadable: {seen.gpu_error}"}
-            mcat = measured_catalog(t, seen)
-            policy = policy_for(t)
-            mode = Mode(name or "simulated", name or "simulated", services=tuple(ModeService(i) for i in ids))
-            secs, steps, why = expected_switch(mcat, seen, mode, policy)
-            alts = mode_alternatives(mcat, seen, add or ids, policy, exclude=name or "") if secs is None else []
-            return {"catalog": mcat, "figures": footprints_json(mcat, ids), "from_mode": seen.record.mode,
-                    "expected_s": None if secs is None else round(secs, 2), "expected_steps": steps,
-                    "expected_note": why, "mode_alternatives": alts}
-    except Exception as exc:  # noqa: BLE001 - an unreachable target: the declared figures stand
-        return {"figures": footprints_json(cat, ids), "expected_note": f"target not observed: {exc}"}
-
-
-def _print_live(con, live: dict) -> None:
-    figs = live.get("figures") or []
-    measured = [f"{f['id']} {f['vram_mb']} MB measured (declared {f['declared_vram_mb']})" for f in figs if f["vram_source"] == "measured"]
-    con.print("figures: " + ("; ".join(measured) + "; others declared" if measured else "all declared"))
-    if live.get("expected_s") is not None:
-        con.print(f"expected switch time from now ({live.get('from_mode') or 'no mode'}): {live['expected_s']:.1f} s "
-                  f"({live['expected_steps']} steps)")
-    elif live.get("expected_note"):
-        con.print(f"expected switch time: - ({live['expected_note']})")
-    for a in live.get("mode_alternatives") or []:
-        con.print(f"  fits  switch to mode {a['mode']} instead: expected {a['expected_s']:.1f} s ({a['steps']} steps)")
 
 
 def _megabytes(flag: str, value: str, minimum: int) -> int:

@@ -64,7 +64,7 @@ def info(c, model, context=0, preset=None, id=None, port=8100, driver=None, json
 def _learned(c, model: str) -> list:
     """What services running this model were measured holding on the target (none when it cannot be read)."""
     from ..cli_context import host_specs, open_target
-    from ..learn import learned_for_model
+    from ..footprint_view import learned_for_model
 
     try:
         with open_target(c, host_specs(c)[0]) as t:

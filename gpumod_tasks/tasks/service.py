@@ -51,7 +51,8 @@ def _footprint(c, p) -> dict:
     """Declared vs measured for every state and GPU, and the learned durations, from the target's
     store (the first -H host; the local one by default)."""
     from ..cli_context import host_specs, open_target
-    from ..learn import digests, footprint_rows, read_store
+    from ..footprint_view import footprint_rows
+    from ..learn import digests, read_store
 
     try:
         spec = host_specs(c)[0]

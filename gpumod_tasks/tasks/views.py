@@ -11,7 +11,8 @@ from invoke import Context, Exit
 from rich.markup import escape
 
 from ..cli_context import for_each_host
-from ..learn import declared_mb, figures_table, footprints_json, measured_catalog
+from ..footprint_view import figures_table, footprints_json
+from ..learn import declared_mb, measured_catalog
 from ..observe import observe
 from ..status import observed_dict
 from ..target import Target
