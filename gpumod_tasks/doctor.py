@@ -245,11 +245,11 @@ def _key_line(t: Target, rel: str, key: str) -> int:
 
 
 def write_figures(t: Target, findings: list[dict[str, Any]]) -> list[str]:
-    """Write each finding's measured figure into its preset file (ruamel round trip: comments,
-    order and the other keys kept); returns ``file:line: key: old -> new`` lines."""
+    """Write each finding's measured figure into its preset file; returns ``file:line: key: old
+    -> new`` lines. The round-trip loader finds each key's value; only that value's text changes
+    (a key the preset lacks is added after ``vram_mb``), so comments, order and layout stay as
+    they were. A file this cannot edit exactly is re-dumped by the round-trip dumper instead."""
     from pathlib import Path
-
-    from ruamel.yaml import YAML
 
     done: list[str] = []
     by_file: dict[str, list[dict[str, Any]]] = {}
@@ -257,22 +257,52 @@ def write_figures(t: Target, findings: list[dict[str, Any]]) -> list[str]:
         by_file.setdefault(f["file"], []).append(f)
     for rel, items in by_file.items():
         path = Path(t.catalog.root) / rel
-        y = YAML(typ="rt")
-        y.preserve_quotes = True
-        y.width = 4096
-        doc = y.load(path.read_text())
-        for f in items:
-            if f["key"] in doc:
-                doc[f["key"]] = f["measured"]
-            else:  # an engine default was in force: declare the figure right after vram_mb
-                at = list(doc).index("vram_mb") + 1 if "vram_mb" in doc else len(doc)
-                doc.insert(at, f["key"], f["measured"])
-            done.append(f"{rel}:{f['line']}: {f['key']}: {f['declared']} -> {f['measured']}")
+        text = path.read_text()
+        want = {f["key"]: f["measured"] for f in items}
+        new = _set_values(text, want)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        with tmp.open("w") as fh:
-            y.dump(doc, fh)
+        tmp.write_text(new)
         tmp.replace(path)
+        done += [f"{rel}:{f['line']}: {f['key']}: {f['declared']} -> {f['measured']}" for f in items]
     return done
+
+
+def _set_values(text: str, want: dict[str, int]) -> str:
+    """``text`` (a preset's YAML) with each top-level ``key: value`` of ``want`` set."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from .yamlfile import position
+
+    y = YAML(typ="rt")
+    lines = text.splitlines(keepends=True)
+    for key, value in want.items():
+        doc = y.load("".join(lines))
+        if key in doc:
+            line, col = position(doc, key)
+            row = lines[line - 1]
+            end = col - 1
+            while end < len(row) and not row[end].isspace():
+                end += 1
+            lines[line - 1] = row[: col - 1] + str(value) + row[end:]
+        else:
+            anchor = position(doc, "vram_mb", at_key=True)[0] if "vram_mb" in doc else len(lines)
+            lines.insert(anchor, f"{key}: {value}\n")
+    out = "".join(lines)
+    check = YAML(typ="rt").load(out)
+    if all(check.get(k) == v for k, v in want.items()) and [k for k in check if k not in want] == [
+            k for k in y.load(text) if k not in want]:
+        return out
+    doc = y.load(text)  # not a plain scalar where expected: let the round-trip dumper write it
+    for key, value in want.items():
+        if key in doc:
+            doc[key] = value
+        else:
+            doc.insert(list(doc).index("vram_mb") + 1 if "vram_mb" in doc else len(doc), key, value)
+    buf = io.StringIO()
+    y.dump(doc, buf)
+    return buf.getvalue()
 
 
 def check_footprints(t: Target, write: bool = False) -> CheckResult:

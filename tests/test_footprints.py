@@ -186,3 +186,15 @@ def test_a_steady_box_writes_nothing_new():
     ts = [Timing(i, "d", 2.0) for i in range(5)]
     assert not timing_worth_recording(ts, "d", 2.3) and timing_worth_recording(ts, "d", 2.6)
     assert timing_worth_recording(ts[:4], "d", 2.0)
+
+
+def test_doctor_write_changes_only_the_values():
+    from gpumod_tasks.doctor import _set_values
+
+    text = "# head\nid: a   # the id\nvram_mb: 2500  # what it takes\nextra:\n    - x   # indented\nsim: {hold_factor: 1.3}\n"
+    assert _set_values(text, {"vram_mb": 3250, "sleep_vram_mb": 774}) == \
+        "# head\nid: a   # the id\nvram_mb: 3250  # what it takes\nsleep_vram_mb: 774\nextra:\n    - x   # indented\nsim: {hold_factor: 1.3}\n"
+    # a value on the line after its key is found and edited there too
+    odd = "id: a  # keep\nvram_mb:\n  2500\n"
+    out = _set_values(odd, {"vram_mb": 3250})
+    assert "# keep" in out and "3250" in out and "2500" not in out

@@ -114,9 +114,11 @@ def test_doctor_flags_the_preset_at_its_line_and_write_fixes_it(sim_host):
     assert f"presets/embedding/emb.yaml:{line}: emb vram_mb declares 2500 MB, measured 3250 MB" in detail
     assert "write vram_mb: 3250" in detail and "doc" not in detail  # doc holds what it declares
     assert d["checks"][0]["fix"] == "inv doctor.footprints --write"
+    original = path.read_text()
     code, out, err = h.inv("doctor.footprints", "--write")
     assert code == 0 and f"presets/embedding/emb.yaml:{line}: vram_mb: 2500 -> 3250" in out
     text = path.read_text()
+    assert text == original.replace("vram_mb: 2500  # what it takes", "vram_mb: 3250  # what it takes")  # nothing else moved
     assert text.startswith("# the embedding model (keep this comment)\n")
     assert "vram_mb: 3250  # what it takes\n" in text
     assert [ln.split(":")[0] for ln in text.splitlines()] == [ln.split(":")[0] for ln in lines] + ["sim", "  hold_factor"]
