@@ -9,7 +9,7 @@ from .errors import GpumodError
 from .target import Target
 from .venv import check_venv
 
-__all__ = ["FOOTGUNS", "CheckResult", "check_all", "check_gpu", "check_oom_protection", "check_presets", "check_sysctl",
+__all__ = ["FOOTGUNS", "CheckResult", "check_all", "check_footprints", "check_gpu", "check_oom_protection", "check_presets", "check_sysctl",
            "check_units", "check_venv", "footguns", "print_result", "print_table"]
 
 # Flags known to inflate VRAM far beyond a preset's figure.
@@ -129,7 +129,7 @@ def check_oom_protection(t: Target) -> CheckResult:
 
 
 def check_all(t: Target) -> list[CheckResult]:
-    out = [check_gpu(t), check_sysctl(t), check_oom_protection(t), check_presets(t), check_units(t)]
+    out = [check_gpu(t), check_sysctl(t), check_oom_protection(t), check_presets(t), check_units(t), check_footprints(t)]
     if t.spec.fleet is not None:
         out.append(check_fleet(t))
     for p in t.catalog.presets.values():
@@ -196,3 +196,126 @@ def check_fleet(t: Target) -> CheckResult:
     n = len({m.get("id") for m in keyed.json().get("data", [])})
     return CheckResult("fleet", True, f"fleet OK: LiteLLM proxy on {fs.bind}:{fs.port} answers, master key required, "
                        f"{n} models over {len(fs.boxes)} boxes")
+
+
+# -- measured footprints (doctor.footprints) -----------------------------------------------------
+
+OFF_LIMIT = 0.10  # a declared figure more than this far from the measured one is a problem
+
+
+def footprint_findings(t: Target) -> list[dict[str, Any]]:
+    """Declared figures more than 10 % off the figures learned on ``t`` (with the current preset
+    and unit): preset, file, line, key, declared, measured, runs. A ``sleep_vram_mb`` the preset
+    does not declare (its engine's default applies) points at its ``vram_mb`` line."""
+    from .catalog.model import SleepMode
+    from .learn import digests, off_by, read_store
+
+    fp = read_store(t)
+    ids = sorted(fp.services() & set(t.catalog.presets))
+    if not ids:
+        return []
+    ds = digests(t, ids)
+    out: list[dict[str, Any]] = []
+    for sid in ids:
+        p = t.catalog.presets[sid]
+        d = ds.get(sid, "")
+        checks = [("vram_mb", "awake", p.vram_mb)]
+        if p.can_sleep:
+            state = "unloaded" if p.sleep_mode is SleepMode.ROUTER else f"sleep_l{p.sleep_mode.level}"
+            checks.append(("sleep_vram_mb", state, p.residual_mb))
+        for key, state, declared in checks:
+            f = fp.figure(sid, state, d)
+            if f is None or off_by(declared, f.mb) <= OFF_LIMIT:
+                continue
+            line = _key_line(t, p.file, key) or _key_line(t, p.file, "vram_mb")
+            out.append({"preset": sid, "file": p.file, "line": line, "key": key, "state": state, "declared": declared,
+                        "measured": f.mb, "runs": f.samples, "declared_in_file": key == "vram_mb" or p.sleep_vram_mb is not None})
+    return out
+
+
+def _key_line(t: Target, rel: str, key: str) -> int:
+    from pathlib import Path
+
+    from .yamlfile import position, read_yaml
+
+    doc = read_yaml(Path(t.catalog.root) / rel, rel, [])
+    if not isinstance(doc, dict) or key not in doc:
+        return 0
+    return position(doc, key, at_key=True)[0]
+
+
+def write_figures(t: Target, findings: list[dict[str, Any]]) -> list[str]:
+    """Write each finding's measured figure into its preset file; returns ``file:line: key: old
+    -> new`` lines. The round-trip loader finds each key's value; only that value's text changes
+    (a key the preset lacks is added after ``vram_mb``), so comments, order and layout stay as
+    they were. A file this cannot edit exactly is re-dumped by the round-trip dumper instead."""
+    from pathlib import Path
+
+    done: list[str] = []
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for f in findings:
+        by_file.setdefault(f["file"], []).append(f)
+    for rel, items in by_file.items():
+        path = Path(t.catalog.root) / rel
+        text = path.read_text()
+        want = {f["key"]: f["measured"] for f in items}
+        new = _set_values(text, want)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+        done += [f"{rel}:{f['line']}: {f['key']}: {f['declared']} -> {f['measured']}" for f in items]
+    return done
+
+
+def _set_values(text: str, want: dict[str, int]) -> str:
+    """``text`` (a preset's YAML) with each top-level ``key: value`` of ``want`` set."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from .yamlfile import position
+
+    y = YAML(typ="rt")
+    lines = text.splitlines(keepends=True)
+    for key, value in want.items():
+        doc = y.load("".join(lines))
+        if key in doc:
+            line, col = position(doc, key)
+            row = lines[line - 1]
+            end = col - 1
+            while end < len(row) and not row[end].isspace():
+                end += 1
+            lines[line - 1] = row[: col - 1] + str(value) + row[end:]
+        else:
+            anchor = position(doc, "vram_mb", at_key=True)[0] if "vram_mb" in doc else len(lines)
+            lines.insert(anchor, f"{key}: {value}\n")
+    out = "".join(lines)
+    check = YAML(typ="rt").load(out)
+    if all(check.get(k) == v for k, v in want.items()) and [k for k in check if k not in want] == [
+            k for k in y.load(text) if k not in want]:
+        return out
+    doc = y.load(text)  # not a plain scalar where expected: let the round-trip dumper write it
+    for key, value in want.items():
+        if key in doc:
+            doc[key] = value
+        else:
+            doc.insert(list(doc).index("vram_mb") + 1 if "vram_mb" in doc else len(doc), key, value)
+    buf = io.StringIO()
+    y.dump(doc, buf)
+    return buf.getvalue()
+
+
+def check_footprints(t: Target, write: bool = False) -> CheckResult:
+    """Presets whose declared VRAM is more than 10 % off what the service was measured holding."""
+    found = footprint_findings(t)
+    if not found:
+        return CheckResult("footprints", True, f"footprints OK: every declared figure within {OFF_LIMIT:.0%} of the measured one "
+                           "(or nothing measured yet with the current presets)")
+    lines = [f"{f['file']}:{f['line']}: {f['preset']} {f['key']} "
+             f"{'declares' if f['declared_in_file'] else 'defaults to'} {f['declared']} MB, measured {f['measured']} MB "
+             f"({f['state']}, max of {f['runs']} run{'s' if f['runs'] != 1 else ''}): write {f['key']}: {f['measured']}"
+             for f in found]
+    if write:
+        written = write_figures(t, found)
+        return CheckResult("footprints", True, "footprints FIXED: " + "; ".join(written))
+    return CheckResult("footprints", False, "footprints PROBLEM: " + "; ".join(lines), "inv doctor.footprints --write")

@@ -26,6 +26,10 @@ class SimSettings:
     wake_l1_s: float = 0.3
     wake_l2_s: float = 0.8
     release_lag_s: float = 0.4
+    # what the stand-ins really hold: awake, this times their preset's vram_mb; with published: 1
+    # a sleeping vLLM holds the published figures (servers.md D2) where its preset declares none
+    hold_factor: float = 1.0
+    published: float = 0.0
 
 
 @dataclass(frozen=True)

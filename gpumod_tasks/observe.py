@@ -22,6 +22,8 @@ from .facts.gpu import GpuFacts
 from .facts.meminfo import parse_meminfo
 from .facts.unitfiles import parse_unit_files, unit_files_argv
 from .facts.units import parse_systemctl_show
+from .footprints import footprints_file
+from .footprints import parse as parse_footprints
 from .observed import Observed, Releasing, ServiceObs, SvcState, classify, describe_state
 from .state import mode_file, parse_mode_record
 from .target import Target
@@ -62,6 +64,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             f_mem = pool.submit(host.read_file, meminfo_path)
             f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
             f_daemon = pool.submit(host.read_file, registration_file(target.state_dir))
+            f_fp = pool.submit(host.read_file, footprints_file(target.state_dir))
             f_files = pool.submit(_run_fact, host, unit_files_argv(*unit_file_location(target), list(unit_files))) if unit_files else None
             unit_states = f_units.result()
             if f_gpu is not None:
@@ -72,12 +75,14 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             mem_text = f_mem.result()
             rec_text = f_rec.result()
             daemon_text = f_daemon.result()
+            fp_text = f_fp.result()
             files_text = f_files.result() if f_files is not None else ""
         else:
             # a remote box: every fact in one round trip, each parsed as usual
             facts: dict[str, list[str]] = {"units": manager.state_argv(units), "meminfo": ["cat", "--", meminfo_path],
                                            "mode": ["cat", "--", mode_file(target.state_dir)],
-                                           "daemon": ["cat", "--", registration_file(target.state_dir)]}
+                                           "daemon": ["cat", "--", registration_file(target.state_dir)],
+                                           "footprints": ["cat", "--", footprints_file(target.state_dir)]}
             if with_gpu:
                 facts["gpu"] = target.gpu_fact_argv()
             if unit_files:
@@ -93,6 +98,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             mem_text = out["meminfo"].stdout if out["meminfo"].exit_code == 0 else None
             rec_text = out["mode"].stdout if out["mode"].exit_code == 0 else None
             daemon_text = out["daemon"].stdout if out["daemon"].exit_code == 0 else None
+            fp_text = out["footprints"].stdout if out["footprints"].exit_code == 0 else None
         record = parse_mode_record(rec_text, mode_file(target.state_dir))
         probes = {k: f.result() for k, f in f_probes.items()}
     mem = parse_meminfo(mem_text) if mem_text else None
@@ -137,7 +143,8 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     files, boot = parse_unit_files(files_text, list(unit_files)) if unit_files else ({}, 0.0)
     return Observed(host=target.spec.name, services=obs, gpu=gpu, mem=mem, record=record, manager=manager.kind,
                     sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped,
-                    unit_files=files, boot_time=boot, releasing=tuple(releasing), daemon=parse_daemon_link(daemon_text))
+                    unit_files=files, boot_time=boot, releasing=tuple(releasing), daemon=parse_daemon_link(daemon_text),
+                    footprints=parse_footprints(fp_text))
 
 
 def _run_fact(host: object, argv: list[str]) -> str:

@@ -17,6 +17,7 @@ from .engines.base import Health, Probe
 from .facts.gpu import GpuFacts
 from .facts.meminfo import MemInfo
 from .facts.units import UnitState
+from .footprints import Footprints
 from .state import ModeRecord
 
 
@@ -102,6 +103,7 @@ class Observed:
     boot_time: float = 0.0  # the host's boot time (epoch s): turns a unit's start into a wall time
     releasing: tuple[Releasing, ...] = ()  # memory of exiting processes, not yet given back (not in unmapped_pids)
     daemon: DaemonLink | None = None  # the router daemon registered on the box (it drains before a service leaves)
+    footprints: Footprints = field(default_factory=Footprints, hash=False, compare=False)  # learned figures (footprints.json)
 
     @property
     def gpu_total_mb(self) -> int:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 
 from .daemon.announce import DaemonLink
 from .drain import drained
-from .errors import GpuProbeError, SwitchFailed
+from .errors import GpuProbeError, PlanRefused, SwitchFailed
 from .execute import Event, Executor, SwitchReport
+from .learn import learn_from_run, measured_catalog, measured_lines
 from .lock import host_lock
 from .observe import observe
 from .observed import Observed
@@ -93,12 +94,17 @@ def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tupl
     seen = observe(target, unit_files=list(rendered))
     if seen.gpu is None:
         raise GpuProbeError(f"cannot plan without the GPU: {seen.gpu_error}")
-    if isinstance(op, SwitchTo):
-        plan = plan_switch(cat, seen, cat.modes[op.mode], policy, rendered)
-    elif isinstance(op, ServiceOp):
-        plan = plan_service(cat, seen, op, policy, rendered, now=time.time())
-    else:
-        plan = plan_refresh(cat, seen, policy, rendered)
+    cat = measured_catalog(target, seen, rendered)  # learned figures where the store has them
+    try:
+        if isinstance(op, SwitchTo):
+            plan = plan_switch(cat, seen, cat.modes[op.mode], policy, rendered)
+        elif isinstance(op, ServiceOp):
+            plan = plan_service(cat, seen, op, policy, rendered, now=time.time())
+        else:
+            plan = plan_refresh(cat, seen, policy, rendered)
+    except PlanRefused as exc:
+        exc.lines += measured_lines(cat)  # which figures were measured, and what the presets declare
+        raise
     return plan, seen
 
 
@@ -152,6 +158,7 @@ def _execute(target: Target, op: Operation, plan: Plan, policy: Policy, on_event
                       release_timeout_s=target.spec.release_timeout_s).run(plan)
     if not report.ok:
         _record_failure(target, op, report)
+    learn_from_run(target, report)
     record_run(target, op, started, report)
     return report
 

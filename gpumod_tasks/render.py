@@ -23,7 +23,7 @@ from .engines import vllm as engines_vllm
 from .envfile import env_digest, env_file_path, no_control
 from .hostfacts import HostFacts
 from .interpreter import this_python
-from .inventory import HostSpec
+from .inventory import HostSpec, SimSettings
 from .service_manager import ExecSpec
 
 if TYPE_CHECKING:
@@ -144,11 +144,37 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pres
     for key in ("infer_s", "stream_delay_s"):  # per-request delays, for queueing and streaming demos
         if sim.get(key):
             argv += [f"--{key.replace('_', '-')}", f"{sim[key]:g}"]
+    argv += sim_footprint(preset, t)
     env: dict[str, str] = dict(_common_env(preset, host))
     if facts.sim_pythonpath:
         env["PYTHONPATH"] = facts.sim_pythonpath
     stand_in = engine.stand_in_args(preset, peers)
     return _spec(preset, host, facts, Command((*argv, *stand_in.argv), stand_in.env), env)
+
+
+# What a sleeping vLLM holds per GPU by the published figures (shared/reference/servers.md D2):
+# ~774 MiB at tensor-parallel 1 (CUDA context + graph pool), 2.4 GiB and more per GPU under TP.
+PUBLISHED_VLLM_ASLEEP_MB = {1: 774, 2: 2458}
+
+
+def sim_footprint(preset: Preset, t: SimSettings) -> list[str]:
+    """Stand-in flags that make it hold more or less than its preset declares: awake
+    (``sim: {hold_factor: 1.3}`` or ``{hold_mb: N}``, or the host's ``sim_timings.hold_factor``)
+    and asleep per level (``sim: {sleep_l1_mb, sleep_l2_mb}``; with ``published: 1`` a vLLM
+    preset that declares no ``sleep_vram_mb`` sleeps holding the published figures). Nothing
+    when it holds just what it declares."""
+    sim = preset.sim
+    factor = sim.get("hold_factor", t.hold_factor)
+    if sim.get("hold_mb") is not None and preset.vram_mb:
+        factor = sim["hold_mb"] / preset.vram_mb
+    out = [] if abs(factor - 1.0) < 1e-9 else ["--hold-factor", f"{factor:.6g}"]
+    published = sim.get("published", t.published) and preset.driver.value == "vllm" and preset.sleep_vram_mb is None
+    per_gpu = PUBLISHED_VLLM_ASLEEP_MB[min(2, max(1, preset.gpus))] * max(1, preset.gpus)
+    for level in (1, 2):
+        mb = sim.get(f"sleep_l{level}_mb", per_gpu if published else None)
+        if mb is not None:
+            out += [f"--sleep-l{level}-mb", str(int(mb))]
+    return out
 
 
 def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:

@@ -83,6 +83,12 @@ SIM_SCHEMA: dict[str, Field] = {
     "release_lag_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
     "infer_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
     "stream_delay_s": Field("number", minimum=0, maximum=SIM_DELAY_MAX),
+    # a stand-in that holds more or less than the preset declares (render.sim_footprint)
+    "hold_factor": Field("number", minimum=0, maximum=100),
+    "hold_mb": Field("number", minimum=0, maximum=MB_MAX),
+    "sleep_l1_mb": Field("number", minimum=0, maximum=MB_MAX),
+    "sleep_l2_mb": Field("number", minimum=0, maximum=MB_MAX),
+    "published": Field("number", minimum=0, maximum=1),
 }
 
 MODE_SCHEMA: dict[str, Field] = {

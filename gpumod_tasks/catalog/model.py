@@ -75,6 +75,15 @@ class Preset:
     gpu_pin: tuple[str, ...] = ()  # GPUs it must run on: indices ("1") or UUIDs; () = any
     tensor_split: tuple[float, ...] = ()  # llama.cpp: the share of each of its GPUs (() = even)
     file: str = ""
+    # measured footprints (footprints.py / learn.py): when vram_mb / sleep_vram_mb carry learned
+    # figures, the preset's own ones are kept here and the sources say so
+    declared_vram_mb: int | None = None
+    declared_sleep_vram_mb: int | None = None
+    vram_source: str = "declared"  # measured | declared
+    sleep_source: str = "declared"
+    residuals_mb: tuple[tuple[int, int], ...] = ()  # measured: (sleep level, MB held asleep at it)
+    measured_gpu_mb: tuple[tuple[int, int], ...] = ()  # measured awake: (GPU index, MB held there)
+    learned_s: tuple[tuple[str, float], ...] = ()  # learned durations: (kind, seconds)
 
     @property
     def unit(self) -> str:
@@ -92,6 +101,14 @@ class Preset:
         if self.gpus > 1 and self.driver.value in DEFAULT_TP_RESIDUAL_MB_PER_GPU:
             return min(self.vram_mb, DEFAULT_TP_RESIDUAL_MB_PER_GPU[self.driver.value] * self.gpus)
         return min(self.vram_mb, DEFAULT_SLEEP_VRAM_MB[self.driver])
+
+    def residual_at(self, level: int | None) -> int:
+        """VRAM held asleep at ``level``: the measured figure of that level, else ``residual_mb``."""
+        return dict(self.residuals_mb).get(level or 0, self.residual_mb) if level else self.residual_mb
+
+    def learned(self, kind: str) -> float | None:
+        """A learned duration (footprints.DURATIONS), or None."""
+        return dict(self.learned_s).get(kind)
 
     def per_gpu_mb(self, mb: int) -> tuple[int, ...]:
         """A total of this service's MB split over its GPUs, in its GPU order: by ``tensor_split``

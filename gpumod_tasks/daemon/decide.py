@@ -2,7 +2,9 @@
 
 - ``choose_mode``: which mode to switch to for a model outside the current mode: every candidate
   is planned from the same observation (the planner is pure), refused ones are dropped, and the
-  one with the shortest expected time wins (ties: fewer steps, then the mode id).
+  one with the shortest expected time wins (ties: fewer steps, then the mode id). Given the
+  catalog with measured footprints (``learn.measured_catalog``), fits use the measured figures
+  and times the learned durations of each service's starts, wakes and sleeps.
 - ``service_state``: the state ``/models`` shows (homeGPT's vocabulary).
 - ``idle_candidates``: services of the current mode due for their ``sleep_on_idle`` sleep.
 """
@@ -28,21 +30,30 @@ DEFAULT_STOP_S = 2.0
 DEFAULT_RELEASE_S = 1.0
 
 
+def _learned(p: Preset | None, kind: str) -> float | None:
+    return p.learned(kind) if p is not None else None
+
+
 def step_seconds(step: Step, catalog: Catalog) -> float:
-    """Expected duration of one step (the engine's defaults)."""
+    """Expected duration of one step: what this service's transitions took on this host
+    (``Preset.learned``, from the measured footprints), else the engine's defaults."""
     p: Preset | None = catalog.presets.get(getattr(step, "service", "") or "")
     if isinstance(step, Start):
-        return 0.5 if step.router else DEFAULT_START_S[p.driver] if p else 10.0
+        if step.router:
+            return 0.5
+        return _learned(p, "start") or (DEFAULT_START_S[p.driver] if p else 10.0)
     if isinstance(step, RouterLoad):
-        return DEFAULT_START_S[Driver.LLAMACPP]
+        return _learned(p, "router_load") or DEFAULT_START_S[Driver.LLAMACPP]
     if isinstance(step, Wake):
-        return DEFAULT_WAKE_S.get(step.level, 4.0)
+        return _learned(p, f"wake_l{step.level}") or DEFAULT_WAKE_S.get(step.level, 4.0)
     if isinstance(step, AwaitHealthy):
         return DEFAULT_START_S[p.driver] / 2 if p else 5.0
-    if isinstance(step, (Sleep, RouterUnload)):
-        return DEFAULT_SLEEP_S
+    if isinstance(step, Sleep):
+        return _learned(p, f"sleep_l{step.level}") or DEFAULT_SLEEP_S
+    if isinstance(step, RouterUnload):
+        return _learned(p, "router_unload") or DEFAULT_SLEEP_S
     if isinstance(step, Stop):
-        return DEFAULT_STOP_S
+        return _learned(p, "stop") or DEFAULT_STOP_S
     if isinstance(step, WaitRelease):
         return DEFAULT_RELEASE_S
     if isinstance(step, Quiesce):

@@ -344,13 +344,14 @@ class ModelManager:
         daemon's has changed since; a change behind its back in those milliseconds only makes
         the choice less than the quickest: the switch itself observes again under the host lock
         and plans from that, refusing what does not fit."""
+        from ..learn import measured_catalog
         from ..pipeline import policy_for
 
         t = self.target()
         if seen is None:
             seen = self._observe()
         try:
-            return choose_mode(self.cat, seen, sid, policy_for(t)).mode
+            return choose_mode(measured_catalog(t, seen), seen, sid, policy_for(t)).mode
         except NoModeFits as exc:
             raise RouteError(409, str(exc)) from None
 

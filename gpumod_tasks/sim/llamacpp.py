@@ -88,7 +88,7 @@ class Router:
     def _child_load(self, m: RouterModel) -> None:
         time.sleep(self.args.load_s)
         try:
-            self.charge.alloc(m.vram_mb, m.name, m.name)
+            self.charge.alloc(int(m.vram_mb * getattr(self.args, "hold_factor", 1.0)), m.name, m.name)
         except OutOfMemory as exc:
             log(f"model {m.name} failed to load: {exc}")
             with self.lock:
@@ -288,7 +288,7 @@ def single_llama_loader(args: argparse.Namespace, charge: Charge, state: dict[st
     def loader() -> None:
         time.sleep(args.load_s)
         try:
-            charge.alloc(args.vram_mb, "model", args.alias or args.model)
+            charge.alloc(int(args.vram_mb * getattr(args, "hold_factor", 1.0)), "model", args.alias or args.model)
         except OutOfMemory as exc:
             log(f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating failed: {exc}")
             os._exit(1)

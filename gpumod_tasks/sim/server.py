@@ -59,6 +59,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sleep-vram-mb", type=int, default=None,
                    help="the TOTAL kept while asleep (default 512; under tensor parallel 2458 per GPU, as published for vLLM)")
     p.add_argument("--weights-mb", type=int, default=None)
+    # hold more or less than declared (a preset that lies): awake x factor; asleep per vLLM level
+    p.add_argument("--hold-factor", type=float, default=1.0)
+    p.add_argument("--sleep-l1-mb", type=int, default=None)
+    p.add_argument("--sleep-l2-mb", type=int, default=None)
     # vLLM's own flags
     p.add_argument("--model", "-m", default="")
     p.add_argument("--served-model-name", nargs="*", default=None)

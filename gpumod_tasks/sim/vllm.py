@@ -61,15 +61,22 @@ class VllmEngine:
     def __init__(self, args: argparse.Namespace, ranks: list[Holder], gpus: list[Ledger], name: str):
         self.args, self.ranks, self.gpus, self.name = args, ranks, gpus, name
         self.pid = os.getpid()
-        total = args.vram_mb
-        runtime = min(args.sleep_vram_mb, total)
-        rest = total - runtime
+        total = int(args.vram_mb * getattr(args, "hold_factor", 1.0))  # what it really holds awake
+        # asleep it keeps its runtime (CUDA context) at every level; what one level keeps beyond
+        # the other (--sleep-l1-mb / --sleep-l2-mb) sits in a "graphs" pool freed at the other level
+        kept = {lv: getattr(args, f"sleep_l{lv}_mb", None) for lv in (1, 2)}
+        self.kept = {lv: min(total, args.sleep_vram_mb if mb is None else mb) for lv, mb in kept.items()}
+        runtime = min(self.kept.values())
+        graphs = max(self.kept.values()) - runtime
+        rest = total - runtime - graphs
         weights = min(args.weights_mb if args.weights_mb is not None else int(rest * 0.6), rest)
         even = [1.0] * len(ranks)
         self.totals = split_mb(total, even)
         self.runtime_mb = split_mb(runtime, even)
+        self.graphs_mb = split_mb(graphs, even)
         self.weights_mb = split_mb(weights, even)
-        self.kv_mb = [t - r - w for t, r, w in zip(self.totals, self.runtime_mb, self.weights_mb)]
+        self.kv_mb = [t - r - g - w for t, r, g, w in zip(self.totals, self.runtime_mb, self.graphs_mb, self.weights_mb)]
+        self.runtime_total, self.graphs_total = runtime, graphs
         self.cond = threading.Condition()
         self.asleep: set[str] = set()  # tags currently asleep: weights, kv_cache, scheduling
         self.level: int | None = None
@@ -98,6 +105,8 @@ class VllmEngine:
                 raise SystemExit(1)
         try:
             self._each("runtime", self.runtime_mb)
+            if self.graphs_total:
+                self._each("graphs", self.graphs_mb)
             self._each("weights", self.weights_mb)
             self._each("kv_cache", self.kv_mb)
         except (OutOfMemory, WorkerGone) as exc:
@@ -160,6 +169,8 @@ class VllmEngine:
                 if self.sleeps_free:
                     freed = self._free("kv_cache")
                     freed += self._free("weights")
+                    if self.graphs_total and self.kept[level] == self.runtime_total:
+                        freed += self._free("graphs")
                     if level == 2:
                         self.weights_valid = False
                     log(f"Sleep mode freed {freed / 1024:.2f} GiB memory")
@@ -184,6 +195,8 @@ class VllmEngine:
         if "kv_cache" in todo:
             if self.sleeps_free:
                 self._each("kv_cache", self.kv_mb)
+                if self.graphs_total and self.level is not None and self.kept[self.level] == self.runtime_total:
+                    self._each("graphs", self.graphs_mb)
         with self.cond:
             self.asleep -= set(todo)
             if self.asleep == {"scheduling"} and not tags:

@@ -57,6 +57,17 @@ def presets(c, json_=False):
     _check(c, "presets", json_)
 
 
+@task(help={"write": "Write the measured figures into the presets (in place: comments and key order kept).", **JSON_HELP})
+def footprints(c, write=False, json_=False):
+    """Declared VRAM (vram_mb, sleep_vram_mb) within 10 % of what the services were measured holding.
+
+    A problem names the preset's file:line and the value to write; --write writes it. Figures are
+    learned on the target after every switch or service operation (its footprints.json)."""
+    from .. import doctor
+
+    _run(c, lambda t: [doctor.check_footprints(t, write=write)], json_)
+
+
 @task(help=JSON_HELP)
 def sysctl(c, json_=False):
     """Kernel memory reserve: vm.min_free_kbytes at least the recommended 1048576 kB."""
@@ -98,7 +109,7 @@ def all_(c, json_=False):
 
 
 ns = Collection("doctor")
-for t in (gpu, sysctl, presets, units, venv, fleet):
+for t in (gpu, sysctl, presets, footprints, units, venv, fleet):
     ns.add_task(t)
 ns.add_task(oom_protection, name="oom-protection")
 ns.add_task(all_, name="all")

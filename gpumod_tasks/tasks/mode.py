@@ -17,13 +17,20 @@ def list_(c, json_=False):
     catalog()  # an invalid catalog is reported before any host is contacted
 
     def run(t, con):
-        cat = t.catalog
+        from ..learn import catalog_from_store, declared_mb, read_store
+
+        cat = catalog_from_store(t, read_store(t))  # totals with the figures learned on this target
         current = read_mode(t.host, t.state_dir).mode
+        measured = sorted(p.id for p in cat.presets.values() if p.vram_source == "measured")
         if json_:
             print_json([{"id": m.id, "name": m.name, "services": list(m.service_ids), "total_vram_mb": cat.mode_vram(m),
+                         "declared_total_vram_mb": sum(declared_mb(cat.presets[s]) for s in m.service_ids),
+                         "measured": [s for s in m.service_ids if s in measured],
                          "current": m.id == current} for m in cat.modes.values()])
         else:
             con.print(modes_table(cat, current))
+            con.print(f"totals: measured figures for {', '.join(measured)}, declared for the rest" if measured
+                      else "totals: declared figures (nothing measured on this target yet)")
             if current and current not in cat.modes:
                 con.print(f"[yellow]note:[/yellow] the recorded mode {current!r} is not in the catalog any more")
         return f"current: {current or '-'}"
@@ -71,10 +78,13 @@ def _gpu_mb(c) -> int:
 def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None, json_=False):
     """Check whether a mode (or a set of services) fits in VRAM, with alternatives when it does not.
 
-    Simulation never starts or stops anything: it reads only the catalog and the inventory.
+    Simulation never starts or stops anything. It plans with the figures measured on the target
+    (where there are some; each figure says measured or declared) and prints the expected switch
+    time from the target's current state; an unreachable target leaves the declared figures.
     """
     from ..cli_context import catalog, host_specs
     from ..fit import simulate as fit
+    from ..footprint_view import print_simulate_extras, simulate_on_target
     from ..gpu_use import fit_per_gpu, fit_placement, simulate_on_gpus
     from ..paths import controller_dir
     from ..state import History
@@ -99,6 +109,9 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     reserve = _megabytes("--reserve-mb", reserve_mb, minimum=0) if reserve_mb is not None else spec.reserve_mb
     if reserve >= total:
         raise Exit(f"error: the reserve ({reserve} MB) must be less than the GPU size ({total} MB)", code=2)
+    live = simulate_on_target(c, spec, cat, name, seen, add)  # measured figures and the expected switch time
+    if live.get("catalog") is not None:
+        cat = live.pop("catalog")
     result = fit(cat, [cat.presets[i] for i in seen], total, reserve)
     try:
         h = History(f"{controller_dir()}/history.sqlite")
@@ -116,10 +129,12 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
             doc.update(on_gpus.as_dict())
         elif per_gpu or "gpus" not in doc:  # per GPU: the GPU's arithmetic and each placed service's share there
             doc.update(placement={sid: list(ix) for sid, ix in fit_placement(result)}, gpus=[g.as_dict() for g in per_gpu])
-        print(json.dumps(doc, indent=1))
+        print(json.dumps({**doc, **live}, indent=1))
     else:
-        fit_report(make_console(), result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip(),
+        con = make_console()
+        fit_report(con, result, f"simulate {name or ''} {'+ ' + ', '.join(add) if add else ''}".strip(),
                    per_gpu=per_gpu, on_gpus=on_gpus)
+        print_simulate_extras(con, live)
     if not fits:
         raise Exit(code=1)
 

@@ -29,8 +29,9 @@ def info(c, model, context=0, preset=None, id=None, port=8100, driver=None, json
 
     mi, note = inspect_model(model)
     ctx = int(context) or min(mi.max_context or 32768, 32768)
+    learned = _learned(c, model)
     if json_:
-        print(json.dumps({**mi.as_dict(ctx), "note": note or None}, indent=1))
+        print(json.dumps({**mi.as_dict(ctx), "note": note or None, "learned": learned}, indent=1))
     else:
         con = make_console()
         if note:
@@ -44,6 +45,10 @@ def info(c, model, context=0, preset=None, id=None, port=8100, driver=None, json
         con.print(f"  KV cache        {mi.kv_mb_per_1k:.3f} MB per 1K tokens (fp16)")
         con.print(f"  estimate        {mi.estimate_mb(ctx)} MB at {ctx} tokens "
                   f"(weights + {mi.kv_mb_per_1k * ctx / 1024:.0f} MB KV + 512 MB runtime)")
+        for r in learned:
+            at = f" at its {r['context_size']} tokens: estimate {mi.estimate_mb(r['context_size'])} MB" if r["context_size"] else ""
+            con.print(f"  measured        {r['measured_mb']} MB held by {r['service']} (max of {r['runs']} run{'s' if r['runs'] != 1 else ''}; "
+                      f"preset declares {r['declared_mb']} MB){at}")
     if preset:
         out = Path(preset)
         if out.exists():
@@ -54,6 +59,18 @@ def info(c, model, context=0, preset=None, id=None, port=8100, driver=None, json
         out.write_text(preset_yaml(mi, preset_id=pid, port=int(port), context=ctx, driver=drv))
         if not json_:
             print(f"wrote {out}")
+
+
+def _learned(c, model: str) -> list:
+    """What services running this model were measured holding on the target (none when it cannot be read)."""
+    from ..cli_context import host_specs, open_target
+    from ..footprint_view import learned_for_model
+
+    try:
+        with open_target(c, host_specs(c)[0]) as t:
+            return learned_for_model(t, model)
+    except Exception:  # noqa: BLE001 - the estimate stands alone
+        return []
 
 
 ns = Collection("model")

@@ -30,10 +30,13 @@ def show(c, service_id, json_=False):
     p = catalog().preset(service_id)
     d = masked_preset(dataclasses.asdict(p))  # secret-looking env values are masked
     d["driver"], d["sleep_mode"], d["unit"], d["sleep_residual_mb"] = p.driver.value, p.sleep_mode.value, p.unit, p.residual_mb
+    for k in ("declared_vram_mb", "declared_sleep_vram_mb", "vram_source", "sleep_source", "residuals_mb", "learned_s", "measured_gpu_mb"):
+        d.pop(k, None)  # the footprint below says them, per state and GPU
+    fp = _footprint(c, p)
     if json_:
         from ..ui import print_json
 
-        print_json(d, default=str)
+        print_json({**d, "footprint": fp}, default=str)
         return
     from ..ui import make_console
 
@@ -41,6 +44,44 @@ def show(c, service_id, json_=False):
     for k, v in d.items():
         if v not in (None, "", (), {}, []):
             con.print(f"[bold]{k}[/bold]: {v}")
+    _print_footprint(con, fp)
+
+
+def _footprint(c, p) -> dict:
+    """Declared vs measured for every state and GPU, and the learned durations, from the target's
+    store (the first -H host; the local one by default)."""
+    from ..cli_context import host_specs, open_target
+    from ..footprint_view import footprint_rows
+    from ..learn import digests, read_store
+
+    try:
+        spec = host_specs(c)[0]
+        with open_target(c, spec) as t:
+            fp = read_store(t)
+            digest = digests(t, [p.id]).get(p.id, "")
+            return {"host": spec.name, "digest": digest, "rows": footprint_rows(p, fp, digest),
+                    "durations_s": {k: fp.seconds(p.id, k, digest) for k in sorted(fp.durations.get(p.id, {}))}}
+    except Exception as exc:  # noqa: BLE001 - the preset is shown all the same
+        return {"error": f"footprints not read: {exc}"}
+
+
+def _print_footprint(con, fp: dict) -> None:
+    from rich.table import Table
+
+    if fp.get("error"):
+        con.print(f"[yellow]{fp['error']}[/yellow]")
+        return
+    t = Table(title=f"footprint on {fp['host']} (declared vs measured, max of the last 5 runs with this preset and unit)",
+              title_justify="left")
+    for col in ("state", "GPU", "declared MB", "measured MB", "runs", "older runs"):
+        t.add_column(col, justify="left" if col == "state" else "right")
+    for r in fp["rows"]:
+        t.add_row(r["state"], str(r["gpu"]), "-" if r["declared_mb"] is None else str(r["declared_mb"]),
+                  "-" if r["measured_mb"] is None else str(r["measured_mb"]), str(r["samples"]),
+                  str(r["stale_samples"]) if r["stale_samples"] else "")
+    con.print(t)
+    if fp["durations_s"]:
+        con.print("learned durations: " + ", ".join(f"{k} {v:.2f}s" for k, v in fp["durations_s"].items() if v is not None))
 
 
 def _action(c, action, service_id, dry_run=False, **kw):

@@ -11,6 +11,8 @@ from invoke import Context, Exit
 from rich.markup import escape
 
 from ..cli_context import for_each_host
+from ..footprint_view import figures_table, footprints_json
+from ..learn import declared_mb, measured_catalog
 from ..observe import observe
 from ..status import observed_dict
 from ..target import Target
@@ -22,8 +24,9 @@ def host_status(c: Context, as_json: bool) -> None:
     def run(t: Target, con: Any) -> str:
         t.ensure_sim()
         seen = observe(t)
+        cat = measured_catalog(t, seen)
         if as_json:
-            print(json.dumps(observed_dict(t, seen), indent=1))
+            print(json.dumps({**observed_dict(t, seen), "footprints": footprints_json(cat)}, indent=1))
             return "ok"
         gpu_panel(con, t.catalog, seen)
         rec = seen.record
@@ -35,6 +38,7 @@ def host_status(c: Context, as_json: bool) -> None:
         else:
             con.print(f"mode: [bold]{rec.mode or '(none recorded)'}[/bold]{when}")
         con.print(status_table(t.catalog, seen))
+        con.print(figures_table(cat, list(seen.services)))
         return (f"FAILED: {rec.failure.get('operation')}" if rec.failed else f"mode {rec.mode}") + \
             f", {gpu_used_text(seen).replace(' / ', '/')}"
 
@@ -51,17 +55,22 @@ def mode_status(c: Context, as_json: bool) -> None:
         seen = observe(t)
         rec = seen.record
         ids = [s for s in (t.catalog.modes[rec.mode].service_ids if rec.mode in t.catalog.modes else ())]
+        cat = measured_catalog(t, seen)
         if as_json:
             d = observed_dict(t, seen)
             d["mode_services"] = ids
-            d["mode_vram_mb"] = sum(t.catalog.presets[s].vram_mb for s in ids)
+            d["mode_vram_mb"] = sum(cat.presets[s].vram_mb for s in ids)
+            d["declared_mode_vram_mb"] = sum(declared_mb(cat.presets[s]) for s in ids)
+            d["footprints"] = footprints_json(cat, ids)
             print(json.dumps(d, indent=1))
             return "ok"
-        total = sum(t.catalog.presets[s].vram_mb for s in ids)
+        total = sum(cat.presets[s].vram_mb for s in ids)
+        measured = [s for s in ids if cat.presets[s].vram_source == "measured"]
         name = t.catalog.modes[rec.mode].name if rec.mode in t.catalog.modes else "-"
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.since)) if rec.since else "-"
         body = (f"mode [bold]{rec.mode or '(none)'}[/bold] ({name}) since {since}\n"
-                f"services: {', '.join(ids) or '-'}\ntotal VRAM (preset figures): {total} MB; "
+                f"services: {', '.join(ids) or '-'}\ntotal VRAM: {total} MB "
+                f"({'measured: ' + ', '.join(measured) + '; others ' if measured else ''}declared); "
                 f"GPU used now: {gpu_used_text(seen)}")
         if rec.failed:
             body = f"[bold red]FAILED[/bold red]: {escape(rec.failure_line())}\n" + body
