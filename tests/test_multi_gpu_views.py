@@ -253,7 +253,10 @@ def test_status_shows_two_bars_and_json_two_gpus(two_gpu_rag):
     bars = [ln for ln in lines if ln.startswith("[") and ln.endswith("]")]
     assert len(bars) == 2 and all(len(b) == 62 for b in bars)
     assert f"GPU1 other GPU processes: pid {foreign}: 700 MB" in out
-    rows = {ln.split("│")[1].strip(): ln for ln in lines if ln.startswith("│")}
+    rows: dict[str, str] = {}
+    for ln in lines:  # the services table (the first one printed; the footprint table follows)
+        if ln.startswith("│"):
+            rows.setdefault(ln.split("│")[1].strip(), ln)
     assert re.search(r"\b6500\s+│\s+GPU0,1\s+│", rows["doc"]), rows["doc"]
     assert re.search(r"\b2500\s+│\s+GPU0\s+│", rows["emb"]), rows["emb"]
 
