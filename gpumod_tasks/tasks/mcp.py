@@ -39,7 +39,7 @@ def serve(c, http=False, host="127.0.0.1", port=8765, token=None, allowed_host=N
     if len(specs) != 1:
         raise Exit(f"mcp.serve drives one host; -H resolved to {len(specs)} ({', '.join(s.name for s in specs)})", code=2)
     spec = specs[0]
-    server = build_server(lambda: open_target(c, spec, catalog()), catalog, spec.label)
+    server = build_server(lambda: open_target(c, spec, catalog(spec)), lambda: catalog(spec), spec.label)
     if http:
         import uvicorn
 

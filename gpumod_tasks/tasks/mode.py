@@ -41,12 +41,12 @@ def list_(c, json_=False):
 @task(help={"name": "Mode id.", "json": "Print JSON."})
 def show(c, name, json_=False):
     """Show one mode: its services and their VRAM."""
-    from ..cli_context import catalog
+    from ..cli_context import catalog, host_specs
     from ..fit import simulate as fit
     from ..gpu_use import fit_per_gpu
     from ..ui import fit_report, make_console
 
-    cat = catalog()
+    cat = catalog(host_specs(c)[0])  # the catalog of the host it would run on (-H)
     m = cat.mode(name)
     presets = [cat.presets[s] for s in m.service_ids]
     if json_:
@@ -90,7 +90,8 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
     from ..state import History
     from ..ui import fit_report, make_console
 
-    cat = catalog()
+    spec = host_specs(c)[0]
+    cat = catalog(spec)  # the target's own catalog (an inventory host may name one)
     ids: list[str] = []
     if name:
         ids += list(cat.mode(name).service_ids)
@@ -104,7 +105,6 @@ def simulate(c, name=None, add=None, services=None, gpu_mb=None, reserve_mb=None
         cat.preset(i)
         if i not in seen:
             seen.append(i)
-    spec = host_specs(c)[0]
     total = _megabytes("--gpu-mb", gpu_mb, minimum=1) if gpu_mb is not None else spec.gpu_total_mb or 24564
     reserve = _megabytes("--reserve-mb", reserve_mb, minimum=0) if reserve_mb is not None else spec.reserve_mb
     if reserve >= total:

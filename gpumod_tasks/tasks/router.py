@@ -120,7 +120,7 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
                     "prefer $GPUMOD_ROUTER_API_KEY_FILE or $GPUMOD_ROUTER_API_KEY")
     spec = specs[0]
     metrics = Metrics()
-    mgr = ModelManager(lambda: open_target(c, spec), catalog,
+    mgr = ModelManager(lambda: open_target(c, spec), lambda: catalog(spec),
                        Options(request_timeout_s=float(request_timeout), concurrency=int(concurrency),
                                restart_unhealthy=bool(restart_unhealthy), reconcile_s=float(reconcile_s)), metrics)
     limits = Limits(max_body_bytes=max_body)

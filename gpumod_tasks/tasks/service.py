@@ -8,10 +8,10 @@ from invoke import Collection, Exit, task
 @task(help={"json": "Print JSON."})
 def list_(c, json_=False):
     """List every service in the catalog."""
-    from ..cli_context import catalog
+    from ..cli_context import catalog, host_specs
     from ..ui import make_console, presets_table, print_json
 
-    cat = catalog()
+    cat = catalog(host_specs(c)[0])
     if json_:
         print_json([{"id": p.id, "name": p.name, "driver": p.driver.value, "port": p.port, "vram_mb": p.vram_mb,
                      "sleep_mode": p.sleep_mode.value, "category": p.category} for p in cat.presets.values()])
@@ -24,10 +24,10 @@ def show(c, service_id, json_=False):
     """Show one preset as gpumod reads it."""
     import dataclasses
 
-    from ..cli_context import catalog
+    from ..cli_context import catalog, host_specs
     from ..envfile import masked_preset
 
-    p = catalog().preset(service_id)
+    p = catalog(host_specs(c)[0]).preset(service_id)
     d = masked_preset(dataclasses.asdict(p))  # secret-looking env values are masked
     d["driver"], d["sleep_mode"], d["unit"], d["sleep_residual_mb"] = p.driver.value, p.sleep_mode.value, p.unit, p.residual_mb
     for k in ("declared_vram_mb", "declared_sleep_vram_mb", "vram_source", "sleep_source", "residuals_mb", "learned_s", "measured_gpu_mb"):
@@ -151,9 +151,9 @@ def sleep_level(preset, level: str | None) -> int | None:
             "dry-run": DRY})
 def sleep(c, service_id, level=None, dry_run=False):
     """Put one sleep-capable service to sleep (vLLM L1/L2, or unload from its llama.cpp router)."""
-    from ..cli_context import catalog
+    from ..cli_context import catalog, host_specs
 
-    _action(c, "sleep", service_id, dry_run, level=sleep_level(catalog().preset(service_id), level))
+    _action(c, "sleep", service_id, dry_run, level=sleep_level(catalog(host_specs(c)[0]).preset(service_id), level))
 
 
 @task(help={"service-id": "Service to wake.", "dry-run": DRY})
