@@ -150,7 +150,7 @@ def _gpu_room(catalog: Catalog, seen: Observed, policy: Policy, awake: list[str]
     """What would make the plan fit on the GPUs: another placement (a pin dropped), sleeping or
     stopping one service that holds a GPU the plan needs."""
     out: list[str] = []
-    for sid in [s for s in arriving if s in pl.unplaced and catalog.presets[s].gpu_pin]:
+    for sid in [s for s in arriving if catalog.presets[s].gpu_pin and s in pl.unplaced]:
         p = catalog.presets[sid]
         free = replace(catalog, presets={**catalog.presets, sid: replace(p, gpu_pin=())})
         alt = place(free, seen, policy, awake, sleeping)

@@ -165,6 +165,13 @@ def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str]
         out.gpus[sid] = gpus
         for g, mb in shares(p, _charge(catalog, sid, sid in awake), gpus).items():
             load[g] = load.get(g, 0) + mb
+    for sid in [s for s in awake if catalog.presets[s].gpu_pin and s in out.gpus and s not in out.impossible]:
+        p = catalog.presets[sid]
+        mine = shares(p, _charge(catalog, sid, True), out.gpus[sid])
+        if any(load[g] > budget[g] for g in mine) and held(seen, sid) != out.gpus[sid]:
+            free = ", ".join(f"GPU{g} {budget[g] - load[g] + mb} MB free" for g, mb in mine.items())
+            need = ", ".join(f"{mb} MB on GPU{g}" for g, mb in mine.items())
+            out.unplaced[sid] = f"{sid} is pinned and needs {need}: {free}"
     # the largest first (their choice is the narrowest), then by id: deterministic
     todo.sort(key=lambda s: (-max(catalog.presets[s].per_gpu_mb(_charge(catalog, s, s in awake))), s))
     for sid in todo:
