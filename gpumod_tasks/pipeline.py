@@ -24,7 +24,7 @@ from .errors import GpuProbeError, SwitchFailed
 from .execute import Event, Executor, SwitchReport
 from .lock import host_lock
 from .observe import observe
-from .observed import Observed
+from .observed import Observed, RenderedUnit
 from .plan import LEAVING, Plan, Policy, ServiceOp, plan_refresh, plan_service, plan_switch
 from .plan.order import with_dependencies
 from .state import read_mode, write_mode
@@ -82,24 +82,42 @@ def _units_for(target: Target, op: Operation) -> list[str]:
 
 
 def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tuple[Plan, Observed]:
-    """Observe and plan (no lock, nothing changed): the dry run, and the first half of ``run``."""
+    """Observe and plan (no lock, nothing changed): the dry run, and the first half of ``run``.
+
+    On a box with several GPUs the placement is decided before the units are rendered: a first plan
+    without the rendered units (pure; it fails as the real one would) places every service, the
+    units are rendered for those GPUs, and the plan is made with them, keeping that placement. A
+    service placed anew gets a unit that differs from the installed one, which the plan installs
+    (and restarts it, when it runs)."""
     from .unit_install import render_units
 
     cat = target.catalog
     _check_names(target, op)
     policy = policy or policy_for(target)
     target.ensure_sim()
-    rendered = render_units(target, [cat.presets[s] for s in _units_for(target, op)])
-    seen = observe(target, unit_files=list(rendered))
+    presets = [cat.presets[s] for s in _units_for(target, op)]
+    seen = observe(target, unit_files=list(dict.fromkeys(p.unit for p in presets)))
     if seen.gpu is None:
         raise GpuProbeError(f"cannot plan without the GPU: {seen.gpu_error}")
+    placement: dict[str, tuple[int, ...]] | None = None
+    assigned = None
+    if seen.multi_gpu:
+        from .plan.placement import assignment, static_gpus
+
+        placement = dict(_plan(target, op, policy, seen, None, None).placement)
+        assigned = {p.id: assignment(seen, placement.get(p.id) or static_gpus(seen, p)) for p in presets}
+    rendered = render_units(target, presets, assigned)
+    return _plan(target, op, policy, seen, rendered, placement), seen
+
+
+def _plan(target: Target, op: Operation, policy: Policy, seen: Observed, rendered: dict[str, RenderedUnit] | None,
+          placement: dict[str, tuple[int, ...]] | None) -> Plan:
+    cat = target.catalog
     if isinstance(op, SwitchTo):
-        plan = plan_switch(cat, seen, cat.modes[op.mode], policy, rendered)
-    elif isinstance(op, ServiceOp):
-        plan = plan_service(cat, seen, op, policy, rendered, now=time.time())
-    else:
-        plan = plan_refresh(cat, seen, policy, rendered)
-    return plan, seen
+        return plan_switch(cat, seen, cat.modes[op.mode], policy, rendered, placement)
+    if isinstance(op, ServiceOp):
+        return plan_service(cat, seen, op, policy, rendered, now=time.time(), placement=placement)
+    return plan_refresh(cat, seen, policy, rendered or {}, placement)
 
 
 def run(target: Target, op: Operation, *, dry_run: bool = False, wait_lock: bool = True, quiesce: bool = True,

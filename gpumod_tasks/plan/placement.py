@@ -218,6 +218,13 @@ def per_gpu(catalog: Catalog, seen: Observed, policy: Policy, placement: Placeme
     return tuple(GpuPlan(s.index, s.total_mb, s.budget_mb, proj.get(s.index, 0), s.uuid, s.name) for s in slots(seen, policy))
 
 
+def static_gpus(seen: Observed, p: Preset) -> tuple[int, ...]:
+    """The GPUs of a service outside any plan's placement (a stopped one whose unit is written
+    ahead, ``template.diff``): its pins, else the lowest GPUs."""
+    pin = resolve_pin(seen, p) if p.gpu_pin else ()
+    return pin or seen.gpu_indices[:max(1, p.gpus)]
+
+
 def arithmetic(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str], sleeping: Iterable[str],
                fixed: Mapping[str, tuple[int, ...]] | None = None) -> tuple[Placement, tuple[GpuPlan, ...]]:
     """The placement and each GPU's arithmetic, checking nothing (a plan that loads nothing)."""
