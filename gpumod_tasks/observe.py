@@ -105,10 +105,10 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
         pr = probes.get(p.id)
         if pid not in pid_owner or (pr is not None and pr.router_status in ("loaded", "loading")):
             pid_owner[pid] = p.id
-    vram: dict[str, dict[int, int]] = {}  # service -> GPU index -> MB (a process on several GPUs counts on each)
+    vram: dict[str, dict[int, int]] = {}
     unmapped: dict[int, int] = {}
     foreign_gpu: dict[int, int] = {}
-    gone: dict[int, Releasing] = {}
+    releasing: list[Releasing] = []
     if gpu and gpu.gpus:
         # GPU processes that are not a unit's main pid (vLLM's engine core and tensor-parallel
         # workers, router children): one round trip for all of them
@@ -117,23 +117,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
         running = {p.id for p in presets if unit_states[p.unit].is_running}
         last_run = {unit_states[p.unit].last_pid: p.id for p in presets
                     if unit_states[p.unit].last_pid and not unit_states[p.unit].is_running}
-        for g in gpu.gpus:
-            for pid, mb in g.per_pid.items():
-                mb = mb or 0
-                owner = pid_owner.get(pid)
-                why = None if owner else releasing_owner(pid, by_cgroup.get(pid), pstate.get(pid, ""), running, last_run)
-                if why is not None:
-                    r = gone.get(pid) or Releasing(pid, 0, why)
-                    gone[pid] = Releasing(pid, r.mb + mb, why, {**r.gpu_mb, g.index: r.gpu_mb.get(g.index, 0) + mb})
-                    continue
-                owner = owner or by_cgroup.get(pid)
-                if owner:
-                    per = vram.setdefault(owner, {})
-                    per[g.index] = per.get(g.index, 0) + mb
-                else:
-                    unmapped[pid] = unmapped.get(pid, 0) + mb
-                    foreign_gpu[g.index] = foreign_gpu.get(g.index, 0) + mb
-    releasing = list(gone.values())
+        vram, unmapped, foreign_gpu, releasing = attribute(gpu, pid_owner, by_cgroup, pstate, running, last_run)
     obs: dict[str, ServiceObs] = {}
     for p in presets:
         u = unit_states[p.unit]
@@ -146,6 +130,36 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
                     sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped,
                     unit_files=files, boot_time=boot, releasing=tuple(releasing), daemon=parse_daemon_link(daemon_text),
                     foreign_gpu_mb=foreign_gpu)
+
+
+def attribute(gpu: GpuFacts, pid_owner: dict[int, str], by_cgroup: dict[int, str], pstate: dict[int, str],
+              running: set[str], last_run: dict[int, str]
+              ) -> tuple[dict[str, dict[int, int]], dict[int, int], dict[int, int], list[Releasing]]:
+    """Pure: every (process, GPU) pair of the GPU fact to its owner, per GPU index: services
+    (service -> GPU -> MB; a process on several GPUs counts on each, tensor-parallel workers are
+    their own pids found by the cgroup walk), processes gpumod does not run (pid -> MB, and GPU ->
+    MB), and processes on their way out (with their MB per GPU)."""
+    vram: dict[str, dict[int, int]] = {}
+    unmapped: dict[int, int] = {}
+    foreign_gpu: dict[int, int] = {}
+    gone: dict[int, Releasing] = {}
+    for g in gpu.gpus:
+        for pid, raw in g.per_pid.items():
+            mb = raw or 0
+            owner = pid_owner.get(pid)
+            why = None if owner else releasing_owner(pid, by_cgroup.get(pid), pstate.get(pid, ""), running, last_run)
+            if why is not None:
+                r = gone.get(pid) or Releasing(pid, 0, why)
+                gone[pid] = Releasing(pid, r.mb + mb, why, {**r.gpu_mb, g.index: r.gpu_mb.get(g.index, 0) + mb})
+                continue
+            owner = owner or by_cgroup.get(pid)
+            if owner:
+                per = vram.setdefault(owner, {})
+                per[g.index] = per.get(g.index, 0) + mb
+            else:
+                unmapped[pid] = unmapped.get(pid, 0) + mb
+                foreign_gpu[g.index] = foreign_gpu.get(g.index, 0) + mb
+    return vram, unmapped, foreign_gpu, list(gone.values())
 
 
 def _run_fact(host: object, argv: list[str]) -> str:
