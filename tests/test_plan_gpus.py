@@ -238,3 +238,15 @@ def test_placement_is_deterministic_whatever_the_order_of_the_mode():
     pb = plan_switch(b, obs(b), b.modes["m"], POLICY).placement
     assert pa == pb
     assert replace(ps[0]).gpus == 1
+
+
+def test_simulate_on_several_gpus_places_and_splits_like_the_planner():
+    from gpumod_tasks.fit import simulate_gpus
+
+    cat = catalog(plain("tp", 9001, 30000, gpus=2), plain("a", 9002, 8000), plain("b", 9003, 16000))
+    ok = simulate_gpus(cat, [cat.presets["tp"], cat.presets["a"]], [24000, 24000])
+    assert ok.fits and dict(ok.placement) == {"tp": (0, 1), "a": (0,)}
+    assert [g.segments for g in ok.gpus] == [(("tp", 15000), ("a", 8000)), (("tp", 15000),)]
+    bad = simulate_gpus(cat, [cat.presets["tp"], cat.presets["b"]], [24000, 24000])
+    assert not bad.fits and "no GPU has 16000 MB for b: GPU0 9000 MB free, GPU1 9000 MB free" in bad.refusal
+    assert bad.as_dict()["gpus"][0]["fits"] is False

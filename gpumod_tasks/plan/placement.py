@@ -172,8 +172,8 @@ def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str]
             free = ", ".join(f"GPU{g} {budget[g] - load[g] + mb} MB free" for g, mb in mine.items())
             need = ", ".join(f"{mb} MB on GPU{g}" for g, mb in mine.items())
             out.unplaced[sid] = f"{sid} is pinned and needs {need}: {free}"
-    # the largest first (their choice is the narrowest), then by id: deterministic
-    todo.sort(key=lambda s: (-max(catalog.presets[s].per_gpu_mb(_charge(catalog, s, s in awake))), s))
+    # those on the most GPUs first, then the largest (their choice is the narrowest), then by id: deterministic
+    todo.sort(key=lambda s: (-catalog.presets[s].gpus, -max(catalog.presets[s].per_gpu_mb(_charge(catalog, s, s in awake))), s))
     for sid in todo:
         p = catalog.presets[sid]
         mb = _charge(catalog, sid, sid in awake)
