@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .catalog.model import Preset
 from .daemon.announce import DaemonLink
 from .drain import drained
 from .errors import GpuProbeError, SwitchFailed
@@ -104,10 +105,33 @@ def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tupl
     if seen.multi_gpu:
         from .plan.placement import assignment, static_gpus
 
-        placement = dict(_plan(target, op, policy, seen, None, None).placement)
+        placement = dict(_plan(target, op, policy, seen, None, _installed_placement(target, seen, presets) or None).placement)
         assigned = {p.id: assignment(seen, placement.get(p.id) or static_gpus(seen, p)) for p in presets}
     rendered = render_units(target, presets, assigned)
     return _plan(target, op, policy, seen, rendered, placement), seen
+
+
+def _installed_placement(target: Target, seen: Observed, presets: list[Preset]) -> dict[str, tuple[int, ...]]:
+    """Services whose process runs but whose GPUs the GPU fact does not show (starting, no memory
+    yet, or a driver that reports no processes): the GPUs their installed unit was rendered for,
+    found by rendering each candidate and comparing digests, so such a service is never moved by
+    the placement of a plan."""
+    from itertools import combinations
+
+    from .plan.placement import assignment, held
+    from .unit_install import render_units
+
+    out: dict[str, tuple[int, ...]] = {}
+    for p in presets:
+        o, uf = seen.services.get(p.id), seen.unit_files.get(p.unit)
+        if o is None or not o.holds_gpu or held(seen, p.id) or p.gpu_pin or uf is None or not uf.installed:
+            continue
+        for combo in combinations(seen.gpu_indices, max(1, p.gpus)):
+            r = render_units(target, [p], {q.id: assignment(seen, combo) for q in target.catalog.unit_peers(p)}).get(p.unit)
+            if r is not None and r.digest == uf.digest:
+                out[p.id] = combo
+                break
+    return out
 
 
 def _plan(target: Target, op: Operation, policy: Policy, seen: Observed, rendered: dict[str, RenderedUnit] | None,
