@@ -194,6 +194,8 @@ def describe_state(seen: Observed) -> list[str]:
         groups.setdefault(o.state.value, []).append(label)
     order = ["running", "starting", "sleeping", "unhealthy", "failed", "stopped"]
     lines = [f"{k}: {', '.join(sorted(groups[k]))}" for k in order if groups.get(k)]
-    if seen.gpu and seen.gpu.gpus:
+    if seen.gpu and seen.multi_gpu:
+        lines += [f"GPU{g.index}: {g.used_mb or 0} / {g.total_mb or 0} MB used" for g in seen.gpu.gpus]
+    elif seen.gpu and seen.gpu.gpus:
         lines.append(f"GPU: {seen.gpu_used_mb} / {seen.gpu_total_mb} MB used")
     return lines

@@ -93,7 +93,9 @@ def move_reason(seen: Observed, p: Preset) -> str:
     pin = resolve_pin(seen, p) if p.gpu_pin else ()
     if pin and set(cur) != set(pin):
         return f"moves from {_gpus(cur)} to {_gpus(pin)} (its pin)"
-    if not pin and pin is not None and len(cur) != max(1, p.gpus) and seen.services[p.id].gpu_indices:
+    o = seen.services[p.id]
+    settled = o.state.value in ("running", "sleeping")  # a starting one may not hold all its GPUs yet
+    if not pin and pin is not None and settled and len(cur) != max(1, p.gpus) and o.gpu_indices:
         return f"moves from {_gpus(cur)} to {max(1, p.gpus)} GPUs (its GPU count changed)"
     return ""
 
