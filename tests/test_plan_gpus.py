@@ -250,3 +250,12 @@ def test_simulate_on_several_gpus_places_and_splits_like_the_planner():
     bad = simulate_gpus(cat, [cat.presets["tp"], cat.presets["b"]], [24000, 24000])
     assert not bad.fits and "no GPU has 16000 MB for b: GPU0 9000 MB free, GPU1 9000 MB free" in bad.refusal
     assert bad.as_dict()["gpus"][0]["fits"] is False
+
+
+def test_the_models_of_one_router_go_on_its_gpus():
+    def model(sid: str, vram: int) -> Preset:
+        return Preset(sid, sid, Driver.LLAMACPP, 9004, vram, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="code")
+
+    cat = catalog(model("m1", 4000), model("m2", 6000), plain("x", 9001, 20000), modes={"m": ("m1", "m2", "x")})
+    plan = plan_switch(cat, obs(cat, {"m1": (R, {1: 4000})}), cat.modes["m"], POLICY)
+    assert dict(plan.placement) == {"m1": (1,), "m2": (1,), "x": (0,)}

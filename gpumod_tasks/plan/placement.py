@@ -174,12 +174,27 @@ def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str]
             free = ", ".join(f"GPU{g} {budget[g] - load[g] + mb} MB free" for g, mb in mine.items())
             need = ", ".join(f"{mb} MB on GPU{g}" for g, mb in mine.items())
             out.unplaced[sid] = f"{sid} is pinned and needs {need}: {free}"
-    # those on the most GPUs first, then the largest (their choice is the narrowest), then by id: deterministic
-    todo.sort(key=lambda s: (-catalog.presets[s].gpus, -max(catalog.presets[s].per_gpu_mb(_charge(catalog, s, s in awake))), s))
+    # those with no choice first, those on the most GPUs next, then the largest (their choice is the narrowest), then by id: deterministic
+    # (a router's model whose router is placed already has no choice: first of all)
+    def order(s: str) -> tuple[bool, int, int, str]:
+        q = catalog.presets[s]
+        pinned = any(r.id in out.gpus for r in catalog.unit_peers(q))
+        return (not pinned, -q.gpus, -max(q.per_gpu_mb(_charge(catalog, s, s in awake))), s)
+
+    todo.sort(key=order)
     for sid in todo:
         p = catalog.presets[sid]
         mb = _charge(catalog, sid, sid in awake)
         cur = held(seen, sid)
+        peer = next((out.gpus[q.id] for q in catalog.unit_peers(p) if q.id in out.gpus), None)
+        if peer is not None:  # a model of a llama.cpp router runs in its router's process: on its GPUs
+            out.gpus[sid] = peer
+            for g, m in shares(p, mb, peer).items():
+                load[g] += m
+            if any(load[g] > budget[g] for g in peer):
+                out.unplaced[sid] = f"{sid} runs in its router's process on {_gpus(peer)}: " + ", ".join(
+                    f"GPU{g} {budget[g] - load[g] + m} MB free" for g, m in shares(p, mb, peer).items())
+            continue
         best: tuple[tuple[int, int, int, tuple[int, ...]], tuple[int, ...]] | None = None
         for combo in combinations(sorted(budget), max(1, p.gpus)):
             ch = shares(p, mb, combo)
