@@ -56,10 +56,16 @@ def placement_now(t: Target) -> dict[str, GpuAssignment] | None:
     """The GPUs each service's unit is rendered for outside a plan (``template.diff``, install-all,
     bootstrap): where it holds GPUs now, else its pins or the lowest GPUs. None on a box with one
     GPU (or whose GPU cannot be read): its units carry no placement."""
+    from .errors import GpumodError
     from .observe import observe
     from .pipeline import policy_for
     from .plan.placement import arithmetic, assignment, static_gpus
 
+    try:
+        if len(t.gpu().gpus) <= 1:  # one GPU (the common box): one cheap read, no observation
+            return None
+    except GpumodError:
+        return None
     seen = observe(t)
     if seen.gpu is None or not seen.multi_gpu:
         return None
