@@ -259,3 +259,44 @@ def test_the_models_of_one_router_go_on_its_gpus():
     cat = catalog(model("m1", 4000), model("m2", 6000), plain("x", 9001, 20000), modes={"m": ("m1", "m2", "x")})
     plan = plan_switch(cat, obs(cat, {"m1": (R, {1: 4000})}), cat.modes["m"], POLICY)
     assert dict(plan.placement) == {"m1": (1,), "m2": (1,), "x": (0,)}
+
+
+def test_property_a_plan_that_is_not_refused_keeps_every_gpu_within_its_budget():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    spec = st.lists(st.tuples(st.integers(0, 30000), st.sampled_from([1, 1, 2]), st.sampled_from(["", "0", "1"]),
+                              st.sampled_from([ST, R, S]), st.integers(0, 1)), min_size=1, max_size=6)
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(spec, st.integers(0, 8000))
+    def check(items, foreign):
+        presets, held = [], {}
+        for i, (vram, n, pin, state, gpu) in enumerate(items):
+            pin_t = (pin,) if pin and n == 1 else ()
+            presets.append(vllm(f"s{i}", 9000 + i, vram, gpus=n, gpu_pin=pin_t))
+            if state is not ST and vram:
+                on = (0, 1) if n == 2 else ((int(pin),) if pin_t else (gpu,))
+                mb = vram if state is R else 1000
+                held[f"s{i}"] = (state, dict(zip(on, presets[-1].per_gpu_mb(mb), strict=True)))
+        ids = tuple(p.id for p in presets)
+        cat = catalog(*presets, modes={"m": ids[: max(1, len(ids) // 2 + 1)]})
+        seen = obs(cat, held, foreign={9: (0, foreign)})
+        try:
+            plan = plan_switch(cat, seen, cat.modes["m"], Policy(reserve_mb=256))
+        except PlanRefused as exc:
+            assert "nothing was changed" in str(exc)
+            return
+        for g in plan.gpus:
+            assert g.projected_mb <= g.budget_mb, (g, plan.placement)
+        where = dict(plan.placement)
+        for sid in cat.modes["m"].service_ids:
+            p = cat.presets[sid]
+            assert len(set(where[sid])) == p.gpus
+            if p.gpu_pin:
+                assert where[sid] == (int(p.gpu_pin[0]),)
+        for sid, (_, per) in held.items():  # what holds GPUs keeps them (or is restarted by the plan)
+            if sid in where and set(where[sid]) != {g for g, mb in per.items() if mb}:
+                assert any(getattr(s, "service", "") == sid and s.kind == "stop" for s in plan.steps)
+
+    check()
