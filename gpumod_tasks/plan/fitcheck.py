@@ -2,7 +2,10 @@
 
 Fit rule: awake services (preset vram_mb) + what sleeping services still hold + GPU memory of
 processes gpumod does not run must stay within ``GPU total - reserve``. A refusal says the
-arithmetic, the alternatives, and that nothing was changed.
+arithmetic, the alternatives, and that nothing was changed. On a box with several GPUs the rule
+holds on each GPU, for the placement ``placement.py`` decides (``fit_gpus``): a set that fits in
+total but on no GPU is refused with each GPU's free MB, and the alternatives name another
+placement (a pin dropped) or what to sleep or stop on the GPU that is needed.
 """
 
 from __future__ import annotations

@@ -138,6 +138,8 @@ def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str]
         pin = resolve_pin(seen, p) if p.gpu_pin else ()
         if fixed and sid in fixed:
             gpus = fixed[sid]
+        elif cur and sid in asleep:  # its residual stays where it is until it wakes or stops
+            gpus = cur
         elif pin is None:
             out.impossible[sid] = (f"{sid} is pinned to GPU {', '.join(p.gpu_pin)}, which this box does not have "
                                  f"(it has {_names(sl)})")
@@ -149,7 +151,7 @@ def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str]
             gpus = pin
             if cur and set(cur) != set(pin):
                 out.moved[sid] = (cur, move_reason(seen, p))
-        elif cur and (len(cur) == want or sid in asleep):
+        elif cur and len(cur) == want:
             gpus = cur
         elif want > len(sl):
             out.impossible[sid] = f"{sid} needs {want} GPUs; this box has {len(sl)}"
@@ -174,8 +176,8 @@ def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str]
             free = ", ".join(f"GPU{g} {budget[g] - load[g] + mb} MB free" for g, mb in mine.items())
             need = ", ".join(f"{mb} MB on GPU{g}" for g, mb in mine.items())
             out.unplaced[sid] = f"{sid} is pinned and needs {need}: {free}"
-    # those with no choice first, those on the most GPUs next, then the largest (their choice is the narrowest), then by id: deterministic
-    # (a router's model whose router is placed already has no choice: first of all)
+    # those with no choice first (a router's model whose router is placed already), those on the most
+    # GPUs next, then the largest (their choice is the narrowest), then by id: deterministic
     def order(s: str) -> tuple[bool, int, int, str]:
         q = catalog.presets[s]
         pinned = any(r.id in out.gpus for r in catalog.unit_peers(q))
@@ -198,9 +200,9 @@ def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str]
         best: tuple[tuple[int, int, int, tuple[int, ...]], tuple[int, ...]] | None = None
         for combo in combinations(sorted(budget), max(1, p.gpus)):
             ch = shares(p, mb, combo)
-            over = sum(max(0, load[g] + ch[g] - budget[g]) for g in combo)
+            excess = sum(max(0, load[g] + ch[g] - budget[g]) for g in combo)
             left = sum(budget[g] - load[g] - ch[g] for g in combo)
-            key = (over, left if not over else 0, -len(set(combo) & set(cur)), combo)
+            key = (excess, left if not excess else 0, -len(set(combo) & set(cur)), combo)
             if best is None or key < best[0]:
                 best = (key, combo)
         assert best is not None
