@@ -104,6 +104,7 @@ class SwitchReport:
             "operation": self.plan.operation, "failed_step": self.failed_index or None,
             "projected_mb": self.plan.projected_mb, "budget_mb": self.plan.budget_mb,
             "notes": list(self.plan.notes), "state": self.state_lines,
+            "placement": {sid: list(ix) for sid, ix in self.plan.placement}, "gpus": [g.as_dict() for g in self.plan.gpus],
         }
 
 
