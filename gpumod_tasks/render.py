@@ -170,7 +170,10 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pres
 def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = (),
               placement: GpuAssignment | None = None) -> ExecSpec:
     """What the unit of ``preset`` runs; ``peers`` are all presets of a shared router (lead first);
-    ``placement``: the GPUs the planner placed it on (None: a box with one GPU)."""
+    ``placement``: the GPUs the planner placed it on (None: a box with one GPU); a fraction of
+    GPU memory is one of the smallest of them."""
+    if placement is not None and placement.totals_mb and min(placement.totals_mb) > 0:
+        facts = replace(facts, gpu_total_mb=min(placement.totals_mb))
     return sim_exec(preset, host, facts, peers, placement) if facts.sim else real_exec(preset, host, facts, placement)
 
 

@@ -80,3 +80,9 @@ def test_the_unit_text_changes_with_the_placement():
     one = render_unit(preset(), HOST, FACTS, str(REPO), real_exec(preset(), HOST, FACTS, GpuAssignment((0,), ("GPU-aaaa",))))
     other = render_unit(preset(), HOST, FACTS, str(REPO), real_exec(preset(), HOST, FACTS, GpuAssignment((1,), ("GPU-bbbb",))))
     assert one != other and "CUDA_VISIBLE_DEVICES=GPU-bbbb" in other and "CUDA_DEVICE_ORDER=PCI_BUS_ID" in other
+
+
+def test_the_memory_fraction_is_of_the_gpu_it_was_placed_on():
+    small = GpuAssignment((1,), ("GPU-bbbb",), (12000,))
+    argv = list(exec_spec(preset(vram_mb=6000), HOST, FACTS, (), small).argv)
+    assert float(argv[argv.index("--gpu-memory-utilization") + 1]) == 0.5

@@ -161,6 +161,7 @@ class GpuAssignment:
 
     indices: tuple[int, ...]
     uuids: tuple[str, ...] = ()
+    totals_mb: tuple[int, ...] = ()  # each GPU's total (vLLM's --gpu-memory-utilization is a fraction of it)
 
     @property
     def visible_devices(self) -> str:

@@ -116,8 +116,9 @@ def _charge(catalog: Catalog, sid: str, awake: bool) -> int:
 
 def assignment(seen: Observed, gpus: tuple[int, ...]) -> GpuAssignment:
     """What a unit is rendered with: the indices and, where the box reported them, their UUIDs."""
-    uu = {g.index: g.uuid for g in (seen.gpu.gpus if seen.gpu else ())}
-    return GpuAssignment(gpus, tuple(uu.get(i, "") for i in gpus))
+    by = {g.index: g for g in (seen.gpu.gpus if seen.gpu else ())}
+    return GpuAssignment(gpus, tuple(by[i].uuid if i in by else "" for i in gpus),
+                         tuple((by[i].total_mb or 0) if i in by else 0 for i in gpus))
 
 
 def place(catalog: Catalog, seen: Observed, policy: Policy, awake: Iterable[str], sleeping: Iterable[str],
