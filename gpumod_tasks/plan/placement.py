@@ -56,6 +56,15 @@ def slots(seen: Observed, policy: Policy) -> list[Slot]:
     return out
 
 
+def box_mb(seen: Observed, policy: Policy) -> tuple[int, int]:
+    """(total, budget) for a plan's whole-box figures: one GPU's as ever; on a box with several,
+    their sums (each GPU's total - the reserve), so ``Plan.projected_mb`` compares with them."""
+    if not seen.multi_gpu:
+        return seen.gpu_total_mb, seen.gpu_total_mb - policy.reserve_mb
+    totals = [g.total_mb or 0 for g in seen.gpu.gpus] if seen.gpu else []
+    return sum(totals), sum(totals) - policy.reserve_mb * len(totals)
+
+
 def held(seen: Observed, sid: str) -> tuple[int, ...]:
     """The GPUs a service holds memory on now (a one-GPU box: that GPU, whatever was reported)."""
     o = seen.services.get(sid)

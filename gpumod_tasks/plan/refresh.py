@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from ..catalog.model import Catalog
 from ..observed import Observed, RenderedUnit, SvcState
 from .fitcheck import await_releasing
-from .placement import arithmetic
+from .placement import arithmetic, box_mb
 from .policy import Policy
 from .release import release_wait
 from .result import Plan
@@ -53,8 +53,8 @@ def plan_refresh(catalog: Catalog, seen: Observed, policy: Policy, rendered: Map
     sleeping = [s for s, o in seen.services.items() if o.state is SvcState.SLEEPING]
     awake = [s for s, o in seen.services.items() if o.holds_gpu and s not in sleeping]
     pl, gpus = arithmetic(catalog, seen, policy, awake, sleeping, placement)
-    return Plan(mode=rec.mode or "", steps=tuple(steps), keep=(), budget_mb=seen.gpu_total_mb - policy.reserve_mb,
-                gpu_total_mb=seen.gpu_total_mb, notes=tuple(notes), previous_mode=rec.mode,
+    return Plan(mode=rec.mode or "", steps=tuple(steps), keep=(), budget_mb=box_mb(seen, policy)[1],
+                gpu_total_mb=box_mb(seen, policy)[0], notes=tuple(notes), previous_mode=rec.mode,
                 operation="reload the catalog", placement=tuple(sorted(pl.gpus.items())), gpus=gpus,
                 nothing_to_do="" if steps else "every unit matches the catalog and every running process runs it",
                 sleeping_after=tuple(sorted((s, o.sleep_level or 0) for s, o in seen.services.items()

@@ -16,7 +16,7 @@ from ..errors import PlanRefused
 from ..observed import Observed, RenderedUnit, SvcState
 from .fitcheck import await_releasing, fit_gpus, refuse_unless_ram
 from .order import dependents_of, with_dependencies
-from .placement import Placement, arithmetic, move_reason
+from .placement import Placement, arithmetic, box_mb, move_reason
 from .policy import Policy
 from .release import release_wait
 from .result import GpuPlan, Plan
@@ -86,7 +86,7 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
             steps = await_releasing(seen, steps, policy) + [Record(None, tuple(sorted(sleeping_after.items())))]
         pl, gpus = placed or arithmetic(catalog, seen, policy, awake_after, sleeping_after, placement)
         return Plan(mode=rec.mode or "", steps=tuple(steps), keep=tuple(s for s in awake_after if s != sid),
-                    projected_mb=proj, budget_mb=seen.gpu_total_mb - policy.reserve_mb, gpu_total_mb=seen.gpu_total_mb,
+                    projected_mb=proj, budget_mb=box_mb(seen, policy)[1], gpu_total_mb=box_mb(seen, policy)[0],
                     previous_mode=rec.mode, sleeping_after=tuple(sorted(sleeping_after.items())), operation=what,
                     nothing_to_do=nothing, placement=tuple(sorted(pl.gpus.items())), gpus=gpus)
 

@@ -27,7 +27,7 @@ from ..errors import PlanRefused
 from ..observed import Observed, RenderedUnit, SvcState
 from .fitcheck import await_releasing, fit_gpus, l1_sleepers_stopping_credit, projected_mb, refuse_unless_ram
 from .order import topo_order
-from .placement import move_reason, over, per_gpu, place
+from .placement import box_mb, move_reason, over, per_gpu, place
 from .policy import Policy
 from .release import release_wait
 from .result import Plan
@@ -298,7 +298,7 @@ def plan_switch(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
     record = Record(mode.id, tuple(sorted(part.sleeping_after.items())))
     steps = await_releasing(seen, assemble(catalog, seen, part, target, policy, rendered, record), policy)
     return Plan(mode=mode.id, steps=tuple(steps), keep=tuple(part.keep), projected_mb=proj,
-                budget_mb=seen.gpu_total_mb - policy.reserve_mb, gpu_total_mb=seen.gpu_total_mb, notes=tuple(part.notes),
+                budget_mb=box_mb(seen, policy)[1], gpu_total_mb=box_mb(seen, policy)[0], notes=tuple(part.notes),
                 previous_mode=seen.record.mode, sleeping_after=tuple(sorted(part.sleeping_after.items())),
                 operation=f"switch to {mode.id}", placement=tuple(sorted(pl.gpus.items())), gpus=gpus,
                 nothing_to_do="" if steps else f"mode {mode.id} is already running as planned")
