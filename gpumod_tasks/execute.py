@@ -104,6 +104,7 @@ class SwitchReport:
             "operation": self.plan.operation, "failed_step": self.failed_index or None,
             "projected_mb": self.plan.projected_mb, "budget_mb": self.plan.budget_mb,
             "notes": list(self.plan.notes), "state": self.state_lines,
+            "placement": {sid: list(ix) for sid, ix in self.plan.placement}, "gpus": [g.as_dict() for g in self.plan.gpus],
         }
 
 
@@ -244,6 +245,8 @@ class Executor:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _wait_release(self, step: WaitRelease) -> tuple[str, str]:
+        if step.per_gpu:
+            return self._wait_release_per_gpu(step)
         limit = step.expected_used_mb + step.tolerance_mb
         last: list[int] = []
 
@@ -264,6 +267,33 @@ class Executor:
                              f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
                              f"(a stopped process may be stuck; check nvidia-smi)") from None
         return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
+
+    def _wait_release_per_gpu(self, step: WaitRelease) -> tuple[str, str]:
+        """Met when every GPU involved is down to its figure (all GPUs read in each poll)."""
+        want = dict(step.per_gpu)
+        last: list[dict[int, int]] = []
+
+        def used() -> dict[int, int]:
+            u = self.t.gpu_reader.used_per_gpu()
+            last.append(u)
+            return u
+
+        def held(u: dict[int, int]) -> list[int]:
+            return [g for g, mb in want.items() if u.get(g, 0) > mb + step.tolerance_mb]
+
+        try:
+            Retrying(stop=stop_after_delay(self.release_timeout_s), wait=adaptive_wait(),
+                     retry=retry_if_result(lambda u: bool(held(u))))(used)
+        except RetryError:
+            u = last[-1] if last else {}
+            still = ", ".join(f"GPU{g} uses {u.get(g, '?')} MB > expected {want[g]} MB" for g in (held(u) if u else want))
+            if step.releasing:
+                raise StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
+                                 f"({still} + {step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi") from None
+            raise StepFailed(f"VRAM not released: {still} + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
+                             f"(a stopped process may be stuck; check nvidia-smi)") from None
+        u = last[-1]
+        return "unchanged", ", ".join(f"GPU{g} {u.get(g, 0)} MB" for g in sorted(want)) + f" used after {len(last)} polls"
 
     def _preflight(self, p: Preset) -> str:
         text = self.t.host.read_file(f"{self.t.spec.procfs.rstrip('/')}/meminfo")

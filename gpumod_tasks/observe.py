@@ -111,40 +111,61 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
         pr = probes.get(p.id)
         if pid not in pid_owner or (pr is not None and pr.router_status in ("loaded", "loading")):
             pid_owner[pid] = p.id
-    vram: dict[str, int] = {}
+    vram: dict[str, dict[int, int]] = {}
     unmapped: dict[int, int] = {}
+    foreign_gpu: dict[int, int] = {}
     releasing: list[Releasing] = []
     if gpu and gpu.gpus:
-        # GPU processes that are not a unit's main pid (vLLM's engine core, router children): one
-        # round trip for all of them
+        # GPU processes that are not a unit's main pid (vLLM's engine core and tensor-parallel
+        # workers, router children): one round trip for all of them
         strays = sorted({pid for g in gpu.gpus for pid in g.per_pid if pid not in pid_owner})
         by_cgroup, pstate = _walk(target, strays, pid_owner) if strays else ({}, {})
         running = {p.id for p in presets if unit_states[p.unit].is_running}
         last_run = {unit_states[p.unit].last_pid: p.id for p in presets
                     if unit_states[p.unit].last_pid and not unit_states[p.unit].is_running}
-        for g in gpu.gpus:
-            for pid, mb in g.per_pid.items():
-                if pid in pid_owner:
-                    vram[pid_owner[pid]] = vram.get(pid_owner[pid], 0) + (mb or 0)
-                    continue
-                why = releasing_owner(pid, by_cgroup.get(pid), pstate.get(pid, ""), running, last_run)
-                if why is not None:
-                    releasing.append(Releasing(pid, mb or 0, why))
-                elif by_cgroup.get(pid):
-                    vram[by_cgroup[pid]] = vram.get(by_cgroup[pid], 0) + (mb or 0)
-                else:
-                    unmapped[pid] = mb or 0
+        vram, unmapped, foreign_gpu, releasing = attribute(gpu, pid_owner, by_cgroup, pstate, running, last_run)
     obs: dict[str, ServiceObs] = {}
     for p in presets:
         u = unit_states[p.unit]
         st, level, foreign = classify(p, u, probes.get(p.id), record)
         obs[p.id] = ServiceObs(id=p.id, state=st, unit=u, probe=probes.get(p.id), sleep_level=level,
-                               vram_mb=vram.get(p.id, 0), foreign_listener=foreign)
+                               vram_mb=sum(vram.get(p.id, {}).values()), foreign_listener=foreign,
+                               gpu_mb=vram.get(p.id, {}))
     files, boot = parse_unit_files(files_text, list(unit_files)) if unit_files else ({}, 0.0)
     return Observed(host=target.spec.name, services=obs, gpu=gpu, mem=mem, record=record, manager=manager.kind,
                     sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped,
                     unit_files=files, boot_time=boot, releasing=tuple(releasing), daemon=parse_daemon_link(daemon_text),
-                    footprints=parse_footprints(fp_text))
+                    footprints=parse_footprints(fp_text), foreign_gpu_mb=foreign_gpu)
+
+
+def attribute(gpu: GpuFacts, pid_owner: dict[int, str], by_cgroup: dict[int, str], pstate: dict[int, str],
+              running: set[str], last_run: dict[int, str]
+              ) -> tuple[dict[str, dict[int, int]], dict[int, int], dict[int, int], list[Releasing]]:
+    """Pure: every (process, GPU) pair of the GPU fact to its owner, per GPU index: services
+    (service -> GPU -> MB; a process on several GPUs counts on each, tensor-parallel workers are
+    their own pids found by the cgroup walk), processes gpumod does not run (pid -> MB, and GPU ->
+    MB), and processes on their way out (with their MB per GPU)."""
+    vram: dict[str, dict[int, int]] = {}
+    unmapped: dict[int, int] = {}
+    foreign_gpu: dict[int, int] = {}
+    gone: dict[int, Releasing] = {}
+    for g in gpu.gpus:
+        for pid, raw in g.per_pid.items():
+            mb = raw or 0
+            owner = pid_owner.get(pid)
+            why = None if owner else releasing_owner(pid, by_cgroup.get(pid), pstate.get(pid, ""), running, last_run)
+            if why is not None:
+                r = gone.get(pid) or Releasing(pid, 0, why)
+                gone[pid] = Releasing(pid, r.mb + mb, why, {**r.gpu_mb, g.index: r.gpu_mb.get(g.index, 0) + mb})
+                continue
+            owner = owner or by_cgroup.get(pid)
+            if owner:
+                per = vram.setdefault(owner, {})
+                per[g.index] = per.get(g.index, 0) + mb
+            else:
+                unmapped[pid] = unmapped.get(pid, 0) + mb
+                foreign_gpu[g.index] = foreign_gpu.get(g.index, 0) + mb
+    return vram, unmapped, foreign_gpu, list(gone.values())
 
 
 def _run_fact(host: object, argv: list[str]) -> str:

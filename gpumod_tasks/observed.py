@@ -14,7 +14,7 @@ from enum import Enum
 from .catalog.model import Preset
 from .daemon.announce import DaemonLink
 from .engines.base import Health, Probe
-from .facts.gpu import GpuFacts
+from .facts.gpu import Gpu, GpuFacts
 from .facts.meminfo import MemInfo
 from .facts.units import UnitState
 from .footprints import Footprints
@@ -80,8 +80,13 @@ class Releasing:
     crashed or killed stop, seconds ago). ``service``: whose it was, when known."""
 
     pid: int
-    mb: int
+    mb: int  # the sum over its GPUs
     service: str = ""
+    gpu_mb: dict[int, int] = field(default_factory=dict, hash=False, compare=False)  # GPU index -> MB (empty: GPU 0)
+
+    def on_gpu(self, index: int) -> int:
+        """Its MB on one GPU (a release observed without per-GPU figures is GPU 0's)."""
+        return self.gpu_mb.get(index, 0) if self.gpu_mb else (self.mb if index == 0 else 0)
 
     def describe(self) -> str:
         return f"pid {self.pid} of {self.service}" if self.service else f"pid {self.pid} (exited)"
@@ -104,6 +109,34 @@ class Observed:
     releasing: tuple[Releasing, ...] = ()  # memory of exiting processes, not yet given back (not in unmapped_pids)
     daemon: DaemonLink | None = None  # the router daemon registered on the box (it drains before a service leaves)
     footprints: Footprints = field(default_factory=Footprints, hash=False, compare=False)  # learned figures (footprints.json)
+    #: GPU index -> MB of the processes gpumod does not run (``unmapped_pids`` summed per GPU); empty
+    #: when the observation did not say (then all of it counts on GPU 0)
+    foreign_gpu_mb: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def gpu_indices(self) -> tuple[int, ...]:
+        """The box's GPUs, by index."""
+        return tuple(g.index for g in self.gpu.gpus) if self.gpu else ()
+
+    @property
+    def multi_gpu(self) -> bool:
+        return len(self.gpu_indices) > 1
+
+    def gpu_by_index(self, index: int) -> Gpu | None:
+        return next((g for g in self.gpu.gpus if g.index == index), None) if self.gpu else None
+
+    def foreign_on(self, index: int) -> int:
+        """MB of processes gpumod does not run, on one GPU (without per-GPU figures: all on the first)."""
+        if self.foreign_gpu_mb:
+            return self.foreign_gpu_mb.get(index, 0)
+        return self.external_mb if index == (self.gpu_indices or (0,))[0] else 0
+
+    def used_on(self, index: int) -> int:
+        g = self.gpu_by_index(index)
+        return (g.used_mb or 0) if g else 0
+
+    def releasing_on(self, index: int) -> int:
+        return sum(r.on_gpu(index) for r in self.releasing)
 
     @property
     def gpu_total_mb(self) -> int:
@@ -163,6 +196,8 @@ def describe_state(seen: Observed) -> list[str]:
         groups.setdefault(o.state.value, []).append(label)
     order = ["running", "starting", "sleeping", "unhealthy", "failed", "stopped"]
     lines = [f"{k}: {', '.join(sorted(groups[k]))}" for k in order if groups.get(k)]
-    if seen.gpu and seen.gpu.gpus:
+    if seen.gpu and seen.multi_gpu:
+        lines += [f"GPU{g.index}: {g.used_mb or 0} / {g.total_mb or 0} MB used" for g in seen.gpu.gpus]
+    elif seen.gpu and seen.gpu.gpus:
         lines.append(f"GPU: {seen.gpu_used_mb} / {seen.gpu_total_mb} MB used")
     return lines

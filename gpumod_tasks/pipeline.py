@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .catalog.model import Catalog, Preset
 from .daemon.announce import DaemonLink
 from .drain import drained
 from .errors import GpuProbeError, PlanRefused, SwitchFailed
@@ -25,7 +26,7 @@ from .execute import Event, Executor, SwitchReport
 from .learn import learn_from_run, measured_catalog, measured_lines
 from .lock import host_lock
 from .observe import observe
-from .observed import Observed
+from .observed import Observed, RenderedUnit
 from .plan import LEAVING, Plan, Policy, ServiceOp, plan_refresh, plan_service, plan_switch
 from .plan.order import with_dependencies
 from .state import read_mode, write_mode
@@ -83,29 +84,72 @@ def _units_for(target: Target, op: Operation) -> list[str]:
 
 
 def prepare(target: Target, op: Operation, policy: Policy | None = None) -> tuple[Plan, Observed]:
-    """Observe and plan (no lock, nothing changed): the dry run, and the first half of ``run``."""
+    """Observe and plan (no lock, nothing changed): the dry run, and the first half of ``run``.
+
+    On a box with several GPUs the placement is decided before the units are rendered: a first plan
+    without the rendered units (pure; it fails as the real one would) places every service, the
+    units are rendered for those GPUs, and the plan is made with them, keeping that placement. A
+    service placed anew gets a unit that differs from the installed one, which the plan installs
+    (and restarts it, when it runs)."""
     from .unit_install import render_units
 
     cat = target.catalog
     _check_names(target, op)
     policy = policy or policy_for(target)
     target.ensure_sim()
-    rendered = render_units(target, [cat.presets[s] for s in _units_for(target, op)])
-    seen = observe(target, unit_files=list(rendered))
+    presets = [cat.presets[s] for s in _units_for(target, op)]
+    seen = observe(target, unit_files=list(dict.fromkeys(p.unit for p in presets)))
     if seen.gpu is None:
         raise GpuProbeError(f"cannot plan without the GPU: {seen.gpu_error}")
-    cat = measured_catalog(target, seen, rendered)  # learned figures where the store has them
+    # learned figures where the store has them (their digest is of the unit as rendered without a
+    # placement, so a figure learned on one GPU still applies when the plan weighs another)
+    cat = measured_catalog(target, seen)
+    placement: dict[str, tuple[int, ...]] | None = None
+    assigned = None
+    if seen.multi_gpu:
+        from .plan.placement import assignment, static_gpus
+
+        placement = dict(_plan(cat, op, policy, seen, None, _installed_placement(target, seen, presets) or None).placement)
+        assigned = {p.id: assignment(seen, placement.get(p.id) or static_gpus(seen, p)) for p in presets}
+    rendered = render_units(target, presets, assigned)
     try:
-        if isinstance(op, SwitchTo):
-            plan = plan_switch(cat, seen, cat.modes[op.mode], policy, rendered)
-        elif isinstance(op, ServiceOp):
-            plan = plan_service(cat, seen, op, policy, rendered, now=time.time())
-        else:
-            plan = plan_refresh(cat, seen, policy, rendered)
+        plan = _plan(cat, op, policy, seen, rendered, placement)
     except PlanRefused as exc:
         exc.lines += measured_lines(cat)  # which figures were measured, and what the presets declare
         raise
     return plan, seen
+
+
+def _installed_placement(target: Target, seen: Observed, presets: list[Preset]) -> dict[str, tuple[int, ...]]:
+    """Services whose process runs but whose GPUs the GPU fact does not show (starting, no memory
+    yet, or a driver that reports no processes): the GPUs their installed unit was rendered for,
+    found by rendering each candidate and comparing digests, so such a service is never moved by
+    the placement of a plan."""
+    from itertools import combinations
+
+    from .plan.placement import assignment, held
+    from .unit_install import render_units
+
+    out: dict[str, tuple[int, ...]] = {}
+    for p in presets:
+        o, uf = seen.services.get(p.id), seen.unit_files.get(p.unit)
+        if o is None or not o.holds_gpu or held(seen, p.id) or p.gpu_pin or uf is None or not uf.installed:
+            continue
+        for combo in combinations(seen.gpu_indices, max(1, p.gpus)):
+            r = render_units(target, [p], {q.id: assignment(seen, combo) for q in target.catalog.unit_peers(p)}).get(p.unit)
+            if r is not None and r.digest == uf.digest:
+                out[p.id] = combo
+                break
+    return out
+
+
+def _plan(cat: Catalog, op: Operation, policy: Policy, seen: Observed, rendered: dict[str, RenderedUnit] | None,
+          placement: dict[str, tuple[int, ...]] | None) -> Plan:
+    if isinstance(op, SwitchTo):
+        return plan_switch(cat, seen, cat.modes[op.mode], policy, rendered, placement)
+    if isinstance(op, ServiceOp):
+        return plan_service(cat, seen, op, policy, rendered, now=time.time(), placement=placement)
+    return plan_refresh(cat, seen, policy, rendered or {}, placement)
 
 
 def run(target: Target, op: Operation, *, dry_run: bool = False, wait_lock: bool = True, quiesce: bool = True,

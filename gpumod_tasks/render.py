@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog.model import Catalog, Preset, SleepMode
+from .catalog.model import Catalog, GpuAssignment, Preset, SleepMode
 from .engines import Command, engine_for, upstream_name
 from .engines import docker as engines_docker
 from .engines import llamacpp as engines_llamacpp
@@ -65,9 +65,11 @@ def listen_address(preset: Preset) -> str:
     return str(preset.unit_vars.get("bind", "127.0.0.1"))
 
 
-def real_exec(preset: Preset, host: HostSpec, facts: HostFacts) -> ExecSpec:
+def real_exec(preset: Preset, host: HostSpec, facts: HostFacts, placement: GpuAssignment | None = None) -> ExecSpec:
     cmd = engine_for(preset).command(preset, host, facts, listen_address(preset))
-    return _spec(preset, host, facts, cmd, dict(_common_env(preset, host)))
+    if placement is not None and preset.docker is not None:
+        cmd = Command(engines_docker.gpus_flag(cmd.argv, placement.visible_devices), cmd.env, cmd.private_env)
+    return _spec(preset, host, facts, cmd, dict(_common_env(preset, host, placement)))
 
 
 def _spec(preset: Preset, host: HostSpec, facts: HostFacts, cmd: Command, env: dict[str, str]) -> ExecSpec:
@@ -97,11 +99,22 @@ def docker_argv(preset: Preset, bind: str = "127.0.0.1") -> list[str]:
     return list(engines_docker.ENGINE.command(preset, HostSpec(name="-"), HostFacts(0, False, ""), bind).argv)
 
 
-def _common_env(preset: Preset, host: HostSpec) -> tuple[tuple[str, str], ...]:
+def _common_env(preset: Preset, host: HostSpec, placement: GpuAssignment | None = None) -> tuple[tuple[str, str], ...]:
+    """The variables every unit gets. The GPUs: a placed service (a box with several GPUs) gets its
+    placement, ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and ``CUDA_VISIBLE_DEVICES`` by UUID where known, so a
+    reboot that reorders the GPUs cannot move a model. A preset's own ``CUDA_VISIBLE_DEVICES`` (its
+    ``env`` or ``unit_vars.cuda_visible_devices``, which the catalog reads as its pin) is kept as
+    written. Without a placement (a box with one GPU) the unit is what it always was: the host's
+    ``vars.cuda_visible_devices``, default "0", and no CUDA_DEVICE_ORDER. That is deliberate:
+    upgrading must not change, and so restart, every unit on every one-GPU box."""
     env = dict(preset.env)
     if "hf_home" in host.vars:
         env.setdefault("HF_HOME", str(host.vars["hf_home"]))
-    env.setdefault("CUDA_VISIBLE_DEVICES", str(preset.unit_vars.get("cuda_visible_devices", host.vars.get("cuda_visible_devices", "0"))))
+    own = preset.unit_vars.get("cuda_visible_devices")
+    if placement is not None and own is None:
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        env.setdefault("CUDA_VISIBLE_DEVICES", placement.visible_devices)
+    env.setdefault("CUDA_VISIBLE_DEVICES", str(own if own is not None else host.vars.get("cuda_visible_devices", "0")))
     return tuple(env.items())
 
 
@@ -110,9 +123,10 @@ def _preflight(preset: Preset, host: HostSpec, facts: HostFacts) -> tuple[str, .
     return (preflight_path(facts.state_dir), preset.id, str(preset.model_size_mb), f"{host.preflight_factor:g}", str(host.preflight_margin_mb), meminfo)
 
 
-def metered_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
+def metered_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = (),
+                 placement: GpuAssignment | None = None) -> ExecSpec:
     """The real server's command line under the simulator's meter (a simulated host's ``sim_real``)."""
-    real = real_exec(preset, host, facts)
+    real = real_exec(preset, host, facts, placement)
     lag = preset.sim.get("release_lag_s", host.sim_settings.release_lag_s)
     meter_mod = facts.sim_module.rsplit(".", 1)[0] + ".meter"
     argv = [facts.python, "-m", meter_mod, "--sim-dir", f"{facts.state_dir}/sim", "--port", str(preset.port),
@@ -128,10 +142,12 @@ def metered_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[
     return replace(real, argv=(*argv, "--", *real.argv), env=tuple(env.items()))
 
 
-def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
-    """The stand-in that plays this preset on a simulated GPU host."""
+def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = (),
+             placement: GpuAssignment | None = None) -> ExecSpec:
+    """The stand-in that plays this preset on a simulated GPU host (its GPUs in the same
+    ``CUDA_VISIBLE_DEVICES`` as the real unit; ``--vram-mb`` its total, and its TP size or split)."""
     if preset.driver.value in host.sim_real:
-        return metered_exec(preset, host, facts, peers)
+        return metered_exec(preset, host, facts, peers, placement)
     t = host.sim_settings
     sim = preset.sim
     engine = engine_for(preset)
@@ -145,7 +161,7 @@ def sim_exec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Pres
         if sim.get(key):
             argv += [f"--{key.replace('_', '-')}", f"{sim[key]:g}"]
     argv += sim_footprint(preset, t)
-    env: dict[str, str] = dict(_common_env(preset, host))
+    env: dict[str, str] = dict(_common_env(preset, host, placement))
     if facts.sim_pythonpath:
         env["PYTHONPATH"] = facts.sim_pythonpath
     stand_in = engine.stand_in_args(preset, peers)
@@ -177,9 +193,14 @@ def sim_footprint(preset: Preset, t: SimSettings) -> list[str]:
     return out
 
 
-def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = ()) -> ExecSpec:
-    """What the unit of ``preset`` runs; ``peers`` are all presets of a shared router (lead first)."""
-    return sim_exec(preset, host, facts, peers) if facts.sim else real_exec(preset, host, facts)
+def exec_spec(preset: Preset, host: HostSpec, facts: HostFacts, peers: tuple[Preset, ...] = (),
+              placement: GpuAssignment | None = None) -> ExecSpec:
+    """What the unit of ``preset`` runs; ``peers`` are all presets of a shared router (lead first);
+    ``placement``: the GPUs the planner placed it on (None: a box with one GPU); a fraction of
+    GPU memory is one of the smallest of them."""
+    if placement is not None and placement.totals_mb and min(placement.totals_mb) > 0:
+        facts = replace(facts, gpu_total_mb=min(placement.totals_mb))
+    return sim_exec(preset, host, facts, peers, placement) if facts.sim else real_exec(preset, host, facts, placement)
 
 
 # -- systemd quoting ----------------------------------------------------------------------------
@@ -239,11 +260,12 @@ def jinja_env(project_root: str) -> Any:
     return env
 
 
-def unit_for(catalog: Catalog, preset: Preset, host: HostSpec, facts: HostFacts, project_root: str) -> tuple[str, ExecSpec]:
+def unit_for(catalog: Catalog, preset: Preset, host: HostSpec, facts: HostFacts, project_root: str,
+             placement: GpuAssignment | None = None) -> tuple[str, ExecSpec]:
     """Unit text and ExecSpec of the unit that serves ``preset`` (a shared router's lead renders it)."""
     peers = catalog.unit_peers(preset)
     lead = peers[0]
-    spec = exec_spec(lead, host, facts, peers)
+    spec = exec_spec(lead, host, facts, peers, placement)
     return render_unit(lead, host, facts, project_root, spec, peers), spec
 
 

@@ -202,9 +202,28 @@ def print_plan(con: Console, plan: Plan) -> None:
                   f"(kept: {', '.join(plan.keep) or '-'})")
     else:
         con.print(plan_table(plan))
-    con.print(f"projected VRAM {plan.projected_mb} MB of budget {plan.budget_mb} MB (GPU {plan.gpu_total_mb} MB)")
+    if len(plan.gpus) > 1:  # a box with several GPUs: each GPU's arithmetic, and who is where
+        for line in gpu_lines(plan):
+            con.print(line)
+    else:
+        con.print(f"projected VRAM {plan.projected_mb} MB of budget {plan.budget_mb} MB (GPU {plan.gpu_total_mb} MB)")
     for n in plan.notes:
         con.print(f"[yellow]note:[/yellow] {n}")
+
+
+def placement_text(plan: Plan) -> str:
+    """``emb GPU0, big GPU0+1`` (the services in the plan's placement)."""
+    return ", ".join(f"{sid} GPU{'+'.join(map(str, ix))}" for sid, ix in plan.placement if ix) or "-"
+
+
+def gpu_lines(plan: Plan) -> list[str]:
+    """One line per GPU: its projection, budget and total, and the services placed on it."""
+    out = []
+    for g in plan.gpus:
+        on = [sid for sid, ix in plan.placement if g.index in ix]
+        out.append(f"GPU{g.index}{' ' + g.uuid if g.uuid else ''}: projected {g.projected_mb} MB of budget {g.budget_mb} MB "
+                   f"(GPU {g.total_mb} MB): {', '.join(on) or '-'}")
+    return out
 
 
 def status_table(cat: Catalog, seen: Observed, uptimes: dict[str, float] | None = None) -> Table:
@@ -360,6 +379,8 @@ def print_summary(con: Console, report: SwitchReport) -> None:
         con.print(f"  {key + ':':9} " + (", ".join(f"{name} ({sec:.2f}s)" for name, sec in items) if items else "-"))
     if report.plan.keep:
         con.print(f"  {'Kept:':9} {', '.join(report.plan.keep)}")
+    if len(report.plan.gpus) > 1:
+        con.print(f"  {'Placed:':9} {placement_text(report.plan)}")
     if report.plan.restarted:
         con.print(f"  [yellow]Restarted (unit changed):[/yellow] {', '.join(report.plan.restarted)}")
     if report.plan.relaunched:

@@ -18,11 +18,11 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog.model import Preset
+from .catalog.model import GpuAssignment, Preset
 from .fleet.unit import FLEET_UNIT, render_fleet_unit
 from .observed import RenderedUnit
 from .paths import controller_dir
@@ -52,10 +52,38 @@ def unit_dir(t: Target) -> str:
     return t.host.expand(t.spec.resolved_unit_dir(t.host.home))
 
 
-def rendered(t: Target) -> dict[str, RenderedUnit]:
+def placement_now(t: Target) -> dict[str, GpuAssignment] | None:
+    """The GPUs each service's unit is rendered for outside a plan (``template.diff``, install-all,
+    bootstrap): where it holds GPUs now, else its pins or the lowest GPUs. None on a box with one
+    GPU (or whose GPU cannot be read): its units carry no placement."""
+    from .errors import GpumodError
+    from .observe import observe
+    from .pipeline import policy_for
+    from .plan.placement import arithmetic, assignment, static_gpus
+
+    try:
+        if len(t.gpu().gpus) <= 1:  # one GPU (the common box): one cheap read, no observation
+            return None
+    except GpumodError:
+        return None
+    seen = observe(t)
+    if seen.gpu is None or not seen.multi_gpu:
+        return None
+    from .observed import SvcState
+
+    sleeping = [s for s, o in seen.services.items() if o.state is SvcState.SLEEPING]
+    awake = [s for s, o in seen.services.items() if o.holds_gpu and s not in sleeping]
+    pl, _ = arithmetic(t.catalog, seen, policy_for(t), awake, sleeping)
+    return {sid: assignment(seen, pl.of(sid) or static_gpus(seen, p)) for sid, p in t.catalog.presets.items()}
+
+
+def rendered(t: Target, placement: Mapping[str, GpuAssignment] | None = None) -> dict[str, RenderedUnit]:
     """Every unit the catalog and inventory ask for on ``t`` (the services', the router daemon's,
-    the fleet's), rendered as the planner renders them."""
-    out = render_units(t, t.catalog.presets.values())
+    the fleet's), rendered as the planner renders them (on a box with several GPUs, for the GPUs
+    each service holds now: ``placement_now``)."""
+    if placement is None:
+        placement = placement_now(t)
+    out = render_units(t, t.catalog.presets.values(), placement)
     local = t.host.is_this_machine or t.spec.is_local
     if t.spec.router_daemon and not isinstance(t.manager, Supervisor):
         text = render_daemon_unit(t.spec, t.render_facts(), t.project_root, local=local)
@@ -70,9 +98,11 @@ def digest(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def render_units(t: Target, presets: Iterable[Preset]) -> dict[str, RenderedUnit]:
+def render_units(t: Target, presets: Iterable[Preset],
+                 placement: Mapping[str, GpuAssignment] | None = None) -> dict[str, RenderedUnit]:
     """The units of ``presets`` (a shared router's once) as they should be installed, for planning:
-    the exact body written (unit text, or the supervisor's runner script) and its digest."""
+    the exact body written (unit text, or the supervisor's runner script) and its digest.
+    ``placement``: preset id -> the GPUs its unit runs on (None: a box with one GPU, units as ever)."""
     facts = t.render_facts()
     sup = t.manager if isinstance(t.manager, Supervisor) else None
     out: dict[str, RenderedUnit] = {}
@@ -82,7 +112,8 @@ def render_units(t: Target, presets: Iterable[Preset]) -> dict[str, RenderedUnit
             continue
         peers = t.catalog.unit_peers(p)  # a shared router's lead renders it
         lead = peers[0]
-        spec = exec_spec(lead, t.spec, facts, peers)
+        gpus = next((placement[q.id] for q in peers if q.id in placement), None) if placement else None
+        spec = exec_spec(lead, t.spec, facts, peers, gpus)
         if sup is not None:  # the supervisor runs its script, made from the ExecSpec: no template
             body = sup.script(p.unit, spec)
         else:

@@ -7,6 +7,7 @@ with file:line:column and the field; nothing is changed when the catalog is inva
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..engines.caps import SLEEP_MODES
 from ..errors import CatalogError, Problem
-from ..yamlfile import ENV_NAME_RE, MB_MAX, NAME_MAX, Checker, Field, load_twice, read_yaml, relative
+from ..yamlfile import ENV_NAME_RE, MB_MAX, NAME_MAX, Checker, Field, kind_of, load_twice, read_yaml, relative, shown
 from .model import Catalog, DockerSpec, Driver, Mode, ModeService, Preset, SleepMode
 
 _PORT = Field("int", required=True, check=lambda p: None if 1 <= p <= 65535 else f"port {p} is outside 1-65535")
@@ -64,7 +65,14 @@ PRESET_SCHEMA: dict[str, Field] = {
     "docker": Field("map"),
     "sim": Field("map"),
     "router": Field("id"),
+    "gpus": Field("int", minimum=1, maximum=64),
+    "tensor_parallel": Field("int", minimum=1, maximum=64),
+    "gpu": Field("any"),
+    "tensor_split": Field("any"),
 }
+
+GPU_UUID_RE = re.compile(r"^(GPU|MIG)-[0-9A-Za-z][0-9A-Za-z/-]{0,127}$")
+GPU_INDEX_MAX = 63
 
 DOCKER_SCHEMA: dict[str, Field] = {
     "image": Field("str", required=True),
@@ -214,6 +222,7 @@ def _preset(doc: Any, rel: str, category: str, problems: list[Problem], base: Pa
         ck.add(doc, "router", "router", "only llama.cpp presets with sleep_mode: router can share a router")
     if v.get("sleep_vram_mb", 0) > v["vram_mb"]:
         ck.add(doc, "sleep_vram_mb", "sleep_vram_mb", f"{v['sleep_vram_mb']} exceeds vram_mb {v['vram_mb']}")
+    gpus, pin, split = _gpu_keys(doc, v, driver, ck)
     if ck.problems:
         problems.extend(ck.problems)
         return None
@@ -243,8 +252,103 @@ def _preset(doc: Any, rel: str, category: str, problems: list[Problem], base: Pa
         docker=docker,
         sim=sim,
         router=v.get("router", ""),
+        gpus=gpus,
+        gpu_pin=pin,
+        tensor_split=split,
         file=rel,
     )
+
+
+def _gpu_pin(doc: Any, raw: Any, ck: Checker) -> tuple[str, ...] | None:
+    """``gpu: 1`` / ``gpu: [0, 1]`` / ``gpu: GPU-<uuid>`` -> ("1",) / ("0", "1") / ("GPU-...",)."""
+    items = raw if isinstance(raw, list) else [raw]
+    node, out = (raw if isinstance(raw, list) else doc), []
+    for i, item in enumerate(items):
+        name, idx, key = (f"gpu[{i}]", i, None) if isinstance(raw, list) else ("gpu", None, "gpu")
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item <= GPU_INDEX_MAX:
+                ck.add(node, key, name, f"GPU index {item} is outside 0-{GPU_INDEX_MAX}", index=idx)
+                return None
+            out.append(str(item))
+        elif isinstance(item, str) and GPU_UUID_RE.match(item):
+            out.append(item)
+        else:
+            ck.add(node, key, name, f"expected a GPU index (0, 1, ...) or a GPU UUID (GPU-...), got {shown(item)}", index=idx)
+            return None
+    if not out:
+        ck.add(doc, "gpu", "gpu", "is an empty list; name the GPUs (gpu: [0, 1]) or leave it out for any GPU")
+        return None
+    if len(set(out)) != len(out):
+        ck.add(doc, "gpu", "gpu", f"names a GPU twice: {', '.join(out)}")
+        return None
+    return tuple(out)
+
+
+def _tensor_split(doc: Any, raw: Any, ck: Checker) -> tuple[float, ...] | None:
+    if not isinstance(raw, list) or not raw:
+        ck.add(doc, "tensor_split", "tensor_split", f"expected a list of ratios (tensor_split: [3, 1]), got {kind_of(raw)}")
+        return None
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) or not 0 <= item <= 1e6:
+            ck.add(raw, None, f"tensor_split[{i}]", f"expected a ratio between 0 and 1000000, got {shown(item)}", index=i)
+            return None
+        out.append(float(item))
+    if sum(out) <= 0:
+        ck.add(doc, "tensor_split", "tensor_split", "ratios add up to 0; give each GPU its share (tensor_split: [3, 1])")
+        return None
+    return tuple(out)
+
+
+def _gpu_keys(doc: Any, v: dict[str, Any], driver: Driver, ck: Checker) -> tuple[int, tuple[str, ...], tuple[float, ...]]:
+    """The multi-GPU keys: ``gpus``, vLLM's ``tensor_parallel``, the ``gpu`` pin, llama.cpp's
+    ``tensor_split``; absent, a preset runs on one GPU, any. Returns (gpus, pin, split)."""
+    gpus: int | None = v.get("gpus")
+    if "tensor_parallel" in v:
+        if driver is not Driver.VLLM:
+            ck.add(doc, "tensor_parallel", "tensor_parallel", f"only valid with driver vllm (this preset is {driver.value}); "
+                   "write gpus: N for another engine")
+        elif gpus is not None and gpus != v["tensor_parallel"]:
+            ck.add(doc, "tensor_parallel", "tensor_parallel", f"{v['tensor_parallel']} differs from gpus: {gpus} "
+                   "(a vLLM preset's tensor-parallel size is its GPU count; give one of them)")
+        else:
+            gpus = v["tensor_parallel"]
+    pin: tuple[str, ...] = ()
+    if "gpu" in v:
+        pin = _gpu_pin(doc, doc["gpu"], ck) or ()
+        if pin and gpus is not None and len(pin) != gpus:
+            ck.add(doc, "gpu", "gpu", f"pins {len(pin)} GPU{'s' if len(pin) > 1 else ''} ({', '.join(pin)}) but the preset "
+                   f"runs on {gpus}; name {gpus} GPU{'s' if gpus > 1 else ''} or drop the count")
+        elif pin and gpus is None:
+            gpus = len(pin)
+    split: tuple[float, ...] = ()
+    if "tensor_split" in v:
+        if driver is not Driver.LLAMACPP:
+            ck.add(doc, "tensor_split", "tensor_split", f"only valid with driver llamacpp (this preset is {driver.value})")
+        else:
+            split = _tensor_split(doc, doc["tensor_split"], ck) or ()
+            if split and gpus is not None and len(split) != gpus:
+                ck.add(doc, "tensor_split", "tensor_split", f"has {len(split)} ratios but the preset runs on {gpus} "
+                       f"GPU{'s' if gpus > 1 else ''}; give one ratio per GPU")
+            elif split and gpus is None:
+                gpus = len(split)
+    if not pin and "gpu" not in v:
+        pin = _pin_from_cuda_visible(v.get("unit_vars", {}), gpus)
+        gpus = gpus if gpus is not None or not pin else len(pin)
+    return (gpus or 1), pin, split
+
+
+def _pin_from_cuda_visible(unit_vars: dict[str, Any], gpus: int | None) -> tuple[str, ...]:
+    """A preset that sets ``unit_vars.cuda_visible_devices`` itself (before pinning existed) keeps
+    it verbatim in its unit; the planner reads it as the pin, so it charges the GPUs it names."""
+    raw = unit_vars.get("cuda_visible_devices") if isinstance(unit_vars, dict) else None
+    if raw is None or isinstance(raw, bool):
+        return ()
+    items = [x.strip() for x in str(raw).split(",") if x.strip()]
+    ok = items and all((x.isdigit() and int(x) <= GPU_INDEX_MAX) or GPU_UUID_RE.match(x) for x in items)
+    if not ok or len(set(items)) != len(items) or (gpus is not None and len(items) != gpus):
+        return ()
+    return tuple(str(int(x)) if x.isdigit() else x for x in items)
 
 
 def _mode(doc: Any, rel: str, problems: list[Problem]) -> Mode | None:
@@ -319,6 +423,10 @@ def _cross_check(
         ck = Checker(rel)
         if preset.port != lead.port:
             ck.add(doc, "port", "port", f"router {preset.router!r} listens on {lead.port} (preset {lead.id!r}); every model of a router shares its port")
+        if (preset.gpus, preset.gpu_pin, preset.tensor_split) != (lead.gpus, lead.gpu_pin, lead.tensor_split):
+            ck.add(doc, "gpus" if "gpus" in doc else "id", "gpus", f"router {preset.router!r} runs on {lead.gpus} GPU(s)"
+                   f"{' ' + ','.join(lead.gpu_pin) if lead.gpu_pin else ''} (preset {lead.id!r}); every model of a router "
+                   "is one process: give them the same gpus, gpu and tensor_split")
         if preset.id in {p.router for p in presets.values()}:
             ck.add(doc, "id", "id", f"{preset.id!r} is also the name of a router; use another name")
         problems.extend(ck.problems)

@@ -171,3 +171,21 @@ class Catalog:
 
     def mode_vram(self, mode: Mode) -> int:
         return sum(self.presets[s].vram_mb for s in mode.service_ids)
+
+
+@dataclass(frozen=True)
+class GpuAssignment:
+    """The GPUs a service's unit is rendered for: indices in the service's GPU order, and each one's
+    UUID where the box reported it ("" when not)."""
+
+    indices: tuple[int, ...]
+    uuids: tuple[str, ...] = ()
+    totals_mb: tuple[int, ...] = ()  # each GPU's total (vLLM's --gpu-memory-utilization is a fraction of it)
+
+    @property
+    def visible_devices(self) -> str:
+        """``CUDA_VISIBLE_DEVICES``: the UUIDs when every one is known (stable across a reboot that
+        reorders GPUs), else the indices (with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``)."""
+        if self.uuids and len(self.uuids) == len(self.indices) and all(self.uuids):
+            return ",".join(self.uuids)
+        return ",".join(map(str, self.indices))

@@ -124,3 +124,13 @@ class Docker(Engine):
 
 
 ENGINE = Docker()
+
+
+def gpus_flag(argv: tuple[str, ...], devices: str) -> tuple[str, ...]:
+    """``docker run --gpus all`` narrowed to the service's GPUs: ``--gpus device=<uuid>``, or for
+    several ``--gpus "device=<a>,<b>"`` (docker reads the value as CSV: the quotes keep the list one field)."""
+    out = list(argv)
+    if "--gpus" in out:
+        i = out.index("--gpus")
+        out[i + 1] = f"device={devices}" if "," not in devices else f'"device={devices}"'
+    return tuple(out)

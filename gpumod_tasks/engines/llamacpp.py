@@ -77,6 +77,12 @@ def is_router(preset: Preset) -> bool:
     return preset.sleep_mode is SleepMode.ROUTER
 
 
+def tensor_split_arg(preset: Preset) -> str:
+    """``--tensor-split``: the preset's ratios (``3,1``), else an even split over its GPUs."""
+    ratios = preset.tensor_split if len(preset.tensor_split) == preset.gpus else (1.0,) * preset.gpus
+    return ",".join(f"{r:g}" for r in ratios)
+
+
 class LlamaCpp(Engine):
     name = "llamacpp"
     sim_flavor = "llamacpp"
@@ -101,6 +107,8 @@ class LlamaCpp(Engine):
             argv += ["--n-gpu-layers", str(uv["n_gpu_layers"])]
         if "parallel" in uv:
             argv += ["--parallel", str(uv["parallel"])]
+        if preset.gpus > 1:  # its GPUs are the visible ones, in order: the first holds the small tensors
+            argv += ["--tensor-split", tensor_split_arg(preset), "--main-gpu", "0"]
         argv += extra_args(preset, host)
         # pinned host buffers can hang the NVIDIA driver and freeze the host; presence disables them
         return Command(tuple(argv), (("GGML_CUDA_NO_PINNED", "1"),))
@@ -112,6 +120,8 @@ class LlamaCpp(Engine):
                 argv += ["--sim-model", f"{router_model_name(p)}={p.vram_mb}"]
         else:
             argv = ["--model", preset.model_path or preset.id, "--alias", preset.served_model, "--vram-mb", str(preset.vram_mb)]
+        if preset.gpus > 1:
+            argv += ["--tensor-split", tensor_split_arg(preset)]
         return Command(tuple(argv), (("GGML_CUDA_NO_PINNED", "1"),))
 
     def upstream_name(self, preset: Preset) -> str:

@@ -128,8 +128,11 @@ class Vllm(SleepRoutes):
         uv = {**host.vars, **preset.unit_vars}
         argv = [str(uv.get("vllm_bin", "vllm")), "serve", preset.model_path or preset.model_id, "--host", bind, "--port", str(preset.port),
                 "--served-model-name", preset.served_model,
-                "--gpu-memory-utilization", f"{gpu_memory_utilization(preset.vram_mb, facts.gpu_total_mb):g}"]
+                # a fraction of each GPU: under tensor parallel, each rank's share of the total
+                "--gpu-memory-utilization", f"{gpu_memory_utilization(max(preset.per_gpu_mb(preset.vram_mb)), facts.gpu_total_mb):g}"]
         env: list[tuple[str, str]] = []
+        if preset.gpus > 1:
+            argv += ["--tensor-parallel-size", str(preset.gpus)]
         if preset.context_size:
             argv += ["--max-model-len", str(preset.context_size)]
         if uv.get("task"):
@@ -143,6 +146,8 @@ class Vllm(SleepRoutes):
     def stand_in_args(self, preset: Preset, peers: tuple[Preset, ...]) -> Command:
         argv = ["--model", preset.model_id or preset.id, "--served-model-name", preset.served_model,
                 "--vram-mb", str(preset.vram_mb), "--sleep-vram-mb", str(preset.residual_mb)]
+        if preset.gpus > 1:
+            argv += ["--tensor-parallel-size", str(preset.gpus)]
         if preset.context_size:
             argv += ["--max-model-len", str(preset.context_size)]
         env: list[tuple[str, str]] = []

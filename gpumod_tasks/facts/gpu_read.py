@@ -197,3 +197,32 @@ class GpuReader:
             return int(first.split(",")[0].strip())
         except ValueError:
             raise GpuProbeError(f"[{self.label}] nvidia-smi memory.used unreadable: {first!r}") from None
+
+    def used_per_gpu(self) -> dict[int, int]:
+        """Every GPU's used MB by index: the release poll on a box with several GPUs (all GPUs in
+        one read, as cheap as the primary's)."""
+        if self._in_process:
+            return {g.index: g.used_mb or 0 for g in self._read_in_process().gpus}
+        if self._nvml_first:
+            try:
+                return {g.index: g.used_mb or 0 for g in self.read().gpus}
+            except GpuProbeError:
+                pass
+        r = self.host.run([self._binary, "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                          ok=accepted(self._kind))
+        if r.exit_code != 0:
+            raise GpuProbeError(f"[{self.label}] nvidia-smi failed: {meaning(self._kind, r.exit_code)}"
+                                f"{': ' + r.stderr.strip() if r.stderr.strip() else ''}")
+        return parse_used_per_gpu(r.stdout, self.label)
+
+
+def parse_used_per_gpu(text: str, label: str = "") -> dict[int, int]:
+    """Pure: ``index, memory.used`` lines -> {index: MB} (a placeholder reads as 0)."""
+    out: dict[int, int] = {}
+    for line in text.strip().splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        try:
+            out[int(cells[0])] = int(cells[1]) if len(cells) > 1 and cells[1].isdigit() else 0
+        except (ValueError, IndexError):
+            raise GpuProbeError(f"[{label}] nvidia-smi index,memory.used unreadable: {line!r}") from None
+    return out

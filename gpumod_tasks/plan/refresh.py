@@ -11,14 +11,17 @@ from collections.abc import Mapping
 from ..catalog.model import Catalog
 from ..observed import Observed, RenderedUnit, SvcState
 from .fitcheck import await_releasing
+from .placement import arithmetic, box_mb
 from .policy import Policy
+from .release import release_wait
 from .result import Plan
-from .steps import RouterLoad, Step, Stop, WaitRelease
+from .steps import RouterLoad, Step, Stop
 from .switch import is_router, start_steps
 from .unitfiles import install_steps, stale_reason
 
 
-def plan_refresh(catalog: Catalog, seen: Observed, policy: Policy, rendered: Mapping[str, RenderedUnit]) -> Plan:
+def plan_refresh(catalog: Catalog, seen: Observed, policy: Policy, rendered: Mapping[str, RenderedUnit],
+                 placement: Mapping[str, tuple[int, ...]] | None = None) -> Plan:
     leaving: list[Step] = []
     arriving: list[Step] = []
     notes: list[str] = []
@@ -44,13 +47,15 @@ def plan_refresh(catalog: Catalog, seen: Observed, policy: Policy, rendered: Map
             arriving += [RouterLoad(q.id, "after its router restarted") for q in peers if q.id != sid]
     steps: list[Step] = install_steps(list(rendered), rendered, seen)
     if leaving:
-        freed_all = sum(getattr(s, "frees_mb", 0) for s in leaving)
-        steps += leaving + [WaitRelease(max(0, seen.gpu_used_mb - freed_all), policy.release_tolerance_mb)] + arriving
+        steps += leaving + [release_wait(catalog, seen, leaving, policy)] + arriving
     steps = await_releasing(seen, steps, policy)
     rec = seen.record
-    return Plan(mode=rec.mode or "", steps=tuple(steps), keep=(), budget_mb=seen.gpu_total_mb - policy.reserve_mb,
-                gpu_total_mb=seen.gpu_total_mb, notes=tuple(notes), previous_mode=rec.mode,
-                operation="reload the catalog",
+    sleeping = [s for s, o in seen.services.items() if o.state is SvcState.SLEEPING]
+    awake = [s for s, o in seen.services.items() if o.holds_gpu and s not in sleeping]
+    pl, gpus = arithmetic(catalog, seen, policy, awake, sleeping, placement)
+    return Plan(mode=rec.mode or "", steps=tuple(steps), keep=(), budget_mb=box_mb(seen, policy)[1],
+                gpu_total_mb=box_mb(seen, policy)[0], notes=tuple(notes), previous_mode=rec.mode,
+                operation="reload the catalog", placement=tuple(sorted(pl.gpus.items())), gpus=gpus,
                 nothing_to_do="" if steps else "every unit matches the catalog and every running process runs it",
                 sleeping_after=tuple(sorted((s, o.sleep_level or 0) for s, o in seen.services.items()
                                             if o.state is SvcState.SLEEPING)))

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from ..catalog.model import Catalog
 from ..errors import PlanRefused
 from ..observed import Observed, RenderedUnit, SvcState
-from .fitcheck import await_releasing, refuse_unless_fits, refuse_unless_ram
+from .fitcheck import await_releasing, fit_gpus, refuse_unless_ram
 from .order import dependents_of, with_dependencies
+from .placement import Placement, arithmetic, box_mb, move_reason
 from .policy import Policy
-from .result import Plan
+from .release import release_wait
+from .result import GpuPlan, Plan
 from .sleep_level import choose_sleep_level
 from .steps import Record, RouterLoad, RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake
 from .switch import is_router, start_steps
@@ -57,13 +59,15 @@ def _stop_step(catalog: Catalog, seen: Observed, sid: str, reason: str) -> Step:
     return Stop(sid, reason, o.vram_mb, p.unit)
 
 
-def _wait(seen: Observed, leaving: list[Step], policy: Policy) -> WaitRelease:
-    freed = sum(getattr(s, "frees_mb", 0) for s in leaving)
-    return WaitRelease(max(0, seen.gpu_used_mb - freed), policy.release_tolerance_mb)
-
-
 def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy,
-                 rendered: Mapping[str, RenderedUnit] | None = None, *, now: float = 0.0) -> Plan:
+                 rendered: Mapping[str, RenderedUnit] | None = None, *, now: float = 0.0,
+                 placement: Mapping[str, tuple[int, ...]] | None = None) -> Plan:
+    """``placement``: the GPUs the units were rendered for (decided by a plan made first without
+    ``rendered``, ``pipeline.prepare``); kept as it is."""
+
+    def _wait(seen: Observed, leaving: list[Step], policy: Policy) -> WaitRelease:
+        return release_wait(catalog, seen, leaving, policy)
+
     if op.action not in ACTIONS:
         raise ValueError(op.action)
     sid = op.service
@@ -76,13 +80,15 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
     nothing = ""
     what = op.describe()
 
-    def plan(steps: list[Step], sleeping_after: dict[str, int], awake_after: list[str], proj: int = 0) -> Plan:
+    def plan(steps: list[Step], sleeping_after: dict[str, int], awake_after: list[str], proj: int = 0,
+             placed: tuple[Placement, tuple[GpuPlan, ...]] | None = None) -> Plan:
         if steps:
             steps = await_releasing(seen, steps, policy) + [Record(None, tuple(sorted(sleeping_after.items())))]
+        pl, gpus = placed or arithmetic(catalog, seen, policy, awake_after, sleeping_after, placement)
         return Plan(mode=rec.mode or "", steps=tuple(steps), keep=tuple(s for s in awake_after if s != sid),
-                    projected_mb=proj, budget_mb=seen.gpu_total_mb - policy.reserve_mb, gpu_total_mb=seen.gpu_total_mb,
+                    projected_mb=proj, budget_mb=box_mb(seen, policy)[1], gpu_total_mb=box_mb(seen, policy)[0],
                     previous_mode=rec.mode, sleeping_after=tuple(sorted(sleeping_after.items())), operation=what,
-                    nothing_to_do=nothing)
+                    nothing_to_do=nothing, placement=tuple(sorted(pl.gpus.items())), gpus=gpus)
 
     if op.action == "start" or (op.action == "wake" and o.state is SvcState.SLEEPING):
         if op.action == "start" and o.state is SvcState.RUNNING:
@@ -102,6 +108,14 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
             if od.state is SvcState.RUNNING or od.state is SvcState.STARTING:
                 continue
             pd = catalog.presets[d]
+            moving = move_reason(seen, pd) if od.state is SvcState.SLEEPING and not is_router(pd) else ""
+            if moving:  # asleep on GPUs it must leave: a fresh process on its new GPUs
+                after_sleep.pop(d, None)
+                restarting.insert(0, Stop(d, f"restart: {moving}", od.vram_mb, pd.unit))
+                steps += start_steps(pd, seen, policy, f"restart: {moving}", restart=True)
+                starting.append(d)
+                units_started.add(pd.unit)
+                continue
             if od.state is SvcState.SLEEPING:
                 after_sleep.pop(d, None)
                 steps.append(RouterLoad(d, "unloaded; its router is up") if is_router(pd)
@@ -121,11 +135,11 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
             starting.append(d)
             units_started.add(pd.unit)
         awake_after = sorted(set(awake) | set(ids))
-        proj = refuse_unless_fits(catalog, seen, awake_after, after_sleep, policy, what, arriving=ids)
+        proj, pl, gpus = fit_gpus(catalog, seen, awake_after, after_sleep, policy, what, arriving=ids, fixed=placement)
         refuse_unless_ram(catalog, seen, starting, policy)
         installs = install_steps([s.unit for s in steps if isinstance(s, Start)], rendered, seen)
         leaving = restarting + [_wait(seen, restarting, policy)] if restarting else []
-        return plan(installs + leaving + steps, after_sleep, awake_after, proj)
+        return plan(installs + leaving + steps, after_sleep, awake_after, proj, (pl, gpus))
 
     if op.action == "wake":
         if o.state is SvcState.RUNNING:
@@ -165,11 +179,11 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
                 arriving.append(RouterLoad(q.id, "after its router restarted"))
         after_sleep = {k: v for k, v in sleeping.items() if k != sid}
         awake_after = sorted(set(awake) | {sid})
-        proj = refuse_unless_fits(catalog, seen, awake_after, after_sleep, policy, what, arriving=[sid])
+        proj, pl, gpus = fit_gpus(catalog, seen, awake_after, after_sleep, policy, what, arriving=[sid], fixed=placement)
         refuse_unless_ram(catalog, seen, [sid], policy)
         installs = install_steps([p.unit], rendered, seen)
         steps = installs + leaving + ([_wait(seen, leaving, policy)] if leaving else []) + arriving
-        return plan(steps, after_sleep, awake_after, proj)
+        return plan(steps, after_sleep, awake_after, proj, (pl, gpus))
 
     # sleep
     if not p.can_sleep:

@@ -106,10 +106,17 @@ class WaitRelease(Step):
     expected_used_mb: int
     tolerance_mb: int
     releasing: tuple[str, ...] = ()
+    #: on a box with several GPUs: (GPU index, expected used MB) for every GPU involved (the GPUs
+    #: the leaving services held); the wait is met when each of them is down to its figure.
+    #: Empty on a one-GPU box: ``expected_used_mb`` is that GPU's figure.
+    per_gpu: tuple[tuple[int, int], ...] = ()
     kind: ClassVar[str] = "wait-release"
 
     def describe(self) -> str:
         what = f"releasing: {', '.join(self.releasing)}; " if self.releasing else ""
+        if self.per_gpu:
+            each = ", ".join(f"GPU{i} used <= {mb} MB" for i, mb in self.per_gpu)
+            return f"{what}wait until {each} (+{self.tolerance_mb} MB tolerance each)"
         return f"{what}wait until GPU used <= {self.expected_used_mb} MB (+{self.tolerance_mb} MB tolerance)"
 
 

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field, replace
 from ..catalog.model import Catalog, Mode, Preset, SleepMode
 from ..errors import PlanRefused
 from ..observed import Observed, RenderedUnit, SvcState
-from .fitcheck import await_releasing, l1_sleepers_stopping_credit, projected_mb, refuse_unless_fits, refuse_unless_ram
+from .fitcheck import await_releasing, fit_gpus, l1_sleepers_stopping_credit, projected_mb, refuse_unless_ram
 from .order import topo_order
+from .placement import box_mb, move_reason, over, per_gpu, place
 from .policy import Policy
+from .release import release_wait
 from .result import Plan
 from .sleep_level import choose_sleep_level
-from .steps import AwaitHealthy, Quiesce, Record, ResetFailed, RouterLoad, RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake
+from .steps import AwaitHealthy, Quiesce, Record, ResetFailed, RouterLoad, RouterUnload, Sleep, Start, Step, Stop, Wake
 from .unitfiles import install_steps, stale_reason
 
 
@@ -108,7 +110,8 @@ def partition(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
                 _arrive_router(catalog, seen, p, policy, part, restarts, unit_started, unit_stopped, recorded, mode,
                                recorded_services)
                 continue
-            stale = (stale_reason(seen, sid, p.unit, rendered, policy)
+            moving = move_reason(seen, p)
+            stale = ((f"restart: {moving}" if moving else stale_reason(seen, sid, p.unit, rendered, policy))
                      if o.state in (SvcState.RUNNING, SvcState.SLEEPING, SvcState.STARTING) else "")
             if stale:
                 part.leaving[sid] = Stop(sid, stale, o.vram_mb, p.unit)
@@ -211,21 +214,37 @@ def _leave_router(catalog: Catalog, seen: Observed, p: Preset, policy: Policy, p
     return mem_left
 
 
-def make_room(catalog: Catalog, seen: Observed, part: Partition, awake: list[str], policy: Policy) -> None:
-    """Stop sleeping services outside the target, largest residual first, until the target fits."""
+def make_room(catalog: Catalog, seen: Observed, part: Partition, awake: list[str], policy: Policy,
+              fixed: Mapping[str, tuple[int, ...]] | None = None) -> None:
+    """Stop sleeping services outside the target, largest residual first, until the target fits
+    (on a box with several GPUs: on every GPU, those on a GPU that is over first)."""
     budget = seen.gpu_total_mb - policy.reserve_mb
     if not seen.gpu_total_mb:
         return
+    while seen.multi_gpu:
+        pl = place(catalog, seen, policy, awake, part.sleeping_after, fixed)
+        hot = {g.index for g in over(per_gpu(catalog, seen, policy, pl, awake, part.sleeping_after))}
+        if not hot and not pl.unplaced:
+            return
+        cands = [s for s in part.sleeping_after if catalog.presets[s].residual_mb
+                 and (pl.unplaced or hot & set(pl.of(s)))]
+        if not cands:
+            return
+        _stop_sleeper(catalog, seen, part, max(cands, key=lambda s: (catalog.presets[s].residual_mb, s)))
     for sid in sorted(part.sleeping_after, key=lambda s: -catalog.presets[s].residual_mb):
         if projected_mb(catalog, awake, part.sleeping_after, seen.external_mb) <= budget:
             break
-        res = catalog.presets[sid].residual_mb
-        if res == 0:
+        if catalog.presets[sid].residual_mb == 0:
             continue
-        p = catalog.presets[sid]
-        del part.sleeping_after[sid]
-        part.leaving[sid] = Stop(sid, f"asleep but its {res} MB residual is needed", seen.services[sid].vram_mb, p.unit)
-        part.notes.append(f"{sid}: stopped instead of kept asleep to make room ({res} MB)")
+        _stop_sleeper(catalog, seen, part, sid)
+
+
+def _stop_sleeper(catalog: Catalog, seen: Observed, part: Partition, sid: str) -> None:
+    p = catalog.presets[sid]
+    res = p.residual_mb
+    del part.sleeping_after[sid]
+    part.leaving[sid] = Stop(sid, f"asleep but its {res} MB residual is needed", seen.services[sid].vram_mb, p.unit)
+    part.notes.append(f"{sid}: stopped instead of kept asleep to make room ({res} MB)")
 
 
 def assemble(catalog: Catalog, seen: Observed, part: Partition, order_target: list[str], policy: Policy,
@@ -245,7 +264,7 @@ def assemble(catalog: Catalog, seen: Observed, part: Partition, order_target: li
     freed = sum(getattr(s, "frees_mb", 0) for s in part.leaving.values())
     if part.leaving:
         # verified even when nothing loads next: when the command returns, the VRAM is free
-        steps.append(WaitRelease(max(0, seen.gpu_used_mb - freed), policy.release_tolerance_mb))
+        steps.append(release_wait(catalog, seen, list(part.leaving.values()), policy))
         if policy.quiesce_s > 0 and freed >= policy.quiesce_threshold_mb:
             steps.append(Quiesce(policy.quiesce_s, freed, wait=bool(arriving)))
     steps += arriving
@@ -262,12 +281,16 @@ def refuse_foreign_listeners(catalog: Catalog, seen: Observed, ids: list[str]) -
 
 
 def plan_switch(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
-                rendered: Mapping[str, RenderedUnit] | None = None) -> Plan:
+                rendered: Mapping[str, RenderedUnit] | None = None,
+                placement: Mapping[str, tuple[int, ...]] | None = None) -> Plan:
+    """``placement``: the GPUs the units were rendered for (a plan made without ``rendered``
+    decides it first: ``pipeline.prepare``); kept as it is."""
     target = list(mode.service_ids)
     refuse_foreign_listeners(catalog, seen, target)
     part = partition(catalog, seen, mode, policy, rendered)
-    make_room(catalog, seen, part, target, policy)
-    proj = refuse_unless_fits(catalog, seen, target, part.sleeping_after, policy, f"mode {mode.id}", arriving=target)
+    make_room(catalog, seen, part, target, policy, placement)
+    proj, pl, gpus = fit_gpus(catalog, seen, target, part.sleeping_after, policy, f"mode {mode.id}", arriving=target,
+                              fixed=placement)
     starting = [s.service for sid in topo_order(catalog, target) for s in part.arriving.get(sid, []) if isinstance(s, Start)]
     stopping = [s.service for s in part.leaving.values() if isinstance(s, Stop)]
     part.notes += refuse_unless_ram(catalog, seen, starting, policy, promised_mb=part.ram_promised_mb,
@@ -275,7 +298,7 @@ def plan_switch(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
     record = Record(mode.id, tuple(sorted(part.sleeping_after.items())))
     steps = await_releasing(seen, assemble(catalog, seen, part, target, policy, rendered, record), policy)
     return Plan(mode=mode.id, steps=tuple(steps), keep=tuple(part.keep), projected_mb=proj,
-                budget_mb=seen.gpu_total_mb - policy.reserve_mb, gpu_total_mb=seen.gpu_total_mb, notes=tuple(part.notes),
+                budget_mb=box_mb(seen, policy)[1], gpu_total_mb=box_mb(seen, policy)[0], notes=tuple(part.notes),
                 previous_mode=seen.record.mode, sleeping_after=tuple(sorted(part.sleeping_after.items())),
-                operation=f"switch to {mode.id}",
+                operation=f"switch to {mode.id}", placement=tuple(sorted(pl.gpus.items())), gpus=gpus,
                 nothing_to_do="" if steps else f"mode {mode.id} is already running as planned")

@@ -10,10 +10,12 @@ def render(c, service_id):
     """Print the systemd unit rendered for one service on the target host."""
     from ..cli_context import for_each_host
     from ..render import unit_for
+    from ..unit_install import placement_now
 
     def run(t, con):
         p = t.catalog.preset(service_id)
-        print(unit_for(t.catalog, p, t.spec, t.render_facts(), t.project_root)[0], end="")
+        gpus = (placement_now(t) or {}).get(p.id)  # a box with several GPUs: the GPUs it holds (or would get)
+        print(unit_for(t.catalog, p, t.spec, t.render_facts(), t.project_root, gpus)[0], end="")
         return "ok"
 
     for_each_host(c, run, header=False)
