@@ -82,7 +82,16 @@ class Target:
 
     def header(self) -> str:
         """The first line of every command's output: which host, real or simulated, which manager."""
-        what = f"simulated GPU ({self.sim_setup.gpu_name}, {self.gpu_total_hint} MB)" if self.sim else "NVIDIA GPU"
+        if self.sim:
+            gpus = self.sim_setup.gpus
+            if len(gpus) > 1 and len({(g.name, g.total_mb) for g in gpus}) == 1:
+                what = f"{len(gpus)} simulated GPUs ({gpus[0].name}, {gpus[0].total_mb} MB each)"
+            elif len(gpus) > 1:
+                what = f"{len(gpus)} simulated GPUs (" + "; ".join(f"GPU{i} {g.name}, {g.total_mb} MB" for i, g in enumerate(gpus)) + ")"
+            else:
+                what = f"simulated GPU ({self.sim_setup.gpu_name}, {self.gpu_total_hint} MB)"
+        else:
+            what = "NVIDIA GPU"
         return f"host {self.spec.label}: {what}, services via {self.manager.kind}"
 
     @property
