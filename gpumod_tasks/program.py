@@ -18,11 +18,39 @@ as its own flag, which wins over the positional.
 from __future__ import annotations
 
 import sys
+import types
+from typing import Any
 
-from invoke import Argument, Collection, Exit, Program
-from invoke.parser import Parser, ParserContext
 
-from . import __version__
+def _import_invoke_lazily_mocked() -> None:
+    """Import Invoke without ``unittest.mock``: ``invoke.context`` imports it (with asyncio and
+    ssl, ~40 ms of every command) for ``MockContext`` alone.  While Invoke is imported, a
+    placeholder stands in whose ``Mock`` imports the real one on first call; it is gone from
+    ``sys.modules`` afterwards, so any later ``import unittest.mock`` is the real module."""
+    if "invoke" in sys.modules or "unittest.mock" in sys.modules:
+        return
+
+    def Mock(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the name invoke.context imports
+        import unittest.mock
+
+        return unittest.mock.Mock(*args, **kwargs)
+
+    stub = types.ModuleType("unittest.mock")
+    stub.Mock = Mock  # type: ignore[attr-defined]
+    sys.modules["unittest.mock"] = stub
+    try:
+        import invoke  # noqa: F401
+    finally:
+        if sys.modules.get("unittest.mock") is stub:
+            del sys.modules["unittest.mock"]
+
+
+_import_invoke_lazily_mocked()
+
+from invoke import Argument, Collection, Exit, Program  # noqa: E402
+from invoke.parser import Parser, ParserContext  # noqa: E402
+
+from . import __version__  # noqa: E402
 
 HELP_ARG = "help"
 
