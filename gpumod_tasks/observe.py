@@ -62,7 +62,7 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
             f_mem = pool.submit(host.read_file, meminfo_path)
             f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
             f_daemon = pool.submit(host.read_file, registration_file(target.state_dir))
-            f_files = pool.submit(_run_fact, host, unit_files_argv(*unit_file_location(target), list(unit_files))) if unit_files else None
+            f_files = pool.submit(_unit_files_here, *unit_file_location(target), list(unit_files)) if unit_files else None
             unit_states = f_units.result()
             if f_gpu is not None:
                 try:
@@ -138,6 +138,12 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     return Observed(host=target.spec.name, services=obs, gpu=gpu, mem=mem, record=record, manager=manager.kind,
                     sim=sim, gpu_error=gpu_error, took_s=time.perf_counter() - t0, unmapped_pids=unmapped,
                     unit_files=files, boot_time=boot, releasing=tuple(releasing), daemon=parse_daemon_link(daemon_text))
+
+
+def _unit_files_here(directory: str, suffix: str, units: list[str]) -> str:
+    from .facts.here import unit_files_text  # what the unit-files script prints, read in this process
+
+    return unit_files_text(directory, suffix, units)
 
 
 def _run_fact(host: object, argv: list[str]) -> str:
