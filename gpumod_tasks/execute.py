@@ -2,7 +2,7 @@
 trusting the plan (VRAM really released? health really green?).
 
 tenacity drives every wait: VRAM-release polling and health gates poll at an interval of 3% of
-the time waited so far (10 ms floor, 1 s cap), so a release is seen within about 10% of its lag
+the time waited so far (2 ms floor, 1 s cap), so a release is seen within about 10% of its lag
 while a long load is not hammered.
 """
 
@@ -49,7 +49,7 @@ from .unit_install import write_unit
 Event = Callable[[str, Step, str], None]  # (phase: start|done|fail|info, step, detail)
 
 
-def adaptive_wait(floor: float = 0.01, frac: float = 0.03, cap: float = 1.0) -> Callable[[RetryCallState], float]:
+def adaptive_wait(floor: float = 0.002, frac: float = 0.03, cap: float = 1.0) -> Callable[[RetryCallState], float]:
     def wait(rs: RetryCallState) -> float:
         elapsed = rs.seconds_since_start or 0.0
         return min(cap, max(floor, frac * elapsed))
