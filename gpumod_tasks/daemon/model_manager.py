@@ -7,7 +7,10 @@ Decisions:
 - Ready means the service is running and awake and no switch in progress is about to take it away.
 - The smallest change: a service of the current mode is woken/started alone (``service.start``);
   otherwise the daemon switches to the mode containing it that fits and is quickest to reach
-  (``decide.choose_mode``: every candidate planned from one observation).
+  (``decide.choose_mode``: every candidate planned from one observation).  That observation is
+  the daemon's last one while it is fresh (made within the reconcile interval, and the host's mode
+  record unchanged since, which every run on the box rewrites); the run that makes the change
+  observes again under the host lock and plans from that.
 - Requests waiting for models are served grouped by model, oldest model first: A B A B arriving
   during a switch become one change for A (both A requests), then one for B.
 - A service about to be slept or stopped is drained first: new requests to it wait, requests in
@@ -38,6 +41,7 @@ from ..errors import CatalogError, GpumodError
 from ..observe import observe
 from ..observed import Observed, SvcState
 from ..plan import LEAVING, InstallUnit, Plan
+from ..state import read_mode
 from .decide import NoModeFits, choose_mode, idle_candidates, service_state
 
 if TYPE_CHECKING:
@@ -327,7 +331,8 @@ class ModelManager:
         async with self.switch_lock:
             if self.held:
                 await asyncio.to_thread(self._expire_holds)
-            await self.refresh()
+            if not await asyncio.to_thread(self._seen_is_current):
+                await self.refresh()
             if self.ready(sid):
                 return {"service": sid, "action": "none", "duration_s": 0.0}
             self.errors.pop(sid, None)
@@ -336,6 +341,20 @@ class ModelManager:
                 return await self._service_start(sid)
             target_mode = await asyncio.to_thread(self._best_mode_for, sid, self.seen)
             return await self._switch(target_mode, sid)
+
+    def _seen_is_current(self) -> bool:
+        """The last observation still stands for choosing what to do: it is no older than the
+        reconcile interval and the host's mode record is what it saw (every run on the box, the
+        CLI's too, rewrites the record).  What is chosen from it is then done by a run that
+        observes again under the host lock and plans from that, and whose waits check the GPU."""
+        seen = self.seen
+        if seen is None or time.monotonic() - self.observed_at > self.opts.reconcile_s:
+            return False
+        try:
+            t = self.target()
+            return read_mode(t.host, t.state_dir) == seen.record
+        except GpumodError:
+            return False
 
     def _best_mode_for(self, sid: str, seen: Observed | None = None) -> str:
         """Every candidate mode planned (pure) from one observation, the quickest wins.
