@@ -11,9 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop_after_delay
+from typing import TYPE_CHECKING, Any
 
 from .catalog.model import Preset
 from .engines import Health, Probe, probe
@@ -45,6 +43,9 @@ from .service_manager import Systemd
 from .state import ModeRecord, read_mode, write_mode
 from .target import Target
 from .unit_install import write_unit
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 Event = Callable[[str, Step, str], None]  # (phase: start|done|fail|info, step, detail)
 
@@ -244,6 +245,8 @@ class Executor:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _wait_release(self, step: WaitRelease) -> tuple[str, str]:
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
+
         limit = step.expected_used_mb + step.tolerance_mb
         last: list[int] = []
 
@@ -289,6 +292,8 @@ class Executor:
         return "changed", detail
 
     def _wait_router_listening(self, p: Preset, t_start: float) -> None:
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
+
         def up() -> bool:
             pr = probe(self.t.host, p)
             if pr.health is Health.DOWN:
@@ -307,6 +312,8 @@ class Executor:
 
     def _gate(self, p: Preset, t_start: float) -> None:
         """Health gate: poll until healthy and awake (router: model ``loaded``), up to startup_timeout."""
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay
+
         last: list[Probe] = []
         checks = [0]
 

@@ -22,12 +22,14 @@ import types
 from typing import Any
 
 
-def _import_invoke_lazily_mocked() -> None:
-    """Import Invoke without ``unittest.mock``: ``invoke.context`` imports it (with asyncio and
-    ssl, ~40 ms of every command) for ``MockContext`` alone.  While Invoke is imported, a
-    placeholder stands in whose ``Mock`` imports the real one on first call; it is gone from
-    ``sys.modules`` afterwards, so any later ``import unittest.mock`` is the real module."""
-    if "invoke" in sys.modules or "unittest.mock" in sys.modules:
+def _import_invoke_light() -> None:
+    """Import Invoke without two modules it loads for features gpumod's commands never reach:
+    ``unittest.mock`` (with asyncio and ssl) for ``MockContext``, and its vendored pure-Python
+    YAML for ``invoke.yaml`` config files (~65 ms of every command together).  While Invoke is
+    imported, placeholders stand in whose one entry point (``Mock``, ``safe_load``) imports the
+    real module on first call; they are gone from ``sys.modules`` afterwards, so any later import
+    of those modules is the real one."""
+    if "invoke" in sys.modules:
         return
 
     def Mock(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the name invoke.context imports
@@ -35,17 +37,28 @@ def _import_invoke_lazily_mocked() -> None:
 
         return unittest.mock.Mock(*args, **kwargs)
 
-    stub = types.ModuleType("unittest.mock")
-    stub.Mock = Mock  # type: ignore[attr-defined]
-    sys.modules["unittest.mock"] = stub
+    def safe_load(stream: Any) -> Any:
+        import importlib
+
+        return importlib.import_module("invoke.vendor.yaml").safe_load(stream)
+
+    stubs = {"unittest.mock": {"Mock": Mock}, "invoke.vendor.yaml": {"safe_load": safe_load}}
+    placed = {}
+    for name, attrs in stubs.items():
+        if name in sys.modules:
+            continue
+        stub = types.ModuleType(name, "a placeholder while Invoke is imported (gpumod_tasks.program)")
+        stub.__dict__.update(attrs)
+        placed[name] = sys.modules[name] = stub
     try:
         import invoke  # noqa: F401
     finally:
-        if sys.modules.get("unittest.mock") is stub:
-            del sys.modules["unittest.mock"]
+        for name, stub in placed.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
 
 
-_import_invoke_lazily_mocked()
+_import_invoke_light()
 
 from invoke import Argument, Collection, Exit, Program  # noqa: E402
 from invoke.parser import Parser, ParserContext  # noqa: E402
