@@ -8,7 +8,8 @@ simulated host whose stand-ins have no delays (``sim_timings`` all 0), under `in
 In mode rag, a chat request for glm-code makes the daemon switch to code (vllm-embedding put to
 sleep, glm-code loaded into its llama.cpp router); a request for vllm-embedding switches back
 (glm-code unloaded, its VRAM waited for, vllm-embedding woken). Each request's latency minus a
-request to the same model once it is awake is the swap's added time, p50 and p99 per direction.
+request to the same model once it is awake (0.2 s later, the daemon at rest) is the swap's added
+time, p50 and p99 per direction.
 The llama.cpp router stand-in reaps an unloaded model 50 ms after /models/unload (as the real
 one's child exits), so code -> rag also shows it with that 50 ms taken off: gpumod's own time.
 ``--repo A --repo B`` runs a daemon per checkout, each on its own simulated host, and
@@ -34,6 +35,7 @@ from benchlib import free_ports
 
 HERE = Path(__file__).resolve().parent.parent
 ROUTER_REAP_S = 0.05
+REST_S = 0.2  # between a swap and the baseline request
 
 
 class Daemon:
@@ -95,12 +97,18 @@ def main() -> None:
         with httpx.Client(trust_env=False, timeout=60) as c:
             for d in daemons:
                 d.ask(c, "vllm-embedding")
-            for _ in range(a.swaps):  # interleaved, so the machine's noise hits every checkout alike
+            # interleaved, so the machine's noise hits every checkout alike; the request to the awake
+            # model (the baseline) comes once the daemon is at rest again (it observes after a swap)
+            for _ in range(a.swaps):
                 for d in daemons:
                     d.swap["rag -> code"].append(d.ask(c, "glm-code"))
+                time.sleep(REST_S)
+                for d in daemons:
                     d.awake.append(d.ask(c, "glm-code"))
                 for d in daemons:
                     d.swap["code -> rag"].append(d.ask(c, "vllm-embedding"))
+                time.sleep(REST_S)
+                for d in daemons:
                     d.awake.append(d.ask(c, "vllm-embedding"))
     finally:
         for d in daemons:
