@@ -245,6 +245,8 @@ class Executor:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _wait_release(self, step: WaitRelease) -> tuple[str, str]:
+        if self.t.gpu_reader.waits_on_box:  # a remote box: the whole wait is one command there
+            return self._wait_release_on_box(step)
         from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
 
         limit = step.expected_used_mb + step.tolerance_mb
@@ -266,6 +268,21 @@ class Executor:
             raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
                              f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
                              f"(a stopped process may be stuck; check nvidia-smi)") from None
+        return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
+
+    def _wait_release_on_box(self, step: WaitRelease) -> tuple[str, str]:
+        """``_wait_release`` polled on the box by one command (``GpuReader.wait_used_at_most``):
+        the same interval, one round trip instead of one per poll."""
+        limit = step.expected_used_mb + step.tolerance_mb
+        last: list[int] = []
+        if not self.t.gpu_reader.wait_used_at_most(limit, self.release_timeout_s, last):
+            if step.releasing:
+                raise StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
+                                 f"(GPU uses {last[-1] if last else '?'} MB > expected {step.expected_used_mb} MB + "
+                                 f"{step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi")
+            raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
+                             f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
+                             f"(a stopped process may be stuck; check nvidia-smi)")
         return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
 
     def _preflight(self, p: Preset) -> str:
