@@ -47,9 +47,13 @@ class Daemon:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GPUMOD_")}
         self.env.update(GPUMOD_HOME=str(self.home), GPUMOD_STATE_DIR=str(tmp / "state"), PYTHONPATH=str(repo))
         self.inv = [sys.executable, "-m", "gpumod_tasks.program"]
+        self.proc: subprocess.Popen[bytes] | None = None
         for m in ("code", "rag"):
-            subprocess.run([*self.inv, "mode.switch", "--name", m], env=self.env, cwd=self.home, check=True,
-                           capture_output=True)
+            r = subprocess.run([*self.inv, "mode.switch", "--name", m], env=self.env, cwd=self.home,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                self.stop()
+                raise SystemExit(f"{repo}: inv mode.switch --name {m} failed ({r.returncode}): {r.stderr}{r.stdout}")
         port = free_ports(1)[0]
         while port in avoid | self.ports:
             port = free_ports(1)[0]
@@ -73,8 +77,9 @@ class Daemon:
         return dt
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
         subprocess.run([*self.inv, "sim.reset"], env=self.env, cwd=self.home, capture_output=True)
 
 
