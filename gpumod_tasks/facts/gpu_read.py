@@ -207,8 +207,8 @@ class GpuReader:
 
     def wait_used_at_most(self, limit_mb: int, timeout_s: float, polls: list[int]) -> bool:
         """Poll the primary GPU's used MB on the box until it is at most ``limit_mb`` (True) or
-        ``timeout_s`` passed (False), in one command: the same interval as the executor's waits
-        (3% of the time waited, 2 ms to 1 s).  Every figure read is appended to ``polls``; a
+        ``timeout_s`` passed (False), in one command: the executor's interval (3% of the time
+        waited, 2 ms to 1 s), from the start of one poll to the next.  Every figure read is appended to ``polls``; a
         backend that fails raises ``GpuProbeError`` with its words, as ``used_mb`` does."""
         r = self.host.run(["sh", "-c", WAIT_USED_SH, "sh", self._binary, str(int(limit_mb)),
                            str(max(1, round(timeout_s * 100)))],
@@ -233,12 +233,14 @@ class GpuReader:
 # $1 the nvidia-smi (or shim) to ask, $2 the limit (MB), $3 the timeout (centiseconds).  Prints
 # ``used N`` per poll; exit 0 at or under the limit, 1 timed out, 3 ``error RC WORDS`` (the
 # backend failed), 4 ``bad TEXT`` (an answer that is no number).  The clock is /proc/uptime (no
-# fork); the interval is 3% of the time waited, 2 ms to 1 s, as the executor's own waits.
+# fork); a poll starts 3% of the time waited (2 ms to 1 s) after the last one started, or at once
+# when that one took longer (the shim, a slow nvidia-smi).
 WAIT_USED_SH = r'''
 bin=$1; limit=$2; timeout=$3
 cs() { read -r up _ < /proc/uptime; s=${up%.*}; f=${up#*.}; now=$(( s * 100 + ${f#0} )); }
 cs; start=$now
 while :; do
+  cs; polled=$now
   out=$("$bin" --query-gpu=memory.used --format=csv,noheader,nounits 2>&1); rc=$?
   if [ $rc -ne 0 ]; then printf 'error %s %s\n' "$rc" "$(printf '%s' "$out" | head -c 300 | tr '\n' ' ')"; exit 3; fi
   set -f; set -- $out; set +f
@@ -248,7 +250,9 @@ while :; do
   [ "$u" -le "$limit" ] && exit 0
   cs; el=$(( now - start ))
   [ $el -ge "$timeout" ] && exit 1
+  # the next poll starts an interval after this one started: a slow nvidia-smi is not waited for twice
   ms=$(( el * 30 / 100 )); [ $ms -lt 2 ] && ms=2; [ $ms -gt 1000 ] && ms=1000
-  sleep "$(( ms / 1000 )).$(( ms % 1000 / 100 ))$(( ms % 100 / 10 ))$(( ms % 10 ))"
+  ms=$(( ms - (now - polled) * 10 ))
+  [ $ms -gt 0 ] && sleep "$(( ms / 1000 )).$(( ms % 1000 / 100 ))$(( ms % 100 / 10 ))$(( ms % 10 ))"
 done
 '''
