@@ -86,6 +86,7 @@ class Daemon:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--swaps", type=int, default=20, help="swaps per direction")
+    ap.add_argument("--show", action="store_true", help="also print every swap's added ms, sorted")
     ap.add_argument("--repo", type=Path, action="append",
                     help="a checkout to measure (default: this one); given twice, both are measured, their swaps interleaved")
     a = ap.parse_args()
@@ -131,6 +132,8 @@ def main() -> None:
                 line += (f"; less the stand-in's {ROUTER_REAP_S * 1000:.0f} ms reap: p50 {statistics.median(own) * 1000:.0f} ms,"
                          f" p99 {pct(own, 0.99) * 1000:.0f} ms")
             print(line)
+            if a.show:
+                print("  added ms: " + " ".join(f"{x * 1000:.0f}" for x in sorted(added)))
 
 
 if __name__ == "__main__":
