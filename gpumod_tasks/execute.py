@@ -2,7 +2,7 @@
 trusting the plan (VRAM really released? health really green?).
 
 tenacity drives every wait: VRAM-release polling and health gates poll at an interval of 3% of
-the time waited so far (10 ms floor, 1 s cap), so a release is seen within about 10% of its lag
+the time waited so far (2 ms floor, 1 s cap), so a release is seen within about 10% of its lag
 while a long load is not hammered.
 """
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_result, stop_after_delay
+from typing import TYPE_CHECKING, Any
 
 from .catalog.model import Preset
 from .engines import Health, Probe, probe
@@ -46,10 +44,13 @@ from .state import ModeRecord, read_mode, write_mode
 from .target import Target
 from .unit_install import write_unit
 
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
 Event = Callable[[str, Step, str], None]  # (phase: start|done|fail|info, step, detail)
 
 
-def adaptive_wait(floor: float = 0.01, frac: float = 0.03, cap: float = 1.0) -> Callable[[RetryCallState], float]:
+def adaptive_wait(floor: float = 0.002, frac: float = 0.03, cap: float = 1.0) -> Callable[[RetryCallState], float]:
     def wait(rs: RetryCallState) -> float:
         elapsed = rs.seconds_since_start or 0.0
         return min(cap, max(floor, frac * elapsed))
@@ -247,6 +248,10 @@ class Executor:
     def _wait_release(self, step: WaitRelease) -> tuple[str, str]:
         if step.per_gpu:
             return self._wait_release_per_gpu(step)
+        if self.t.gpu_reader.waits_on_box:  # a remote box: the whole wait is one command there
+            return self._wait_release_on_box(step)
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
+
         limit = step.expected_used_mb + step.tolerance_mb
         last: list[int] = []
 
@@ -270,6 +275,8 @@ class Executor:
 
     def _wait_release_per_gpu(self, step: WaitRelease) -> tuple[str, str]:
         """Met when every GPU involved is down to its figure (all GPUs read in each poll)."""
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
+
         want = dict(step.per_gpu)
         last: list[dict[int, int]] = []
 
@@ -295,6 +302,21 @@ class Executor:
         u = last[-1]
         return "unchanged", ", ".join(f"GPU{g} {u.get(g, 0)} MB" for g in sorted(want)) + f" used after {len(last)} polls"
 
+    def _wait_release_on_box(self, step: WaitRelease) -> tuple[str, str]:
+        """``_wait_release`` polled on the box by one command (``GpuReader.wait_used_at_most``):
+        the same interval, one round trip instead of one per poll."""
+        limit = step.expected_used_mb + step.tolerance_mb
+        last: list[int] = []
+        if not self.t.gpu_reader.wait_used_at_most(limit, self.release_timeout_s, last):
+            if step.releasing:
+                raise StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
+                                 f"(GPU uses {last[-1] if last else '?'} MB > expected {step.expected_used_mb} MB + "
+                                 f"{step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi")
+            raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
+                             f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
+                             f"(a stopped process may be stuck; check nvidia-smi)")
+        return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
+
     def _preflight(self, p: Preset) -> str:
         text = self.t.host.read_file(f"{self.t.spec.procfs.rstrip('/')}/meminfo")
         if not text:
@@ -319,6 +341,8 @@ class Executor:
         return "changed", detail
 
     def _wait_router_listening(self, p: Preset, t_start: float) -> None:
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
+
         def up() -> bool:
             pr = probe(self.t.host, p)
             if pr.health is Health.DOWN:
@@ -337,6 +361,8 @@ class Executor:
 
     def _gate(self, p: Preset, t_start: float) -> None:
         """Health gate: poll until healthy and awake (router: model ``loaded``), up to startup_timeout."""
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay
+
         last: list[Probe] = []
         checks = [0]
 

@@ -9,13 +9,16 @@ service's HTTP health and sleep state (concurrently).  The result is a plain ``O
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 from .daemon.announce import parse as parse_daemon_link
 from .daemon.announce import registration_file
-from .engines import probe
+from .engines import Health, Probe, probe, refused_here
 from .errors import GpumodError
 from .facts.batch import run_batch
 from .facts.gpu import GpuFacts
@@ -55,17 +58,19 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     meminfo_path = f"{target.spec.procfs.rstrip('/')}/meminfo"
     gpu: GpuFacts | None = None
     gpu_error = ""
-    with ThreadPoolExecutor(max_workers=min(32, 4 + len(presets))) as pool:
-        f_probes = {p.id: pool.submit(probe, host, p) for p in presets}
+    with _shared_pool() as pool:
+        # this machine: a port nobody listens on is answered here (a connect), without a thread
+        down = {p.id for p in presets if refused_here(p.port)} if host.is_this_machine else set()
+        f_probes = {p.id: pool.submit(probe, host, p) if p.id not in down else _now(_refused_probe) for p in presets}
         if host.is_this_machine:
-            # local commands are cheap and independent: run them side by side
+            # commands side by side; what is a plain file read here is read at once
             f_units = pool.submit(manager.states, units)
             f_gpu = pool.submit(target.gpu) if with_gpu else None
-            f_mem = pool.submit(host.read_file, meminfo_path)
-            f_rec = pool.submit(host.read_file, mode_file(target.state_dir))
-            f_daemon = pool.submit(host.read_file, registration_file(target.state_dir))
-            f_fp = pool.submit(host.read_file, footprints_file(target.state_dir))
-            f_files = pool.submit(_run_fact, host, unit_files_argv(*unit_file_location(target), list(unit_files))) if unit_files else None
+            f_mem = _now(host.read_file, meminfo_path)
+            f_rec = _now(host.read_file, mode_file(target.state_dir))
+            f_daemon = _now(host.read_file, registration_file(target.state_dir))
+            f_fp = _now(host.read_file, footprints_file(target.state_dir))
+            f_files = _now(_unit_files_here, *unit_file_location(target), list(unit_files)) if unit_files else None
             unit_states = f_units.result()
             if f_gpu is not None:
                 try:
@@ -166,6 +171,42 @@ def attribute(gpu: GpuFacts, pid_owner: dict[int, str], by_cgroup: dict[int, str
                 unmapped[pid] = unmapped.get(pid, 0) + mb
                 foreign_gpu[g.index] = foreign_gpu.get(g.index, 0) + mb
     return vram, unmapped, foreign_gpu, list(gone.values())
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _shared_pool() -> Iterator[ThreadPoolExecutor]:
+    """One pool for every observation of this process: a thread is started once, not per
+    observation (starting ~30 per observation cost more than the probes on a busy machine)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="gpumod-observe")
+        pool = _POOL
+    yield pool
+
+
+def _now(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` run at once, as a done future (its exception raised by ``result()``)."""
+    f: Future[Any] = Future()
+    try:
+        f.set_result(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - raised by result(), as from a pool
+        f.set_exception(exc)
+    return f
+
+
+def _refused_probe() -> Probe:
+    return Probe(Health.DOWN, detail="connection refused")
+
+
+def _unit_files_here(directory: str, suffix: str, units: list[str]) -> str:
+    from .facts.here import unit_files_text  # what the unit-files script prints, read in this process
+
+    return unit_files_text(directory, suffix, units)
 
 
 def _run_fact(host: object, argv: list[str]) -> str:

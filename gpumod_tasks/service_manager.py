@@ -217,6 +217,12 @@ class Supervisor(ServiceManager):
     def states(self, units: Sequence[str]) -> dict[str, UnitState]:
         if not units:
             return {}
+        if self.host.is_this_machine:  # the same blocks read in this process, no sh forked
+            from .facts.here import supervisor_state_text
+
+            text = supervisor_state_text(self.root, units)
+            if text is not None:
+                return parse_systemctl_show(text, units)
         r = self.host.run(self.state_argv(units), what="supervisor state")
         return parse_systemctl_show(r.stdout, units)
 

@@ -381,14 +381,20 @@ def _yaml(fast: bool = False) -> Any:
 
 
 def read_yaml(path: Path, rel: str, problems: list[Problem], fast: bool = False) -> Any:
-    """The document in ``path`` (None when it cannot be read; the reason is added to ``problems``)."""
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    """The document in ``path`` (None when it cannot be read; the reason is added to ``problems``).
 
+    ``fast``: a file whose very bytes were read before comes from ``_DocCache`` (no YAML parsed)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         problems.append(Problem(rel, 0, 0, "", f"cannot read: {exc.strerror or exc}"))
         return None
+    if fast:
+        hit = _DOCS.get(data)
+        if hit is not _MISS:
+            return hit
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -398,6 +404,8 @@ def read_yaml(path: Path, rel: str, problems: list[Problem], fast: bool = False)
         return None
     try:
         doc = _yaml(fast).load(text)
+        if fast:
+            _DOCS.put(data, doc)
         if not fast:
             # the round-trip loader turns an alias to its own enclosing node into null, so the
             # cycle the fast loader built is found on the composed nodes
@@ -423,6 +431,96 @@ def read_yaml(path: Path, rel: str, problems: list[Problem], fast: bool = False)
         line, col = _unbuildable_scalar(text)
         problems.append(Problem(rel, line, col, "", f"YAML error: cannot read this value: {shown(exc)}"))
     return None
+
+
+_MISS = object()
+
+
+class _DocCache:
+    """What the fast loader made of a file's exact bytes, kept between runs (``$GPUMOD_STATE_DIR``
+    or ``~/.cache/gpumod``, one marshal file): a command reads the same few dozen catalog files
+    every time, and parsing them (with importing ruamel) was ~30 ms of each.  Keyed by the whole
+    content, so an edited file is parsed again; a document marshal cannot hold (a timestamp) is
+    not kept; any trouble with the file only means parsing."""
+
+    LIMIT = 512  # documents kept
+
+    def __init__(self) -> None:
+        self._docs: dict[bytes, bytes] | None = None
+        self._new = False
+
+    def _path(self) -> Path:
+        import os
+
+        base = os.environ.get("GPUMOD_STATE_DIR")
+        if base:
+            return Path(base) / "cache" / "yaml-docs.marshal"
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpumod" / "yaml-docs.marshal"
+
+    def _load(self) -> dict[bytes, bytes]:
+        if self._docs is None:
+            import marshal
+
+            try:
+                docs = marshal.loads(self._path().read_bytes())
+                self._docs = docs if isinstance(docs, dict) else {}
+            except (OSError, ValueError, EOFError, TypeError):
+                self._docs = {}
+        return self._docs
+
+    def get(self, data: bytes) -> Any:
+        import marshal
+
+        blob = self._load().get(data)
+        if blob is None:
+            return _MISS
+        try:
+            return marshal.loads(blob)  # a fresh document for every caller
+        except (ValueError, EOFError, TypeError):
+            return _MISS
+
+    def put(self, data: bytes, doc: Any) -> None:
+        import marshal
+
+        try:
+            blob = marshal.dumps(doc)
+        except ValueError:
+            return
+        docs = self._load()
+        if docs.get(data) != blob:
+            docs[data] = blob
+            if not self._new:
+                import atexit
+
+                atexit.register(self.flush)
+            self._new = True
+
+    def flush(self) -> None:
+        """Write the documents out (at exit, once something new was parsed), atomically."""
+        import marshal
+        import os
+        import tempfile
+
+        if not self._new or self._docs is None:
+            return
+        self._new = False
+        keep = dict(list(self._docs.items())[-self.LIMIT:])
+        path = self._path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".yaml-docs.")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(marshal.dumps(keep))
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError:
+            pass
+
+
+_DOCS = _DocCache()
 
 
 def _alias_cycle(text: str) -> tuple[int, int] | None:

@@ -114,7 +114,9 @@ def ssh_box(tmp: Path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     known = tmp / "known_hosts"
     known.touch()
-    box = SshBox(tmp / "box", 200).up(key, known)
+    # the box's network 10.213.N.0/24: apart from the tests' (GPUMOD_TEST_NET_BASE + 0..9)
+    index = int(os.environ.get("GPUMOD_BENCH_NET_INDEX") or 200 + int(os.environ.get("GPUMOD_TEST_NET_BASE", "0")) // 10)
+    box = SshBox(tmp / "box", index).up(key, known)
     cfg = tmp / "ssh_config"
     cfg.write_text(f"Host 10.213.*\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {known}\n")
     with open(tmp / "home" / "inventory" / "hosts.yaml", "a") as fh:

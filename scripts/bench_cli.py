@@ -10,10 +10,12 @@ Each command is a fresh process, as a user runs it; medians of ``--runs``. Two c
 
 - ``source``: ``PYTHONDONTWRITEBYTECODE=1`` and no ``__pycache__`` for gpumod's own modules, as an
   editable checkout on these machines runs (every module is compiled at every start);
-- ``compiled``: gpumod's modules byte-compiled (``python -m compileall`` into the checkout's
-  ``__pycache__``, removed before and after), as a user's ``pip install`` runs.
+- ``compiled``: every module byte-compiled, as a user's ``pip install`` runs: gpumod's modules by
+  ``python -m compileall`` and the rest by the untimed set-up commands (run with Invoke's
+  ``--write-pyc``), all into a temporary ``PYTHONPYCACHEPREFIX`` (nothing is written into the
+  checkout).
 
-(The installed packages are byte-compiled in both, as pip leaves them.)
+(The installed packages are byte-compiled in the source column too, as pip leaves them.)
 
 Then the same work as one sequence (status, switch -> code, -> rag, no-op, -> code, -> blank),
 summed, in each column. ``--repo A --repo B`` measures two checkouts (before and after a change),
@@ -71,8 +73,13 @@ def setup(repo: Path, home: Path, avoid: set[int] | None = None) -> set[int]:
 
 
 class Cli:
-    def __init__(self, repo: Path, env: dict[str, str]):
-        self.repo, self.env = repo, env
+    """One checkout in one column; ``setup_flags`` go before the arguments of untimed set-up commands."""
+
+    def __init__(self, repo: Path, env: dict[str, str], setup_flags: tuple[str, ...] = ()):
+        self.repo, self.env, self.setup_flags = repo, env, setup_flags
+
+    def setup(self, *args: str) -> float:
+        return self(*self.setup_flags, *args)
 
     def __call__(self, *args: str) -> float:
         t0 = time.perf_counter()
@@ -95,7 +102,7 @@ def measure(clis: dict[str, Cli], runs: int) -> dict[str, dict[str, float]]:
 
     def one(*args: str) -> None:  # a set-up step, on every column's own host
         for inv in clis.values():
-            inv(*args)
+            inv.setup(*args)
 
     def each(row: str, *args: str) -> None:
         for col, inv in clis.items():
@@ -103,6 +110,9 @@ def measure(clis: dict[str, Cli], runs: int) -> dict[str, dict[str, float]]:
 
     for m in ("code", "rag", "code"):  # warm: both modes' services exist (asleep or awake)
         one("mode.switch", "--name", m)
+    one("status")
+    one("--list")
+    one("mode.switch", "--name", "code")
     for _ in range(runs):
         for col, inv in clis.items():
             t[col]["warm switch code -> rag"].append(inv("mode.switch", "--name", "rag"))
@@ -143,7 +153,7 @@ def main() -> None:
     repos = [r.resolve() for r in (a.repo or [HERE])]
     names = [r.name for r in repos] if len(repos) > 1 else [""]
 
-    def uncompile() -> None:  # derived files (gitignored); the stand-ins' own imports leave some too
+    def uncompile() -> None:  # the source column must find no byte-code of gpumod's own (derived, gitignored)
         for repo in repos:
             for d in (repo / "gpumod_tasks").rglob("__pycache__"):
                 shutil.rmtree(d, ignore_errors=True)
@@ -161,14 +171,19 @@ def main() -> None:
     try:
         cols.update(measure({f"{n} source".strip(): Cli(r, {**e, "PYTHONDONTWRITEBYTECODE": "1"})
                              for n, r, e in zip(names, repos, envs)}, a.runs))
-        for repo, e in zip(repos, envs):
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(repo / "gpumod_tasks")], env=e, check=True)
-        cols.update(measure({f"{n} compiled".strip(): Cli(r, e) for n, r, e in zip(names, repos, envs)}, a.runs))
+        compiled = []
+        for i, (repo, e) in enumerate(zip(repos, envs)):
+            # Invoke turns writing byte-code off unless --write-pyc: the untimed set-up commands
+            # write what they import (stdlib and packages too) into the prefix
+            ce = {**e, "PYTHONPYCACHEPREFIX": str(tmp / f"pycache{i}")}
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(repo / "gpumod_tasks")], env=ce, check=True)
+            compiled.append(ce)
+        cols.update(measure({f"{n} compiled".strip(): Cli(r, e, ("--write-pyc",))
+                             for n, r, e in zip(names, repos, compiled)}, a.runs))
     finally:
         for e in envs:
             subprocess.run([sys.executable, "-m", "gpumod_tasks.program", "sim.reset"], env=e,
                            cwd=e["GPUMOD_HOME"], capture_output=True)
-        uncompile()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"== {', '.join(map(str, repos))}: whole commands, zero-delay stand-ins {ZERO}, medians of {a.runs} runs (ms)")
     print(f"{'':<62}" + "".join(f" {c:>16}" for c in cols))

@@ -7,7 +7,10 @@ Decisions:
 - Ready means the service is running and awake and no switch in progress is about to take it away.
 - The smallest change: a service of the current mode is woken/started alone (``service.start``);
   otherwise the daemon switches to the mode containing it that fits and is quickest to reach
-  (``decide.choose_mode``: every candidate planned from one observation).
+  (``decide.choose_mode``: every candidate planned from one observation).  That observation is
+  the daemon's last one while it is fresh (made within the reconcile interval, and the host's mode
+  record unchanged since, which every run on the box rewrites); the run that makes the change
+  observes again under the host lock and plans from that.
 - Requests waiting for models are served grouped by model, oldest model first: A B A B arriving
   during a switch become one change for A (both A requests), then one for B.
 - A service about to be slept or stopped is drained first: new requests to it wait, requests in
@@ -29,7 +32,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..catalog.model import Catalog
@@ -38,6 +41,7 @@ from ..errors import CatalogError, GpumodError
 from ..observe import observe
 from ..observed import Observed, SvcState
 from ..plan import LEAVING, InstallUnit, Plan
+from ..state import read_mode
 from .decide import NoModeFits, choose_mode, idle_candidates, service_state
 
 if TYPE_CHECKING:
@@ -120,6 +124,7 @@ class ModelManager:
         self.draining = 0  # drains under way (a switch's own, and those asked for over POST /drain)
         self.held: dict[str, float] = {}  # service -> when its hold expires: another run on the box is taking it away
         self.tasks: list[asyncio.Task[Any]] = []
+        self._settling: set[asyncio.Task[None]] = set()  # observations right after a run (``_settle_later``)
         self.slot_waiters: collections.defaultdict[str, collections.deque[asyncio.Future[None]]] = \
             collections.defaultdict(collections.deque)
         self.observed_at = 0.0  # time.monotonic() of the last observation
@@ -182,9 +187,9 @@ class ModelManager:
                       asyncio.create_task(self._idle_loop())]
 
     async def stop(self) -> None:
-        for t in self.tasks:
+        for t in [*self.tasks, *self._settling]:
             t.cancel()
-        for t in self.tasks:
+        for t in [*self.tasks, *self._settling]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
@@ -327,15 +332,60 @@ class ModelManager:
         async with self.switch_lock:
             if self.held:
                 await asyncio.to_thread(self._expire_holds)
-            await self.refresh()
+            if not await asyncio.to_thread(self._seen_is_current):
+                await self.refresh()
             if self.ready(sid):
                 return {"service": sid, "action": "none", "duration_s": 0.0}
             self.errors.pop(sid, None)
             mode = self.mode
             if mode in self.cat.modes and sid in self.cat.modes[mode].service_ids:
-                return await self._service_start(sid)
+                return await self._service_start(sid, settle_later=True)
             target_mode = await asyncio.to_thread(self._best_mode_for, sid, self.seen)
-            return await self._switch(target_mode, sid)
+            return await self._switch(target_mode, sid, settle_later=True)
+
+    def _made_ready(self, sid: str, mode: str | None) -> None:
+        """A run that made ``sid`` ready succeeded (its health gate saw it healthy and awake): the
+        observation says so until the full one ``_settle`` makes right after.  The services that
+        run took away stay in ``leaving`` until then, so none of them is routed to meanwhile."""
+        seen = self.seen
+        o = seen.services.get(sid) if seen else None
+        if seen is None or o is None:
+            return
+        self.seen = replace(seen, services={**seen.services, sid: replace(o, state=SvcState.RUNNING)})
+        if mode is not None:
+            self.mode = mode
+
+    def _settle_later(self, leaving: set[str]) -> None:
+        """Observe the whole host once the request that waited for a run has been let go (under the
+        switch lock, which the next run waits for); ``leaving`` is cleared after it."""
+        self.leaving = self.leaving | leaving
+
+        async def settle() -> None:
+            try:
+                async with self.switch_lock:
+                    await self.refresh()
+            except Exception as exc:  # noqa: BLE001 - the next reconcile observes again
+                log.warning("observing after a run failed: %s", exc)
+            finally:
+                self.leaving = set()
+                self._settling.discard(task)
+
+        task = asyncio.create_task(settle())
+        self._settling.add(task)
+
+    def _seen_is_current(self) -> bool:
+        """The last observation still stands for choosing what to do: it is no older than the
+        reconcile interval and the host's mode record is what it saw (every run on the box, the
+        CLI's too, rewrites the record).  What is chosen from it is then done by a run that
+        observes again under the host lock and plans from that, and whose waits check the GPU."""
+        seen = self.seen
+        if seen is None or time.monotonic() - self.observed_at > self.opts.reconcile_s:
+            return False
+        try:
+            t = self.target()
+            return read_mode(t.host, t.state_dir) == seen.record
+        except GpumodError:
+            return False
 
     def _best_mode_for(self, sid: str, seen: Observed | None = None) -> str:
         """Every candidate mode planned (pure) from one observation, the quickest wins.
@@ -355,22 +405,32 @@ class ModelManager:
         except NoModeFits as exc:
             raise RouteError(409, str(exc)) from None
 
-    async def _service_start(self, sid: str) -> dict[str, Any]:
+    async def _service_start(self, sid: str, settle_later: bool = False) -> dict[str, Any]:
+        """``settle_later``: on success, let the request go as soon as the run is done and observe
+        the host right after (``_made_ready``, ``_settle_later``)."""
         from ..services import service_action
 
         t0 = time.perf_counter()
         self.switching = True
+        ok = False
         try:
             msg = await asyncio.to_thread(service_action, self.target(), "start", sid, quiesce=False)
+            ok = True
         finally:
             self.switching = False
-            await self.refresh()
+            if ok and settle_later:
+                self._made_ready(sid, None)
+                self._settle_later(set())
+            else:
+                await self.refresh()
         took = time.perf_counter() - t0
         if self.metrics:
             self.metrics.wake(sid, took)
         return {"service": sid, "action": msg, "duration_s": round(took, 3), "mode": self.mode}
 
-    async def _switch(self, mode: str, for_sid: str | None = None, on_event: Event | None = None) -> dict[str, Any]:
+    async def _switch(self, mode: str, for_sid: str | None = None, on_event: Event | None = None,
+                      settle_later: bool = False) -> dict[str, Any]:
+        """``settle_later`` (with ``for_sid``): as for ``_service_start``."""
         from ..switch import switch
 
         assert self.loop is not None
@@ -384,12 +444,18 @@ class ModelManager:
 
         t0 = time.perf_counter()
         self.switching = True
+        ok = False
         try:
             out = await asyncio.to_thread(switch, self.target(), mode, on_plan=on_plan, quiesce=False, on_event=on_event)
+            ok = True
         finally:
             self.switching = False
-            self.leaving = set()
-            await self.refresh()
+            leaving, self.leaving = self.leaving, set()
+            if ok and settle_later and for_sid is not None:
+                self._made_ready(for_sid, mode)
+                self._settle_later(leaving)
+            else:
+                await self.refresh()
         took = time.perf_counter() - t0
         if self.metrics:
             self.metrics.switch(mode, took)

@@ -1,7 +1,8 @@
 """HTTP to one port of a service, for the engines: answers as (status, text), never an exception.
 
-httpx is imported on first use, so importing an engine loads no HTTP client.  Status 0 means
-nothing listens, -1 a timeout, -2 any other transport error.
+The request goes through ``Host.ask`` (this machine: the standard library's http.client with
+keep-alive; a remote box: httpx over SSH channels), so importing an engine loads no HTTP client.
+Status 0 means nothing listens, -1 a timeout, -2 any other transport error.
 """
 
 from __future__ import annotations
@@ -56,27 +57,18 @@ def sleep_timeout(host: Host, preset: Preset) -> float:
 
 
 def get(host: Host, port: int, path: str, timeout: float) -> Answer:
-    return _ask(lambda: host.http.get(host.base_url(port) + path, timeout=timeout), f"timed out after {timeout:g}s")
+    return _answer(host.ask("GET", host.base_url(port) + path, timeout=timeout), f"timed out after {timeout:g}s")
 
 
 def post(host: Host, port: int, path: str, *, timeout: float, json_body: Any = None, params: Any = None) -> Answer:
-    return _ask(lambda: host.http.post(host.base_url(port) + path, json=json_body, params=params, timeout=timeout),
-                f"timed out after {timeout:g}s (set unit_vars.sleep_timeout_s or the host's vars.sleep_timeout_s)")
+    return _answer(host.ask("POST", host.base_url(port) + path, json=json_body, params=params, timeout=timeout),
+                   f"timed out after {timeout:g}s (set unit_vars.sleep_timeout_s or the host's vars.sleep_timeout_s)")
 
 
-def _ask(request: Any, timed_out: str) -> Answer:
-    """One request; a transport failure is an Answer too (0 refused, -1 timed out, -2 other)."""
-    import httpx
-
-    try:
-        r = request()
-        return Answer(r.status_code, r.text)
-    except httpx.ConnectError:
-        return Answer(0, "connection refused")
-    except httpx.TimeoutException:
-        return Answer(-1, timed_out)
-    except httpx.HTTPError as exc:
-        return Answer(-2, f"{type(exc).__name__}: {exc}")
+def _answer(got: tuple[int, str], timed_out: str) -> Answer:
+    """The host's ``(status, text)`` (0 refused, -1 timed out, -2 other transport error) as an Answer."""
+    status, text = got
+    return Answer(status, timed_out if status == -1 else text)
 
 
 def json_object(text: str) -> dict[str, Any]:

@@ -216,6 +216,38 @@ class GpuReader:
         return parse_used_per_gpu(r.stdout, self.label)
 
 
+    # -- the release wait as one command on a remote box -----------------------------------
+    @property
+    def waits_on_box(self) -> bool:
+        """A box reached over the network: a release wait is better one command polling there than
+        a round trip per poll (nothing in this process can read its GPU)."""
+        return not self.host.colocated and not self._in_process and not self._nvml_first
+
+    def wait_used_at_most(self, limit_mb: int, timeout_s: float, polls: list[int]) -> bool:
+        """Poll the primary GPU's used MB on the box until it is at most ``limit_mb`` (True) or
+        ``timeout_s`` passed (False), in one command: the executor's interval (3% of the time
+        waited, 2 ms to 1 s), from the start of one poll to the next.  Every figure read is appended to ``polls``; a
+        backend that fails raises ``GpuProbeError`` with its words, as ``used_mb`` does."""
+        r = self.host.run(["sh", "-c", WAIT_USED_SH, "sh", self._binary, str(int(limit_mb)),
+                           str(max(1, round(timeout_s * 100)))],
+                          ok=(0, 1, 3, 4), timeout=timeout_s + 30, what="wait for the GPU's memory")
+        rc_line = ""
+        for line in r.stdout.splitlines():
+            kind, _, value = line.partition(" ")
+            if kind == "used" and value.isdigit():
+                polls.append(int(value))
+            elif kind in ("error", "bad"):
+                rc_line = value
+        if r.exit_code == 3:
+            code, _, words = rc_line.partition(" ")
+            exit_code = int(code) if code.isdigit() else -1
+            raise GpuProbeError(f"[{self.label}] nvidia-smi failed: {meaning(self._kind, exit_code)}"
+                                f"{': ' + words.strip() if words.strip() else ''}")
+        if r.exit_code == 4:
+            raise GpuProbeError(f"[{self.label}] nvidia-smi memory.used unreadable: {rc_line!r}")
+        return r.exit_code == 0
+
+
 def parse_used_per_gpu(text: str, label: str = "") -> dict[int, int]:
     """Pure: ``index, memory.used`` lines -> {index: MB} (a placeholder reads as 0)."""
     out: dict[int, int] = {}
@@ -226,3 +258,31 @@ def parse_used_per_gpu(text: str, label: str = "") -> dict[int, int]:
         except (ValueError, IndexError):
             raise GpuProbeError(f"[{label}] nvidia-smi index,memory.used unreadable: {line!r}") from None
     return out
+
+
+# $1 the nvidia-smi (or shim) to ask, $2 the limit (MB), $3 the timeout (centiseconds).  Prints
+# ``used N`` per poll; exit 0 at or under the limit, 1 timed out, 3 ``error RC WORDS`` (the
+# backend failed), 4 ``bad TEXT`` (an answer that is no number).  The clock is /proc/uptime (no
+# fork); a poll starts 3% of the time waited (2 ms to 1 s) after the last one started, or at once
+# when that one took longer (the shim, a slow nvidia-smi).
+WAIT_USED_SH = r'''
+bin=$1; limit=$2; timeout=$3
+cs() { read -r up _ < /proc/uptime; s=${up%.*}; f=${up#*.}; now=$(( s * 100 + ${f#0} )); }
+cs; start=$now
+while :; do
+  cs; polled=$now
+  out=$("$bin" --query-gpu=memory.used --format=csv,noheader,nounits 2>&1); rc=$?
+  if [ $rc -ne 0 ]; then printf 'error %s %s\n' "$rc" "$(printf '%s' "$out" | head -c 300 | tr '\n' ' ')"; exit 3; fi
+  set -f; set -- $out; set +f
+  u=${1%,}
+  case "$u" in ''|*[!0-9]*) printf 'bad %s\n' "$(printf '%s' "$out" | head -c 80 | tr '\n' ' ')"; exit 4;; esac
+  echo "used $u"
+  [ "$u" -le "$limit" ] && exit 0
+  cs; el=$(( now - start ))
+  [ $el -ge "$timeout" ] && exit 1
+  # the next poll starts an interval after this one started: a slow nvidia-smi is not waited for twice
+  ms=$(( el * 30 / 100 )); [ $ms -lt 2 ] && ms=2; [ $ms -gt 1000 ] && ms=1000
+  ms=$(( ms - (now - polled) * 10 ))
+  [ $ms -gt 0 ] && sleep "$(( ms / 1000 )).$(( ms % 1000 / 100 ))$(( ms % 100 / 10 ))$(( ms % 10 ))"
+done
+'''

@@ -148,6 +148,23 @@ class Host(ABC):
                                                     httpx.Limits(max_connections=64, max_keepalive_connections=32))
             return self._http
 
+    def ask(self, method: str, url: str, *, timeout: float, json: object = None, params: object = None,
+            headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """One HTTP request as ``(status, text)``, never a transport exception: status 0 nothing
+        listens, -1 timed out, -2 any other transport error (the text says which)."""
+        import httpx
+
+        try:
+            r = self.http.request(method, url, json=json, params=params, headers=headers,  # type: ignore[arg-type]
+                                  timeout=timeout)
+            return r.status_code, r.text
+        except httpx.ConnectError:
+            return 0, "connection refused"
+        except httpx.TimeoutException:
+            return -1, "timed out"
+        except httpx.HTTPError as exc:
+            return -2, f"{type(exc).__name__}: {exc}"
+
     def _make_http_client(self, timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
         import httpx
 

@@ -1,4 +1,7 @@
-"""The local machine: subprocess for commands, direct file I/O, httpx to 127.0.0.1."""
+"""The local machine: subprocess for commands, direct file I/O, plain HTTP to 127.0.0.1.
+
+The engines' requests (``ask``) go through the standard library's ``http.client`` with a
+keep-alive pool (``http_local``); ``http`` (httpx) stays for the few callers that want a client."""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ from pathlib import Path
 
 from ..errors import HostError
 from .base import WRITE_SCRIPT, CommandResult, Host
+from .http_local import LocalHttp
 
 
 class LocalHost(Host):
     is_this_machine = True
     colocated = True
+    _local_http: LocalHttp | None = None
 
     @property
     def is_root(self) -> bool:
@@ -99,3 +104,17 @@ class LocalHost(Host):
 
     def base_url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
+
+    def ask(self, method: str, url: str, *, timeout: float, json: object = None, params: object = None,
+            headers: dict[str, str] | None = None) -> tuple[int, str]:
+        with self._http_lock:
+            if self._local_http is None:
+                self._local_http = LocalHttp()
+            pool = self._local_http
+        return pool.ask(method, url, timeout=timeout, json=json, params=params, headers=headers)
+
+    def close(self) -> None:
+        pool, self._local_http = self._local_http, None
+        if pool is not None:
+            pool.close()
+        super().close()
