@@ -17,15 +17,29 @@ from typing import Any
 from invoke import Context, Exit
 
 from .catalog import Catalog, load_catalog
-from .errors import GpumodError
+from .errors import GpumodError, SettingInvalid
 from .host import connect
 from .inventory import HostSpec, Inventory, load_inventory
 from .paths import inventory_path, project_root
 from .target import Target
 
 
-def catalog() -> Catalog:
-    return load_catalog(project_root())
+def catalog(spec: HostSpec | None = None) -> Catalog:
+    """The catalog a host runs: its own (``catalog:`` in the inventory, a directory holding
+    presets/ and modes/, relative to the project root) or, without one, the project's."""
+    return load_catalog(catalog_dir(spec))
+
+
+def catalog_dir(spec: HostSpec | None = None) -> str:
+    root = project_root()
+    if spec is None or not spec.catalog:
+        return root
+    from pathlib import Path
+
+    d = Path(root) / spec.catalog
+    if not (d / "presets").is_dir() or not (d / "modes").is_dir():
+        raise SettingInvalid(f"host {spec.name}: catalog: {spec.catalog} ({d}) must be a directory holding presets/ and modes/")
+    return str(d)
 
 
 def inventory() -> Inventory:
@@ -54,7 +68,7 @@ def open_target(c: Context, spec: HostSpec, cat: Catalog | None = None) -> Itera
         fabric_config = Config(runtime_ssh_path=settings["ssh_config"] or None)
     host = connect(spec, fabric_config=fabric_config, connect_kwargs=settings["connect_kwargs"])
     try:
-        yield Target(spec=spec, host=host, catalog=cat or catalog(), project_root=project_root())
+        yield Target(spec=spec, host=host, catalog=cat or catalog(spec), project_root=project_root())
     finally:
         host.close()
 
@@ -74,10 +88,18 @@ def for_each_host(c: Context, fn: Callable[[Target, Any], str], *, as_json: bool
     from .ui import make_console, print_error, results_table
 
     specs = host_specs(c)
-    cat = catalog()
+    cats: dict[str, Catalog] = {}
+    for spec in specs:  # every catalog is checked before any host is contacted
+        d = catalog_dir(spec)
+        if d not in cats:
+            cats[d] = load_catalog(d)
+
+    def cat_of(spec: HostSpec) -> Catalog:
+        return cats[catalog_dir(spec)]
+
     if len(specs) == 1:
         console = make_console(stderr=as_json)
-        with open_target(c, specs[0], cat) as t:
+        with open_target(c, specs[0], cat_of(specs[0])) as t:
             if header:
                 console.print(f"[dim]{t.header()}[/dim]")
             fn(t, console)
@@ -88,7 +110,7 @@ def for_each_host(c: Context, fn: Callable[[Target, Any], str], *, as_json: bool
         console = make_console(file=buf, stderr=False)
         t0 = time.perf_counter()
         try:
-            with open_target(c, spec, cat) as t:
+            with open_target(c, spec, cat_of(spec)) as t:
                 if header:
                     console.print(f"[dim]{t.header()}[/dim]")
                 summary = fn(t, console) or "ok"

@@ -29,6 +29,18 @@ class SimSettings:
 
 
 @dataclass(frozen=True)
+class GpuDecl:
+    """One GPU as the inventory declares it (the profile of a simulated GPU); 0 / "" = the default."""
+
+    name: str = ""
+    total_mb: int = 0
+
+
+#: most GPUs one host may declare
+GPUS_MAX = 64
+
+
+@dataclass(frozen=True)
 class HostSpec:
     name: str
     connection: str = "local"  # local | ssh | nsenter
@@ -41,8 +53,13 @@ class HostSpec:
     state_dir: str = ""
     unit_dir: str = ""
     sim: bool | None = None  # None = auto (simulated when no NVIDIA driver answers)
+    # the declared GPUs (``gpu:`` one, ``gpus:`` several), in index order; () = none declared.
+    # gpu_name / gpu_total_mb are GPU 0's, for callers that know one GPU.
+    gpus: tuple[GpuDecl, ...] = ()
     gpu_name: str = ""
     gpu_total_mb: int = 0
+    # this host's own catalog (presets/ and modes/), relative to the project root; "" = the project's
+    catalog: str = ""
     gpu_backend: str = "auto"  # auto | nvml | nvidia-smi
     service_manager: str = "auto"  # auto | systemd | supervisor
     reserve_mb: int = 512
@@ -71,6 +88,15 @@ class HostSpec:
     # on a simulated host, drivers whose real server runs anyway (CPU llama.cpp), metered on the ledger
     sim_real: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def declared_gpus(self) -> tuple[GpuDecl, ...]:
+        """The GPUs declared, with a HostSpec built by hand (gpu_name / gpu_total_mb only) as one."""
+        if self.gpus:
+            return self.gpus
+        if self.gpu_name or self.gpu_total_mb:
+            return (GpuDecl(self.gpu_name, self.gpu_total_mb),)
+        return ()
 
     @property
     def is_local(self) -> bool:
@@ -160,6 +186,10 @@ GPU_SCHEMA: dict[str, Field] = {
     "name": Field("str", max_len=NAME_MAX),
     "total_mb": Field("int", minimum=0, maximum=MB_MAX),
 }
+GPUS_COUNT_SCHEMA: dict[str, Field] = {
+    "count": Field("int", required=True, minimum=1, maximum=GPUS_MAX),
+    **GPU_SCHEMA,
+}
 PREFLIGHT_SCHEMA: dict[str, Field] = {
     "factor": Field("number", minimum=0, maximum=100),
     "margin_mb": Field("int", minimum=0, maximum=MB_MAX),
@@ -182,6 +212,8 @@ HOST_SCHEMA: dict[str, Field] = {
     "unit_dir": Field("str"),
     "sim": Field("any", check=_sim_flag),
     "gpu": Field("map", schema=GPU_SCHEMA),
+    "gpus": Field("any", schema=GPUS_COUNT_SCHEMA),  # a list of {name, total_mb}, or {count, name, total_mb}
+    "catalog": Field("str", check=_nonblank),
     "gpu_backend": Field("str", choices=("auto", "nvml", "nvidia-smi")),
     "service_manager": Field("str", choices=("auto", "systemd", "supervisor")),
     "reserve_mb": Field("int", minimum=0, maximum=MB_MAX),
@@ -235,7 +267,7 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
             ck.add(node, "connection", f"hosts.{name}.nsenter", "connection nsenter needs nsenter: PID or a pid file")
         else:
             kw["nsenter"] = str(v["nsenter"])
-    simple = ("identity", "scope", "state_dir", "unit_dir", "gpu_backend", "service_manager", "reserve_mb",
+    simple = ("identity", "scope", "state_dir", "catalog", "unit_dir", "gpu_backend", "service_manager", "reserve_mb",
               "quiesce_s", "quiesce_threshold_mb", "release_timeout_s", "release_tolerance_mb", "keep_warm",
               "procfs", "default_mode", "warm_modes", "oom_protect", "oom_memory_min", "oom_score_adj",
               "min_free_kbytes", "root_prefix", "vars")
@@ -245,8 +277,11 @@ def _host_from(name: str, v: dict[str, Any], ck: Checker, node: Any) -> HostSpec
     if v.get("sim") in (True, False):
         kw["sim"] = v["sim"]
     if "gpu" in v:
-        kw["gpu_total_mb"] = int(v["gpu"].get("total_mb", 0))
-        kw["gpu_name"] = str(v["gpu"].get("name", ""))
+        kw["gpus"] = (GpuDecl(str(v["gpu"].get("name", "")), int(v["gpu"].get("total_mb", 0))),)
+    if "gpus" in v:
+        kw["gpus"] = v["gpus"]
+    if kw.get("gpus"):
+        kw["gpu_name"], kw["gpu_total_mb"] = kw["gpus"][0].name, kw["gpus"][0].total_mb
     if "preflight" in v:
         p = v["preflight"]
         if "factor" in p:
@@ -288,11 +323,44 @@ def load_inventory(path: str | os.PathLike[str] | None) -> Inventory:
 
 def _host_settings(ck: Checker, node: Any, prefix: str) -> dict[str, Any]:
     v = ck.mapping(node, HOST_SCHEMA, prefix=prefix)
+    if isinstance(node, dict) and "gpus" in node:
+        if "gpu" in node:
+            ck.add(node, "gpus", f"{prefix}gpus", "declare either gpu (one GPU) or gpus (several), not both", at_key=True)
+            v.pop("gpu", None)
+            v.pop("gpus", None)
+        elif "gpus" in v:
+            gpus = _gpus(ck, node["gpus"], v["gpus"], node, f"{prefix}gpus")
+            if gpus is None:
+                v.pop("gpus")
+            else:
+                v["gpus"] = gpus
     if "vars" in v:
         # host-wide command-line words: a list, never a string split into characters
         for key in ("extra_args", "command"):
             ck.arg_list(node["vars"], key, f"{prefix}vars.{key}")
     return v
+
+
+def _gpus(ck: Checker, raw: Any, checked: Any, node: Any, name: str) -> tuple[GpuDecl, ...] | None:
+    """``gpus:`` as GPU declarations: a list of ``{name, total_mb}`` (one per GPU, in index order),
+    or ``{count, name, total_mb}`` (that many alike); None (problems added) when it is neither."""
+    if isinstance(raw, dict):  # already checked against GPUS_COUNT_SCHEMA
+        return (GpuDecl(str(checked.get("name", "")), int(checked.get("total_mb", 0))),) * int(checked["count"])
+    if not isinstance(raw, list):
+        ck.add(node, "gpus", name, f"expected a list of {{name, total_mb}} or a mapping of count, name, total_mb, got {kind_of(raw)}")
+        return None
+    if not raw or len(raw) > GPUS_MAX:
+        ck.add(node, "gpus", name, f"expected 1 to {GPUS_MAX} GPUs, got {len(raw)}")
+        return None
+    before = len(ck.problems)
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            ck.add(raw, None, f"{name}[{i}]", f"expected a mapping of name, total_mb, got {kind_of(item)}", index=i)
+            continue
+        g = ck.mapping(item, GPU_SCHEMA, prefix=f"{name}[{i}].")
+        out.append(GpuDecl(str(g.get("name", "")), int(g.get("total_mb", 0))))
+    return tuple(out) if len(ck.problems) == before else None
 
 
 def _name_ok(ck: Checker, parent: Any, key: Any, field: str, what: str) -> bool:
@@ -338,7 +406,8 @@ def _load_inventory(path: str | os.PathLike[str], fast: bool) -> Inventory:
             ck.add(hosts_node, name, f"hosts.{name}", f"expected a mapping of settings, got {kind_of(node)}")
             continue
         v = _host_settings(ck, node, f"hosts.{name}.")
-        hosts[name] = _host_from(name, {**defaults, **v}, ck, node)
+        inherited = {k: x for k, x in defaults.items() if not (k in ("gpu", "gpus") and ("gpu" in v or "gpus" in v))}
+        hosts[name] = _host_from(name, {**inherited, **v}, ck, node)
     if "local" not in hosts:
         hosts["local"] = _host_from("local", dict(defaults), ck, defaults_node)
     # a template for ad hoc ssh targets given with -H user@host

@@ -18,10 +18,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import SettingInvalid
 from .host.base import Host
 from .interpreter import this_python
-from .inventory import HostSpec
+from .inventory import GpuDecl, HostSpec
 from .render import PREFLIGHT_SCRIPT, preflight_path
+from .sim.ledger import sim_uuid
 
 SIM_PACKAGE = Path(__file__).resolve().parent / "sim"
 #: the simulator's package name on a box that gets a copy of it
@@ -47,7 +49,15 @@ class SimRuntime:
 
 
 class SimSetup:
-    """The simulated GPU of one host, under ``<state_dir>/sim``."""
+    """The simulated GPUs of one host, under ``<state_dir>/sim``: one ledger per declared GPU
+    (``gpu0.json`` .. ``gpuN-1.json``; none declared: one RTX 4090 profile), each with a UUID made
+    from the host's name and the GPU's index (``sim.ledger.sim_uuid``), so a pin by UUID holds.
+
+    Changing the declaration: a GPU whose name, size or lag changed is updated in place and keeps
+    its allocations (running stand-ins stay counted); a GPU added gets a new ledger; a GPU removed
+    loses its ledger only when no live process holds memory on it; otherwise the set-up is refused
+    (SettingInvalid naming the pids) until its services stop or ``sim.reset`` runs, so a running
+    service's charge is never dropped silently."""
 
     def __init__(self, host: Host, spec: HostSpec, state_dir: str):
         self.host = host
@@ -68,15 +78,37 @@ class SimSetup:
 
     @property
     def ledger_path(self) -> str:
-        return f"{self.sim_dir}/gpu0.json"
+        """GPU 0's ledger."""
+        return self.ledger_paths[0]
+
+    @property
+    def ledger_paths(self) -> list[str]:
+        return [f"{self.sim_dir}/gpu{i}.json" for i in range(len(self.gpus))]
+
+    @property
+    def gpus(self) -> tuple[GpuDecl, ...]:
+        """The simulated GPUs, defaults filled in (none declared: one RTX 4090 profile)."""
+        return tuple(GpuDecl(g.name or DEFAULT_GPU_NAME, g.total_mb or DEFAULT_TOTAL_MB)
+                     for g in (self.spec.declared_gpus or (GpuDecl(),)))
+
+    @property
+    def uuids(self) -> list[str]:
+        return [sim_uuid(self.spec.name, i) for i in range(len(self.gpus))]
 
     @property
     def gpu_name(self) -> str:
-        return self.spec.gpu_name or DEFAULT_GPU_NAME
+        """GPU 0's name."""
+        return self.gpus[0].name
 
     @property
     def total_mb(self) -> int:
-        return self.spec.gpu_total_mb or DEFAULT_TOTAL_MB
+        """GPU 0's total."""
+        return self.gpus[0].total_mb
+
+    def ledger_specs(self) -> list[dict[str, object]]:
+        """What ``sim.ledger.ensure_gpus`` makes of this host's declaration."""
+        lag = float(self.spec.sim_settings.release_lag_s)
+        return [{"name": g.name, "total_mb": g.total_mb, "uuid": u, "release_lag_s": lag} for g, u in zip(self.gpus, self.uuids)]
 
     @property
     def runtime(self) -> SimRuntime:
@@ -127,31 +159,33 @@ class SimSetup:
             changed.append("preflight script")
 
     def _ensure_ledger(self, changed: list[str]) -> list[str]:
-        name, total = self.gpu_name, self.total_mb
-        lag = float(self.spec.sim_settings.release_lag_s)
-        want = (name, total, lag)
-        if self.host.colocated:
-            from .sim.ledger import Ledger
+        specs = self.ledger_specs()
+        # in-process only on this machine itself: whether a GPU is still held depends on which pids
+        # live, and a namespace's (nsenter) pids are its own, so there it runs inside, as remotely
+        if self.host.is_this_machine:
+            from .sim.ledger import GpuStillHeld, ensure_gpus
 
             try:
-                d = json.loads(Path(self.ledger_path).read_text())
-                have = (d.get("name"), d.get("total_mb"), d.get("release_lag_s"))
-            except (OSError, ValueError, AttributeError):
-                have = None
-            if have != want:
-                Ledger.create(self.ledger_path, name=name, total_mb=total, release_lag_s=lag)
-                changed.append(f"simulated GPU {name} ({total} MB)")
+                changed += ensure_gpus(self.sim_dir, specs)
+            except GpuStillHeld as exc:
+                raise self._held(str(exc)) from None
             return changed
         rt = self.runtime
         create = (
             "import sys, json; sys.path.insert(0, sys.argv[1])\n"
-            f"from {rt.package}.ledger import Ledger\np = sys.argv[2]\n"
-            "try:\n d = json.load(open(p))\nexcept Exception:\n d = None\n"
-            "want = (sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))\n"
-            "if not isinstance(d, dict) or (d.get('name'), d.get('total_mb'), d.get('release_lag_s')) != want:\n"
-            " Ledger.create(p, name=want[0], total_mb=want[1], release_lag_s=want[2]); print('created')\n"
+            f"from {rt.package}.ledger import GpuStillHeld, ensure_gpus\n"
+            "try:\n print(json.dumps({'changed': ensure_gpus(sys.argv[2], json.loads(sys.argv[3]))}))\n"
+            "except GpuStillHeld as exc:\n print(json.dumps({'held': str(exc)}))\n"
         )
-        r = self.host.run([rt.python, "-S", "-c", create, rt.path, self.ledger_path, name, str(total), str(lag)])
-        if "created" in r.stdout:
-            changed.append(f"simulated GPU {name} ({total} MB)")
+        r = self.host.run([rt.python, "-S", "-c", create, rt.path, self.sim_dir, json.dumps(specs)])
+        try:
+            answer = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise SettingInvalid(f"{self.spec.name}: setting up the simulated GPUs failed: {r.stderr.strip() or r.stdout.strip()}") from None
+        if "held" in answer:
+            raise self._held(answer["held"])
+        changed += answer["changed"]
         return changed
+
+    def _held(self, why: str) -> SettingInvalid:
+        return SettingInvalid(f"{self.spec.name}: {why} (inv -H {self.spec.name} sim.reset stops every service and starts the GPUs empty)")

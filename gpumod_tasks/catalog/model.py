@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..engines.caps import DEFAULT_RESIDUAL_MB
+from ..engines.caps import DEFAULT_RESIDUAL_MB, DEFAULT_TP_RESIDUAL_MB_PER_GPU
 from ..errors import UnknownName
 
 
@@ -89,6 +89,8 @@ class Preset:
         """VRAM still held while asleep."""
         if self.sleep_vram_mb is not None:
             return self.sleep_vram_mb
+        if self.gpus > 1 and self.driver.value in DEFAULT_TP_RESIDUAL_MB_PER_GPU:
+            return min(self.vram_mb, DEFAULT_TP_RESIDUAL_MB_PER_GPU[self.driver.value] * self.gpus)
         return min(self.vram_mb, DEFAULT_SLEEP_VRAM_MB[self.driver])
 
     def per_gpu_mb(self, mb: int) -> tuple[int, ...]:

@@ -17,3 +17,8 @@ SLEEP_MODES: dict[str, tuple[str, ...]] = {
 }
 
 DEFAULT_RESIDUAL_MB: dict[str, int] = {"vllm": 512, "llamacpp": 0, "fastapi": 256, "docker": 0}
+
+# Under tensor parallel a sleeping vLLM keeps far more on each GPU (NCCL buffers and each rank's
+# CUDA graphs): 2.4-7.4 GiB per GPU at TP=2 are published (NeMo-RL #223); the low end, per GPU, is
+# the default for a preset on several GPUs that does not say (``sleep_vram_mb`` is the total).
+DEFAULT_TP_RESIDUAL_MB_PER_GPU: dict[str, int] = {"vllm": 2458}

@@ -8,11 +8,16 @@ double-count megabytes.  Allocations are keyed by pid and tag.  Freed memory is 
 once: it stays charged until ``release_at`` (``release_lag_s`` after the free), because real drivers
 reclaim VRAM late and gpumod must poll for it.  An allocation whose process died is reclaimed the
 same way, counted from when a reader first sees the process gone.
+
+A host's GPUs are the files ``gpu0.json`` .. ``gpuN-1.json`` of its sim dir (``ensure_gpus`` makes
+them match the inventory's declaration), each with a UUID from the host's name and its index
+(``sim_uuid``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -27,7 +32,7 @@ class OutOfMemory(Exception):
     """Raised like torch.OutOfMemoryError when an allocation does not fit."""
 
     def __init__(self, gpu: int, requested_mb: int, free_mb: int, total_mb: int):
-        self.requested_mb, self.free_mb, self.total_mb = requested_mb, free_mb, total_mb
+        self.gpu, self.requested_mb, self.free_mb, self.total_mb = gpu, requested_mb, free_mb, total_mb
         super().__init__(
             f"CUDA out of memory. Tried to allocate {requested_mb} MiB. GPU {gpu} has a total capacity of "
             f"{total_mb} MiB of which {free_mb} MiB is free."
@@ -161,7 +166,8 @@ class Ledger:
         os.replace(tmp, self.path)
 
     @staticmethod
-    def create(path: str | os.PathLike[str], *, name: str, total_mb: int, index: int = 0, release_lag_s: float = 0.4) -> Ledger:
+    def create(path: str | os.PathLike[str], *, name: str, total_mb: int, index: int = 0, release_lag_s: float = 0.4,
+               uuid: str = "") -> Ledger:
         """Create the GPU (idempotent: an existing ledger keeps its allocations).
 
         A ledger that is not one (truncated by a full disk, edited by hand) is kept beside as
@@ -183,7 +189,9 @@ class Ledger:
                                      "running stand-ins is no longer counted (inv sim.reset restarts them)\n")
                     data = {"allocs": []}
                 data.update(name=name, total_mb=int(total_mb), index=index, release_lag_s=float(release_lag_s))
-                data.setdefault("uuid", f"GPU-5151-{index:04d}-gpumod-sim")
+                if uuid:
+                    data["uuid"] = uuid
+                data.setdefault("uuid", sim_uuid("", index))  # no host given: still shaped like a real one
                 led._write(data)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -251,9 +259,92 @@ class Ledger:
                 per_pid=per,
             )
 
+    def meta(self) -> tuple[int, str, str]:
+        """(index, uuid, name) of this GPU, read without settling (cheap: no lock, no write)."""
+        data = self._read()
+        return int(data.get("index", 0)), str(data.get("uuid", "")), str(data["name"])
+
+    def live_mb(self) -> dict[int, int]:
+        """MB held per pid by allocations not freed and whose process still lives."""
+        out: dict[int, int] = {}
+        for a in self._read()["allocs"]:
+            if a.get("release_at") is None and pid_alive(int(a["pid"])):
+                out[int(a["pid"])] = out.get(int(a["pid"]), 0) + int(a["mb"])
+        return out
+
     def reset(self) -> None:
         with self._locked() as data:
             data["allocs"] = []
+
+
+def sim_uuid(host: str, index: int) -> str:
+    """The UUID of a simulated host's GPU ``index``: the same host name and index always give the
+    same UUID (so a pin by UUID holds across set-ups), in the shape of a real one
+    (``GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx``)."""
+    h = hashlib.sha256(f"gpumod-sim\0{host}\0{index}".encode()).hexdigest()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def ledger_file(sim_dir: str | os.PathLike[str], index: int) -> str:
+    return os.path.join(os.fspath(sim_dir), f"gpu{index}.json")
+
+
+class GpuStillHeld(Exception):
+    """A declared GPU was removed from the inventory while a running process still holds memory on it."""
+
+    def __init__(self, path: str, held: dict[int, int]):
+        self.path, self.held = path, held
+        who = ", ".join(f"pid {p} ({mb} MB)" for p, mb in sorted(held.items()))
+        super().__init__(f"simulated GPU {path} is no longer declared but still holds {sum(held.values())} MB ({who}): "
+                         "stop its services first, or run sim.reset")
+
+
+def ensure_gpus(sim_dir: str | os.PathLike[str], gpus: list[dict]) -> list[str]:
+    """Make the sim dir's ledgers match ``gpus`` (each ``{name, total_mb, uuid, release_lag_s}``, in
+    index order); what changed, one line each.
+
+    A ledger whose declaration is unchanged is not touched; a changed name, size or lag is updated
+    in place and keeps its allocations (running stand-ins stay counted); a GPU no longer declared is
+    removed only when no live process holds memory on it, else GpuStillHeld (nothing is removed)."""
+    sim_dir = os.fspath(sim_dir)
+    changed: list[str] = []
+    extra = [led for led in ledgers(sim_dir) if _file_index(led.path) >= len(gpus)]
+    for led in extra:
+        try:
+            held = led.live_mb()
+        except (OSError, ValueError):
+            held = {}
+        if held:
+            raise GpuStillHeld(led.path, held)
+    for i, g in enumerate(gpus):
+        path = ledger_file(sim_dir, i)
+        want = (str(g["name"]), int(g["total_mb"]), float(g["release_lag_s"]), str(g["uuid"]), i)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                d = json.load(fh)
+            have = (d.get("name"), d.get("total_mb"), d.get("release_lag_s"), d.get("uuid"), d.get("index"))
+        except (OSError, ValueError, AttributeError):
+            have = None
+        if have != want:
+            led = Ledger.create(path, name=want[0], total_mb=want[1], release_lag_s=want[2], uuid=want[3], index=i)
+            line = f"simulated GPU {i}: {want[0]} ({want[1]} MB, {want[3]})"
+            used = Ledger._used(led._read())
+            if used > want[1]:  # kept: the running stand-ins hold it; it frees as they stop
+                line += f"; it holds {used} MB, more than its new total, until its services stop"
+                sys.stderr.write(f"warning: {line}\n")
+            changed.append(line)
+    for led in extra:
+        for f in (led.path, led.lock_path):
+            try:
+                os.remove(f)
+            except FileNotFoundError:
+                pass
+        changed.append(f"simulated GPU {_file_index(led.path)} removed (no longer declared)")
+    return changed
+
+
+def _file_index(path: str) -> int:
+    return int("".join(c for c in os.path.basename(path) if c.isdigit()) or 0)
 
 
 def ledgers(sim_dir: str | os.PathLike[str]) -> list[Ledger]:
@@ -262,5 +353,5 @@ def ledgers(sim_dir: str | os.PathLike[str]) -> list[Ledger]:
         names = [n for n in os.listdir(sim_dir) if n.startswith("gpu") and n.endswith(".json")]
     except OSError:
         return []
-    names.sort(key=lambda n: int("".join(c for c in n if c.isdigit()) or 0))
+    names.sort(key=_file_index)
     return [Ledger(os.path.join(sim_dir, n)) for n in names]

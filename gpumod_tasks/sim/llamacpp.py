@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .devices import Charge
 from .http import App, Request, Response
-from .ledger import Ledger, OutOfMemory
+from .ledger import OutOfMemory
 from .openai import completion, embedding, log, stream_chat
 
 
@@ -33,8 +34,9 @@ class RouterModel:
 
 
 class Router:
-    def __init__(self, args: argparse.Namespace, ledger: Ledger):
-        self.args, self.ledger = args, ledger
+    def __init__(self, args: argparse.Namespace, charge: Charge):
+        # every model's child inherits the router's environment and split: one charge for all
+        self.args, self.charge = args, charge
         self.pid = os.getpid()
         self.lock = threading.RLock()
         self.models: dict[str, RouterModel] = {}
@@ -86,7 +88,7 @@ class Router:
     def _child_load(self, m: RouterModel) -> None:
         time.sleep(self.args.load_s)
         try:
-            self.ledger.alloc(self.pid, m.vram_mb, m.name, m.name)
+            self.charge.alloc(m.vram_mb, m.name, m.name)
         except OutOfMemory as exc:
             log(f"model {m.name} failed to load: {exc}")
             with self.lock:
@@ -98,14 +100,14 @@ class Router:
                 m.status = "loaded"
                 m.last_used = time.time()
             else:  # unloaded while loading: force-killed
-                self.ledger.free(self.pid, m.name, self.args.release_lag_s)
+                self.charge.free(m.name, self.args.release_lag_s)
             m.ready.set()
 
     def _unload(self, m: RouterModel, wait: bool) -> None:
         def reap() -> None:
             time.sleep(0.05)  # the child exits after being asked over stdin
             with self.lock:
-                self.ledger.free(self.pid, m.name, self.args.release_lag_s)
+                self.charge.free(m.name, self.args.release_lag_s)
                 m.status = "unloaded"
                 m.ready.set()
 
@@ -142,7 +144,7 @@ class Router:
         return e
 
     def shutdown(self) -> None:
-        self.ledger.free(self.pid, None, self.args.release_lag_s)
+        self.charge.free(None, self.args.release_lag_s)
 
 
 def _gguf_vram(p: Path) -> int:
@@ -279,14 +281,14 @@ def single_llama_app(args: argparse.Namespace, state: dict[str, Any]) -> App:
     return app
 
 
-def single_llama_loader(args: argparse.Namespace, ledger: Ledger, state: dict[str, Any]) -> None:
-    """Load the single model in the background (the server listens meanwhile), like llama-server."""
-    pid = os.getpid()
+def single_llama_loader(args: argparse.Namespace, charge: Charge, state: dict[str, Any]) -> None:
+    """Load the single model in the background (the server listens meanwhile), like llama-server;
+    one process, its memory split over its GPUs by the charge's ratios (``--tensor-split``)."""
 
     def loader() -> None:
         time.sleep(args.load_s)
         try:
-            ledger.alloc(pid, args.vram_mb, "model", args.alias or args.model)
+            charge.alloc(args.vram_mb, "model", args.alias or args.model)
         except OutOfMemory as exc:
             log(f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating failed: {exc}")
             os._exit(1)

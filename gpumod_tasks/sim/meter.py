@@ -3,7 +3,10 @@
 A CPU-run llama-server holds no VRAM, so on a simulated host this wrapper starts the real command
 line as its child and watches it over HTTP: for a llama.cpp router, every model ``GET /models``
 reports ``loaded`` is charged with the preset's figure and freed (after the release lag) when it
-is not any more; a single-model server is charged once ``/health`` answers 200.  The switch's fit
+is not any more; a single-model server is charged once ``/health`` answers 200.  The memory goes on
+the GPUs ``CUDA_VISIBLE_DEVICES`` gives the server (indices or UUIDs; an unknown one: exit 1),
+split by the real command line's own ``--tensor-split`` (``-ts``; ``--split-mode none`` keeps it on
+``--main-gpu``), one pid on several GPUs as llama.cpp is.  The switch's fit
 checks and release polling then run against a real server.  Signals go to the child; the wrapper
 exits with the child's status, so systemd sees the real server's failures.
 
@@ -22,7 +25,8 @@ import threading
 import time
 import urllib.request
 
-from .ledger import OutOfMemory, ledgers
+from .devices import Charge, UnknownGpu, by_free_memory, parse_split, visible
+from .ledger import OutOfMemory
 
 
 def log(msg: str) -> None:
@@ -77,16 +81,42 @@ def loaded_models(body: bytes) -> set[str]:
     return out
 
 
+def _flag(cmd: list[str], *names: str) -> str | None:
+    """The value of a flag of the real command line (``--flag V`` or ``--flag=V``), or None."""
+    for i, word in enumerate(cmd):
+        for n in names:
+            if word == n and i + 1 < len(cmd):
+                return cmd[i + 1]
+            if word.startswith(n + "="):
+                return word.split("=", 1)[1]
+    return None
+
+
+def charge_for(sim_dir: str, cmd: list[str]) -> Charge:
+    """The GPUs the real server sees and its split over them, from its own command line."""
+    gpus = visible(sim_dir)
+    split, mode, main_gpu = _flag(cmd, "--tensor-split", "-ts"), _flag(cmd, "--split-mode", "-sm"), _flag(cmd, "--main-gpu", "-mg")
+    if mode == "none" or len(gpus) == 1:
+        i = int(main_gpu or 0)
+        if not 0 <= i < len(gpus):
+            raise ValueError(f"--main-gpu {i}: only {len(gpus)} GPUs are visible")
+        return Charge([gpus[i]])
+    if split:
+        ratios = parse_split(split)
+        if len(ratios) > len(gpus):
+            raise ValueError(f"--tensor-split {split}: {len(ratios)} entries but {len(gpus)} GPUs are visible")
+        return Charge(gpus, ratios)
+    return Charge(gpus, by_free_memory(gpus))
+
+
 def main(argv: list[str] | None = None) -> int:
     a, cmd = parse(list(sys.argv[1:] if argv is None else argv))
-    leds = ledgers(a.sim_dir)
-    if not leds:
-        log(f"no simulated GPU in {a.sim_dir}; run: inv sim.up")
+    try:
+        ledger = charge_for(a.sim_dir, cmd)
+    except (UnknownGpu, ValueError) as exc:
+        log(f"{exc}")
         return 1
-    idx = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0] or 0)
-    ledger = leds[min(idx, len(leds) - 1)]
     models = {n: int(mb or 0) for n, _, mb in (m.partition("=") for m in a.model)}
-    me = os.getpid()
     child = subprocess.Popen(cmd)
     charged: set[str] = set()
     stop = threading.Event()
@@ -112,21 +142,21 @@ def main(argv: list[str] | None = None) -> int:
                         now = charged
                 for name in sorted(now - charged):
                     try:
-                        ledger.alloc(me, models[name], name, name)
+                        ledger.alloc(models[name], name, name)
                         charged.add(name)
                         log(f"{name} loaded: charged {models[name]} MB")
                     except OutOfMemory as exc:
                         log(f"{name}: simulated CUDA out of memory ({exc}); unloading it")
                         _unload(a.port, name)
                 for name in sorted(charged - now):
-                    ledger.free(me, name, a.release_lag_s)
+                    ledger.free(name, a.release_lag_s)
                     charged.discard(name)
                     log(f"{name} unloaded: freed {models[name]} MB")
             elif "model" not in charged:
                 code, _ = _get(a.port, "/health")
                 if code == 200:
                     try:
-                        ledger.alloc(me, a.vram_mb, "model", os.path.basename(cmd[0]))
+                        ledger.alloc(a.vram_mb, "model", os.path.basename(cmd[0]))
                         charged.add("model")
                         log(f"healthy: charged {a.vram_mb} MB")
                     except OutOfMemory as exc:
@@ -136,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             child.wait(timeout=a.interval_s)
         except subprocess.TimeoutExpired:
             pass
-    ledger.free(me, None, a.release_lag_s)
+    ledger.free(None, a.release_lag_s)
     rc = child.returncode
     log(f"{os.path.basename(cmd[0])} exited with {rc}")
     if rc < 0:  # died of a signal: die of the same one, so systemd reads it the same way

@@ -4,10 +4,18 @@ Stdlib only.  Supports the queries gpumod (and most tools) use:
 
     nvidia-smi --query-gpu=name,memory.total,memory.used,memory.free --format=csv,noheader,nounits
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits
+    nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used,memory.free --format=csv,noheader,nounits
+    nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory --format=csv,noheader,nounits
+    nvidia-smi -L         (one line per GPU with its UUID)
     nvidia-smi            (the summary table)
+    -i / --id=ID[,ID]     (any of them on selected GPUs: an index, a UUID or a PCI bus id)
 
 Values are integers in MiB joined by ", "; without ``nounits`` each gets " MiB"; without
-``noheader`` a header with canonical field names comes first; no processes prints nothing.
+``noheader`` a header with canonical field names comes first; no processes prints nothing.  Every
+GPU is one line of ``--query-gpu``, in index order; ``--query-compute-apps`` prints one line per
+(process, GPU) pair, so a process on two GPUs (a llama.cpp split) appears twice, once per
+``gpu_uuid``; a tensor-parallel vLLM shows one worker pid per GPU.  An ``-i`` that matches no GPU:
+"No devices were found", exit 6, as nvidia-smi.
 The ledger directory comes from ``GPUMOD_SIM_DIR``.
 """
 
@@ -32,6 +40,8 @@ GPU_FIELDS = {
     "memory.reserved": ("memory.reserved [MiB]", "MiB"),
     "utilization.gpu": ("utilization.gpu [%]", "%"),
     "driver_version": ("driver_version", ""),
+    "pci.bus_id": ("pci.bus_id", ""),
+    "count": ("count", ""),
 }
 APP_FIELDS = {
     "pid": ("pid", ""),
@@ -55,7 +65,7 @@ def _process_name(pid: int) -> str:
         return "[Not Found]"
 
 
-def _gpu_value(field: str, g: GpuSnapshot) -> str:
+def _gpu_value(field: str, g: GpuSnapshot, count: int = 1) -> str:
     return {
         "index": str(g.index),
         "name": g.name,
@@ -68,6 +78,8 @@ def _gpu_value(field: str, g: GpuSnapshot) -> str:
         "memory.reserved": "0",
         "utilization.gpu": "0",
         "driver_version": DRIVER,
+        "pci.bus_id": _bus_id(g),
+        "count": str(count),
     }[field]
 
 
@@ -80,7 +92,7 @@ def _app_value(field: str, g: GpuSnapshot, pid: int, mb: int) -> str:
         "used_gpu_memory": str(mb),
         "gpu_uuid": g.uuid,
         "gpu_name": g.name,
-        "gpu_bus_id": f"00000000:{g.index + 1:02X}:00.0",
+        "gpu_bus_id": _bus_id(g),
     }[field]
 
 
@@ -127,6 +139,19 @@ def summary(gpus: list[GpuSnapshot]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bus_id(g: GpuSnapshot) -> str:
+    return f"00000000:{g.index + 1:02X}:00.0"
+
+
+def _is(g: GpuSnapshot, ident: str) -> bool:
+    """Does ``-i IDENT`` select this GPU: its index, its UUID (or a unique-looking prefix), its bus id."""
+    if ident.isdigit():
+        return g.index == int(ident)
+    if ident.upper().startswith("GPU-"):
+        return g.uuid.lower() == ident.lower() or (len(ident) > 4 and g.uuid.lower().startswith(ident.lower()))
+    return ident.upper() in (_bus_id(g).upper(), _bus_id(g)[4:].upper())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     sim_dir = os.environ.get("GPUMOD_SIM_DIR", "")
@@ -135,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 9
     query_gpu = query_apps = None
     fmt: set[str] = set()
-    ids: set[int] | None = None
+    ids: list[str] | None = None
+    list_gpus = False
     it = iter(args)
     for a in it:
         if a.startswith("--query-gpu="):
@@ -145,19 +171,24 @@ def main(argv: list[str] | None = None) -> int:
         elif a.startswith("--format="):
             fmt = {f.strip() for f in a.split("=", 1)[1].split(",")}
         elif a in ("-i", "--id"):
-            ids = {int(x) for x in next(it, "0").split(",")}
+            ids = [x.strip() for x in next(it, "").split(",")]
         elif a.startswith("--id="):
-            ids = {int(x) for x in a.split("=", 1)[1].split(",")}
+            ids = [x.strip() for x in a.split("=", 1)[1].split(",")]
         elif a in ("-L", "--list-gpus"):
-            for g in (led.snapshot() for led in ledgers(sim_dir)):
-                print(f"GPU {g.index}: {g.name} (UUID: {g.uuid})")
-            return 0
+            list_gpus = True
         else:
             sys.stderr.write(f'Invalid combination of input arguments. Please run "nvidia-smi -h" for help. ({a})\n')
             return 2
     gpus = [led.snapshot() for led in ledgers(sim_dir)]
     if ids is not None:
-        gpus = [g for g in gpus if g.index in ids]
+        gpus = [g for g in gpus if any(_is(g, x) for x in ids)]
+        if not gpus:
+            sys.stdout.write("No devices were found\n")
+            return 6
+    if list_gpus:
+        for g in gpus:
+            print(f"GPU {g.index}: {g.name} (UUID: {g.uuid})")
+        return 0
     if query_gpu is None and query_apps is None:
         sys.stdout.write(summary(gpus))
         return 0
@@ -169,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             sys.stderr.write(f'Field "{bad[0]}" is not a valid field to query.\n')
             return 2
-        rows = [[_gpu_value(f, g) for f in query_gpu] for g in gpus]
+        rows = [[_gpu_value(f, g, len(gpus)) for f in query_gpu] for g in gpus]
         sys.stdout.write(_csv(query_gpu, GPU_FIELDS, rows, fmt))
     if query_apps is not None:
         bad = [f for f in query_apps if f not in APP_FIELDS]

@@ -1,12 +1,10 @@
-"""What every stand-in answers alike: OpenAI-shaped completion, chat, stream and error bodies, the
-simulated GPU's ledger, and the log line format.  Stdlib only (it runs on agentless boxes)."""
+"""What every stand-in answers alike: OpenAI-shaped completion, chat, stream and error bodies, and
+the log line format.  Stdlib only (it runs on agentless boxes)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 import uuid
@@ -14,22 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .http import Response
-from .ledger import Ledger, ledgers
 
 
 def log(msg: str) -> None:
     sys.stderr.write(time.strftime("%H:%M:%S ") + msg + "\n")
     sys.stderr.flush()
-
-
-def ledger_for(args: argparse.Namespace) -> Ledger:
-    sim_dir = args.sim_dir or os.environ.get("GPUMOD_SIM_DIR", "")
-    leds = ledgers(sim_dir) if sim_dir else []
-    if not leds:
-        log("ERROR: no simulated GPU found (GPUMOD_SIM_DIR / --sim-dir); run: inv sim.up")
-        raise SystemExit(1)
-    idx = int((os.environ.get("CUDA_VISIBLE_DEVICES") or str(args.gpu)).split(",")[0] or 0)
-    return leds[min(idx, len(leds) - 1)]
 
 
 def words(text: str, n: int = 6) -> str:

@@ -18,11 +18,13 @@ import os
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
+from .devices import split_mb
 from .http import App, Request, Response
 from .ledger import Ledger, OutOfMemory
 from .openai import completion, embedding, log, oai_error, stream_chat
+from .workers import Worker, WorkerGone
 
 PAUSE_MODES = ("abort", "wait", "keep")
 
@@ -34,17 +36,40 @@ def _version(v: str) -> tuple[int, ...]:
         return (0, 0)
 
 
-class VllmEngine:
-    """One GPU-resident model with vLLM's sleep levels and wake tags."""
+class Holder(Protocol):
+    """Where one rank's memory is held: this process (``devices.Charge``) or a TP worker (``workers.Worker``)."""
 
-    def __init__(self, args: argparse.Namespace, ledger: Ledger, name: str):
-        self.args, self.ledger, self.name = args, ledger, name
+    pid: int
+
+    def alloc(self, mb: int, tag: str = "", owner: str = "") -> None: ...
+
+    def free(self, tag: str | None = None, lag_s: float | None = None) -> int: ...
+
+
+#: how long vLLM's API server outlives a dead engine before its watchdog shuts it down
+ENGINE_DEATH_EXIT_S = 5.0
+ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+
+
+class VllmEngine:
+    """One GPU-resident model with vLLM's sleep levels and wake tags, held by one rank per GPU.
+
+    ``--vram-mb`` (and ``--sleep-vram-mb``, the part kept while asleep) are the model's TOTAL over
+    its ranks; each rank holds an even share, split as ``Preset.per_gpu_mb`` splits (rounded down,
+    the remainder on rank 0), so a sleeping TP=2 model keeps half its residual on each GPU."""
+
+    def __init__(self, args: argparse.Namespace, ranks: list[Holder], gpus: list[Ledger], name: str):
+        self.args, self.ranks, self.gpus, self.name = args, ranks, gpus, name
         self.pid = os.getpid()
         total = args.vram_mb
-        self.runtime_mb = min(args.sleep_vram_mb, total)
-        rest = total - self.runtime_mb
-        self.weights_mb = min(args.weights_mb if args.weights_mb is not None else int(rest * 0.6), rest)
-        self.kv_mb = rest - self.weights_mb
+        runtime = min(args.sleep_vram_mb, total)
+        rest = total - runtime
+        weights = min(args.weights_mb if args.weights_mb is not None else int(rest * 0.6), rest)
+        even = [1.0] * len(ranks)
+        self.totals = split_mb(total, even)
+        self.runtime_mb = split_mb(runtime, even)
+        self.weights_mb = split_mb(weights, even)
+        self.kv_mb = [t - r - w for t, r, w in zip(self.totals, self.runtime_mb, self.weights_mb)]
         self.cond = threading.Condition()
         self.asleep: set[str] = set()  # tags currently asleep: weights, kv_cache, scheduling
         self.level: int | None = None
@@ -53,22 +78,63 @@ class VllmEngine:
         self.in_flight = 0
         self.paused = False  # a sleep is under way or done: new requests wait until fully awake
         self.epoch = 0  # bumped by an abort: requests begun before it are cut off
+        self.dead = False  # a TP worker died: the engine is dead (EngineDeadError), /health 503
+        self.stopping = False
+
+    def _each(self, tag: str, sizes: list[int]) -> None:
+        for rank, mb in zip(self.ranks, sizes):
+            rank.alloc(mb, tag, self.name)
+
+    def _free(self, tag: str | None) -> int:
+        return sum(rank.free(tag, self.args.release_lag_s) for rank in self.ranks)
 
     def load(self) -> None:
         time.sleep(self.args.load_s)
-        snap = self.ledger.snapshot()
-        if snap.free_mb < self.args.vram_mb:
-            log(f"ValueError: Free memory on device ({snap.free_mb / 1024:.2f}/{snap.total_mb / 1024:.2f} GiB) on startup "
-                f"is less than desired GPU memory utilization ({self.args.vram_mb / 1024:.2f} GiB).")
-            raise SystemExit(1)
+        for gpu, want in zip(self.gpus, self.totals):
+            snap = gpu.snapshot()
+            if snap.free_mb < want:
+                log(f"ValueError: Free memory on device cuda:{snap.index} ({snap.free_mb / 1024:.2f}/{snap.total_mb / 1024:.2f} GiB) "
+                    f"on startup is less than desired GPU memory utilization ({want / 1024:.2f} GiB).")
+                raise SystemExit(1)
         try:
-            self.ledger.alloc(self.pid, self.runtime_mb, "runtime", self.name)
-            self.ledger.alloc(self.pid, self.weights_mb, "weights", self.name)
-            self.ledger.alloc(self.pid, self.kv_mb, "kv_cache", self.name)
-        except OutOfMemory as exc:
-            log(f"torch.OutOfMemoryError: {exc}")
+            self._each("runtime", self.runtime_mb)
+            self._each("weights", self.weights_mb)
+            self._each("kv_cache", self.kv_mb)
+        except (OutOfMemory, WorkerGone) as exc:
+            log(f"torch.OutOfMemoryError: {exc}" if isinstance(exc, OutOfMemory) else f"RuntimeError: {exc}")
             raise SystemExit(1) from exc
-        log(f"Model loading took {self.args.load_s:.2f} seconds; {self.args.vram_mb} MiB on GPU")
+        per = "" if len(self.ranks) == 1 else " (" + ", ".join(f"{mb} MiB on GPU {g.snapshot().index}"
+                                                               for mb, g in zip(self.totals, self.gpus)) + ")"
+        log(f"Model loading took {self.args.load_s:.2f} seconds; {self.args.vram_mb} MiB on GPU{per}")
+
+    def watch_workers(self) -> None:
+        """What vLLM's MultiprocExecutor worker monitor does when a worker dies: log it, shut the
+        executor down (the other workers exit and free their memory), mark the engine dead
+        (``/health`` answers 503, requests fail with EngineDeadError) and, unless
+        ``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH`` is set, shut the API server down a few seconds later."""
+        def on_death(w: Worker) -> None:
+            with self.cond:
+                if self.stopping or self.dead:
+                    return
+                self.dead = True
+                self.cond.notify_all()
+            log(f"ERROR [multiproc_executor.py] Worker proc {w.name} died unexpectedly, shutting down executor.")
+            for other in self.ranks:
+                if isinstance(other, Worker) and other is not w:
+                    other.terminate()
+            log(f"ERROR [core_client.py] Engine core proc died unexpectedly (worker {w.name}, pid {w.pid}); EngineDeadError")
+            if not _env_true("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH"):
+                def bye() -> None:
+                    log("Engine is dead: shutting down the API server")
+                    os._exit(1)
+
+                t = threading.Timer(ENGINE_DEATH_EXIT_S, bye)
+                t.daemon = True
+                t.start()
+
+        for rank in self.ranks:
+            if isinstance(rank, Worker):
+                rank.watch(on_death)
 
     @property
     def sleeping(self) -> bool:
@@ -92,8 +158,8 @@ class VllmEngine:
             else:
                 self.asleep = {"weights", "kv_cache"}
                 if self.sleeps_free:
-                    freed = self.ledger.free(self.pid, "kv_cache", self.args.release_lag_s)
-                    freed += self.ledger.free(self.pid, "weights", self.args.release_lag_s)
+                    freed = self._free("kv_cache")
+                    freed += self._free("weights")
                     if level == 2:
                         self.weights_valid = False
                     log(f"Sleep mode freed {freed / 1024:.2f} GiB memory")
@@ -114,10 +180,10 @@ class VllmEngine:
         if "weights" in todo:
             time.sleep(self.args.wake_l1_s if self.level == 1 else self.args.wake_l2_s * 0.1)
             if self.sleeps_free:
-                self.ledger.alloc(self.pid, self.weights_mb, "weights", self.name)
+                self._each("weights", self.weights_mb)
         if "kv_cache" in todo:
             if self.sleeps_free:
-                self.ledger.alloc(self.pid, self.kv_mb, "kv_cache", self.name)
+                self._each("kv_cache", self.kv_mb)
         with self.cond:
             self.asleep -= set(todo)
             if self.asleep == {"scheduling"} and not tags:
@@ -132,9 +198,9 @@ class VllmEngine:
         self.weights_valid = True
 
     def wait_awake(self, timeout: float = 600.0) -> bool:
-        """A new request: wait until the engine is fully awake and not pausing."""
+        """A new request: wait until the engine is fully awake and not pausing (or dead)."""
         with self.cond:
-            return self.cond.wait_for(lambda: not self.asleep and not self.paused, timeout)
+            return self.cond.wait_for(lambda: self.dead or (not self.asleep and not self.paused), timeout)
 
     def begin(self) -> int:
         """A request starts running; returns the epoch that an abort would end."""
@@ -155,7 +221,19 @@ class VllmEngine:
             return self.epoch == epoch
 
     def shutdown(self) -> None:
-        self.ledger.free(self.pid, None, self.args.release_lag_s)
+        self.stopping = True
+        for rank in self.ranks:
+            if isinstance(rank, Worker):
+                rank.stop(self.args.release_lag_s)
+            else:
+                rank.free(None, self.args.release_lag_s)
+
+
+def _env_true(name: str) -> bool:
+    try:
+        return bool(int(os.environ.get(name, "0") or "0"))
+    except ValueError:
+        return False
 
 
 def vllm_app(args: argparse.Namespace, engine: VllmEngine, served: list[str], fastapi: bool = False) -> App:
@@ -165,6 +243,8 @@ def vllm_app(args: argparse.Namespace, engine: VllmEngine, served: list[str], fa
 
     @app.route("GET", "/health")
     def health(req: Request) -> Response:
+        if engine.dead:  # EngineDeadError: vLLM answers 503 with an empty body
+            return Response(503)
         return Response(200, None if not fastapi else {"status": "ok"})
 
     @app.route("GET", "/version")
@@ -210,6 +290,8 @@ def vllm_app(args: argparse.Namespace, engine: VllmEngine, served: list[str], fa
             # vLLM >= 0.17 queues requests while asleep: accepted, then waits until fully awake
             if not engine.wait_awake():
                 return oai_error(503, "engine asleep", "ServiceUnavailableError")
+            if engine.dead:
+                return oai_error(500, ENGINE_DEAD_MESSAGE, "InternalServerError")
             epoch = engine.begin()
             streaming = False
             try:
@@ -247,6 +329,8 @@ def vllm_app(args: argparse.Namespace, engine: VllmEngine, served: list[str], fa
 
         @app.route("POST", "/sleep")
         def sleep(req: Request) -> Response:
+            if engine.dead:
+                return oai_error(500, ENGINE_DEAD_MESSAGE, "InternalServerError")
             raw = req.arg("level", "1")
             try:
                 level = int(raw or "")
@@ -264,6 +348,8 @@ def vllm_app(args: argparse.Namespace, engine: VllmEngine, served: list[str], fa
 
         @app.route("POST", "/wake_up")
         def wake(req: Request) -> Response:
+            if engine.dead:
+                return oai_error(500, ENGINE_DEAD_MESSAGE, "InternalServerError")
             tags = req.query.get("tags", [])  # repeatable: ?tags=weights&tags=kv_cache
             engine.wake(tags)
             return Response(200, _body({"status": "sleeping" if engine.asleep else "awake", "tags": tags or None}))
