@@ -140,13 +140,27 @@ class SshHost(Host):
     def read_file(self, path: str, *, sudo: bool = False) -> str | None:
         return self._read_by_command(path, sudo=sudo)
 
+    #: a file whose quoted text is up to this size goes in the command itself (one round trip); a
+    #: larger one over SFTP (the command line is one exec argument: Linux caps one at 128 KiB)
+    INLINE_WRITE_MAX = 96 * 1024
+
     def write_file(self, path: str, content: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
-        # Content goes over SFTP next to the target (or to /tmp when sudo is needed), then one
-        # script compares and renames atomically: two round trips, whether or not it changed.
+        # A small file travels in the command that writes it (the shell's stdin): one script writes
+        # it beside the target under umask 077, compares and renames atomically, one round trip.
+        # A larger one goes over SFTP next to the target (or to /tmp when sudo is needed), then the
+        # same compare and rename: two round trips, whether or not it changed.
         import io
         import uuid
 
         path = self.expand(path)
+        if len(content) <= self.INLINE_WRITE_MAX and "\0" not in content and len(shlex.quote(content)) <= self.INLINE_WRITE_MAX:
+            tmp_here = f"{path.rsplit('/', 1)[0] or ''}/.gpumod.{uuid.uuid4().hex}"
+            inline = ('umask 077; p=$1; t=$2; mkdir -p -- "$(dirname -- "$p")" || exit 1; '
+                      'cat > "$t" || { rm -f "$t"; exit 1; }; '
+                      'if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
+                      'chmod "$3" "$t" && mv -f "$t" "$p"')
+            r = self.run(["sh", "-c", inline, "sh", path, tmp_here, f"{mode:o}"], sudo=sudo, ok=(0, 45), input=content)
+            return r.exit_code == 0
         d = path.rsplit("/", 1)[0] or "/"
         via_tmp = sudo and not self.is_root
         tmp = f"/tmp/.gpumod.{uuid.uuid4().hex}" if via_tmp else f"{d}/.gpumod.{uuid.uuid4().hex}"
