@@ -254,7 +254,8 @@ def test_simulate_on_several_gpus_places_and_splits_like_the_planner():
 
 def test_the_models_of_one_router_go_on_its_gpus():
     def model(sid: str, vram: int) -> Preset:
-        return Preset(sid, sid, Driver.LLAMACPP, 9004, vram, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="code")
+        return Preset(sid, sid, Driver.LLAMACPP, 9004, vram, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="code",
+                      unit_vars={"models_max": 2})  # the router holds both at once
 
     cat = catalog(model("m1", 4000), model("m2", 6000), plain("x", 9001, 20000), modes={"m": ("m1", "m2", "x")})
     plan = plan_switch(cat, obs(cat, {"m1": (R, {1: 4000})}), cat.modes["m"], POLICY)

@@ -85,6 +85,8 @@ def catalogs(draw: Any, max_presets: int = 6, max_vram: int = 14000) -> Catalog:
     n = draw(st.integers(1, max_presets))
     presets: dict[str, Preset] = {}
     router_port = {"ra": 7001, "rb": 7002}
+    # --models-max of each router (0: no limit); a mode needing more of its models at once is refused
+    models_max = {r: draw(st.sampled_from([1, 2, 0])) for r in router_port}
     for i in range(n):
         sid = f"s{i}"
         driver = draw(st.sampled_from(list(Driver)))
@@ -97,7 +99,8 @@ def catalogs(draw: Any, max_presets: int = 6, max_vram: int = 14000) -> Catalog:
         presets[sid] = Preset(sid, sid, driver, router_port.get(router, 8000 + i), vram,
                               model_size_mb=draw(st.integers(0, 80)) * 100, supports_sleep=sleep is not SleepMode.NONE,
                               sleep_mode=sleep, sleep_vram_mb=residual, depends_on=deps, router=router,
-                              docker=DockerSpec("example/server:1") if driver is Driver.DOCKER else None)
+                              docker=DockerSpec("example/server:1") if driver is Driver.DOCKER else None,
+                              unit_vars={"models_max": models_max[router]} if router else {})
     cat = Catalog(presets, {})
     modes = {"blank": Mode("blank", "blank")}
     for j, subset in enumerate(draw(st.lists(st.lists(st.sampled_from(sorted(presets)), unique=True, min_size=1),
@@ -361,6 +364,14 @@ def check_plan(cat: Catalog, seen: Observed, rendered: dict[str, RenderedUnit] |
     else:  # a stop, a sleep or an empty plan never needs more than there was
         assert projected(cat, sim) <= max(budget, projected_now(cat, seen)), [s.describe() for s in plan.steps]
     ends_awake = awake_after(sim)
+    # a router into which the plan loads holds no more models than its --models-max: the real one
+    # would evict its least recently used idle model instead (servers.md B)
+    for s in plan.steps:
+        if isinstance(s, (Start, RouterLoad)) and cat.presets[s.service].sleep_mode is SleepMode.ROUTER:
+            peers = cat.unit_peers(cat.presets[s.service])
+            limit = peers[0].unit_vars.get("models_max", 1)
+            loaded = sorted(q.id for q in peers if q.id in ends_awake)
+            assert not limit or len(loaded) <= limit, f"{s.describe()}: {loaded} in a router of --models-max {limit}"
     for s in plan.steps:
         if isinstance(s, (Start, Wake, RouterLoad)):
             assert s.service in ends_awake, f"{s.describe()} but {s.service} ends {sim.services[s.service].state.value}"
@@ -420,10 +431,11 @@ STARTING_STALE = one_vllm(STARTING, 1000, UnitFile("gpumod-s0.service", True, "o
 
 
 
-def two_router_models_listed_backwards() -> tuple[Catalog, Observed, None]:
-    """Two models of one llama.cpp router, both down, in a mode that lists the second first."""
-    ps = [Preset(s, s, Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra")
-          for s in ("s0", "s1")]
+def two_router_models_listed_backwards(models_max: int = 2) -> tuple[Catalog, Observed, None]:
+    """Two models of one llama.cpp router (``--models-max models_max``), both down, in a mode that
+    lists the second first."""
+    ps = [Preset(s, s, Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
+                 unit_vars={"models_max": models_max}) for s in ("s0", "s1")]
     cat = Catalog({p.id: p for p in ps}, {"m0": Mode("m0", "m0", services=(ModeService("s1"), ModeService("s0")))})
     gpu = GpuFacts("test", (Gpu(0, "RTX 4090", GPU_MB, 0, GPU_MB),))
     seen = Observed("h", {p.id: svc_obs(p, ST, 0, None, False, False) for p in ps}, gpu, MemInfo(65536, 64000),
@@ -435,6 +447,8 @@ def two_router_models_listed_backwards() -> tuple[Catalog, Observed, None]:
 @example((*STARTING_STALE, "m0", Policy()))
 # the second model was loaded into its router before the router unit was started (for the first)
 @example((*two_router_models_listed_backwards(), "m0", Policy()))
+# both models of a --models-max 1 router in one mode: the router evicted the first when the second loaded
+@example((*two_router_models_listed_backwards(models_max=1), "m0", Policy()))
 @given(switch_cases())
 def test_every_switch_plan_fits_keeps_dependency_order_and_converges(case):
     cat, seen, rendered, mode_id, policy = case
@@ -453,6 +467,31 @@ def test_every_switch_plan_fits_keeps_dependency_order_and_converges(case):
 
 
 
+def test_a_mode_with_more_models_of_a_router_than_its_models_max_is_refused_before_anything_changes():
+    """A router at ``--models-max`` evicts its least recently used model when another loads, so a mode
+    needing both models of a ``--models-max 1`` router can never be reached: refused, naming the limit
+    (the simulated host's switch loaded both, and the router evicted the first). Two fit at 2 or 0."""
+    cat, seen, _ = two_router_models_listed_backwards(models_max=1)
+    try:
+        plan_switch(cat, seen, cat.modes["m0"], Policy())
+    except PlanRefused as e:
+        assert "--models-max 1" in str(e) and "(s1, s0)" in str(e) and "nothing was changed" in str(e), str(e)
+    else:
+        raise AssertionError("a mode needing two models of a --models-max 1 router was planned")
+    for limit in (2, 0):
+        cat, seen, _ = two_router_models_listed_backwards(models_max=limit)
+        plan = plan_switch(cat, seen, cat.modes["m0"], Policy())
+        assert sorted(s.service for s in plan.steps if isinstance(s, RouterLoad)) == ["s0", "s1"], steps_text(plan)
+    # loading a second model with service.start is refused the same way
+    cat, seen, _ = one_of_two_router_models_up(models_max=1)
+    try:
+        plan_service(cat, seen, ServiceOp("start", "s1"), Policy())
+    except PlanRefused as e:
+        assert "--models-max 1" in str(e), str(e)
+    else:
+        raise AssertionError("service.start loaded a second model into a --models-max 1 router")
+
+
 def dependent_pair(dep: SvcState, dependent: SvcState) -> tuple[Catalog, Observed, None]:
     """``s1`` depends on ``s0`` (two custom servers of 2000 MB), observed in the given states."""
     ps = [Preset("s0", "s0", Driver.FASTAPI, 8000, 2000), Preset("s1", "s1", Driver.FASTAPI, 8001, 2000, depends_on=("s0",))]
@@ -467,10 +506,11 @@ def dependent_pair(dep: SvcState, dependent: SvcState) -> tuple[Catalog, Observe
 
 
 def router_model_on_its_peer() -> tuple[Catalog, Observed, None]:
-    """``s1`` depends on ``s0``; both are models of one llama.cpp router, which is down."""
-    ps = [Preset("s0", "s0", Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra"),
+    """``s1`` depends on ``s0``; both are models of one llama.cpp router (``--models-max 2``), which is down."""
+    ps = [Preset("s0", "s0", Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
+                 unit_vars={"models_max": 2}),
           Preset("s1", "s1", Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
-                 depends_on=("s0",))]
+                 depends_on=("s0",), unit_vars={"models_max": 2})]
     cat = Catalog({p.id: p for p in ps}, {"m0": Mode("m0", "m0", services=(ModeService("s0"), ModeService("s1")))})
     gpu = GpuFacts("test", (Gpu(0, "RTX 4090", GPU_MB, 0, GPU_MB),))
     seen = Observed("h", {p.id: svc_obs(p, ST, 0, None, False, False) for p in ps}, gpu, MemInfo(65536, 64000),
@@ -480,9 +520,9 @@ def router_model_on_its_peer() -> tuple[Catalog, Observed, None]:
 
 
 def two_router_models_up() -> tuple[Catalog, Observed, None]:
-    """Two models of one llama.cpp router, both loaded."""
-    ps = [Preset(s, s, Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra")
-          for s in ("s0", "s1")]
+    """Two models of one llama.cpp router (``--models-max 2``), both loaded."""
+    ps = [Preset(s, s, Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
+                 unit_vars={"models_max": 2}) for s in ("s0", "s1")]
     cat = Catalog({p.id: p for p in ps}, {"m0": Mode("m0", "m0", services=(ModeService("s0"), ModeService("s1")))})
     gpu = GpuFacts("test", (Gpu(0, "RTX 4090", GPU_MB, 6000, GPU_MB - 6000),))
     seen = Observed("h", {p.id: svc_obs(p, R, 3000, None, True, False) for p in ps}, gpu, MemInfo(65536, 64000),
@@ -490,7 +530,20 @@ def two_router_models_up() -> tuple[Catalog, Observed, None]:
     return cat, seen, None
 
 
+def one_of_two_router_models_up(models_max: int) -> tuple[Catalog, Observed, None]:
+    """Two models of one llama.cpp router (``--models-max models_max``): ``s0`` loaded, ``s1`` unloaded."""
+    ps = [Preset(s, s, Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
+                 unit_vars={"models_max": models_max}) for s in ("s0", "s1")]
+    cat = Catalog({p.id: p for p in ps}, {"m0": Mode("m0", "m0", services=(ModeService("s0"),))})
+    gpu = GpuFacts("test", (Gpu(0, "RTX 4090", GPU_MB, 3000, GPU_MB - 3000),))
+    seen = Observed("h", {"s0": svc_obs(ps[0], R, 3000, None, True, False), "s1": svc_obs(ps[1], S, 0, 0, True, False)},
+                    gpu, MemInfo(65536, 64000), ModeRecord("m0"), "supervisor", True, boot_time=BOOT)
+    return cat, seen, None
+
+
 @PROPERTY
+# loading a second model into a --models-max 1 router: the router would evict the first
+@example((*one_of_two_router_models_up(models_max=1), ServiceOp("start", "s1")))
 # a second service.stop of a model unloaded from a router that serves another unloaded it again
 @example((*two_router_models_up(), ServiceOp("stop", "s0")))
 # the router unit was started twice: once for the dependency, once again for the service
@@ -532,6 +585,8 @@ def preset_yaml(p: Preset, port: int) -> str:
         lines.append(f"depends_on: [{', '.join(p.depends_on)}]")
     if p.router:
         lines.append(f"router: {p.router}")
+    if "models_max" in p.unit_vars:
+        lines += ["unit_vars:", f"  models_max: {p.unit_vars['models_max']}"]
     if p.driver is Driver.FASTAPI:
         lines += ["unit_vars:", f"  command: [python, -m, {p.id}]"]
     if p.docker is not None:
@@ -623,3 +678,41 @@ def test_switches_on_the_simulated_host_converge_stay_in_budget_and_blank_frees_
     finally:
         code, _, out = run_cli(["sim.reset"])
         assert code == 0, out
+
+
+def test_two_models_of_one_router_in_a_mode_on_the_simulated_host(tmp_path, monkeypatch):
+    """Found by the property above: models ``s2`` and ``s3`` of router ``ra`` in one mode. At
+    ``--models-max 1`` the stand-in router (as the real one) evicted ``s2`` when ``s3`` loaded, so the
+    switch ended with ``s2`` unloaded; now it is refused and nothing changes. At 2 both run, the same
+    switch again has no step, and blank frees everything."""
+    for limit in (1, 2):
+        ps = {s: Preset(s, s, Driver.LLAMACPP, 7001, 2000, supports_sleep=True, sleep_mode=SleepMode.ROUTER,
+                        router="ra", unit_vars={"models_max": limit}) for s in ("s2", "s3")}
+        cat = Catalog(ps, {"blank": Mode("blank", "blank"),
+                           "m0": Mode("m0", "m0", services=(ModeService("s2"), ModeService("s3")))})
+        home = tmp_path / f"home{limit}"
+        monkeypatch.setenv("GPUMOD_HOME", str(home))
+        monkeypatch.setenv("GPUMOD_STATE_DIR", str(tmp_path / f"state{limit}"))
+        monkeypatch.setenv("COLUMNS", "160")
+        write_catalog(home, cat)
+        try:
+            before = status_json()
+            code, _, out = cli_json("mode.switch", "--json", "--name", "m0")
+            if limit == 1:
+                assert code != 0 and "--models-max 1" in out and "nothing was changed" in out, out
+                after = status_json()
+                assert ([(s["id"], s["state"]) for s in after["services"]] == [(s["id"], s["state"]) for s in before["services"]]
+                        and after["gpu"]["used_mb"] == 0), after
+                continue
+            assert code == 0, out
+            st_ = status_json()
+            assert {s["id"]: s["state"] for s in st_["services"]} == {"s2": "running", "s3": "running"}, st_["services"]
+            assert st_["gpu"]["used_mb"] == 4000, st_["gpu"]
+            code, dry, out = cli_json("mode.switch", "--dry-run", "--json", "--name", "m0")
+            assert code == 0 and dry is not None and dry["steps"] == [], out
+            code, _, out = cli_json("mode.switch", "--json", "--name", "blank")
+            assert code == 0, out
+            assert gpu_used_settles_at_zero()["gpu"]["used_mb"] == 0
+        finally:
+            code, _, out = run_cli(["sim.reset"])
+            assert code == 0, out

@@ -22,7 +22,7 @@ from .release import release_wait
 from .result import GpuPlan, Plan
 from .sleep_level import choose_sleep_level
 from .steps import Record, RouterLoad, RouterUnload, Sleep, Start, Step, Stop, WaitRelease, Wake
-from .switch import is_router, start_steps
+from .switch import is_router, refuse_over_router_limit, start_steps
 from .unitfiles import install_steps
 
 ACTIONS = ("start", "stop", "restart", "sleep", "wake")
@@ -135,6 +135,8 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
             starting.append(d)
             units_started.add(pd.unit)
         awake_after = sorted(set(awake) | set(ids))
+        loading = [d for d in ids if seen.services[d].state not in (SvcState.RUNNING, SvcState.STARTING)]
+        refuse_over_router_limit(catalog, loading, awake_after, what)
         proj, pl, gpus = fit_gpus(catalog, seen, awake_after, after_sleep, policy, what, arriving=ids, fixed=placement)
         refuse_unless_ram(catalog, seen, starting, policy)
         installs = install_steps([s.unit for s in steps if isinstance(s, Start)], rendered, seen)
