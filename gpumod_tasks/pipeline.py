@@ -62,6 +62,7 @@ def policy_for(target: Target, *, reserve_mb: int | None = None) -> Policy:
         quiesce_s=s.quiesce_s,
         quiesce_threshold_mb=s.quiesce_threshold_mb,
         release_tolerance_mb=s.release_tolerance_mb,
+        models_max_default=s.vars.get("models_max", 1),
     )
 
 

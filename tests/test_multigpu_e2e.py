@@ -181,3 +181,41 @@ def test_a_two_gpu_box_over_ssh(ssh_lab, tmp_path):
                        lambda sid: box.sd.run(["cat", f"/run/systemd/system/gpumod-{sid}.service"]).stdout)
     finally:
         lab.inv("-H", "box1", "mode.switch", "--name", "blank")
+
+
+def test_a_dead_tensor_parallel_worker_is_noticed_and_the_switch_relaunches_it(sim_host):
+    """Drift of one TP worker: killing the rank on GPU 1 frees both GPUs (vLLM shuts its executor
+    down) and leaves the server answering 503; status says so and the same switch starts it again."""
+    import os
+    import signal
+
+    from conftest import wait_for
+
+    catalog(sim_host)
+    sim_host.write_inventory()
+    inv_file = sim_host.root / "inventory" / "hosts.yaml"
+    inv_file.write_text(inv_file.read_text().replace(ONE_GPU_LINE, TWO_GPUS))
+    gpu = Local(sim_host.state / "sim")
+    try:
+        code, out, err = switch(sim_host.inv, "tp")
+        assert code == 0, out + err
+        on0, on1 = gpu.apps()
+        assert len(on0) == 1 and len(on1) == 1 and set(on0) != set(on1)  # a worker pid per GPU
+        code, out, err = sim_host.inv("status", "--json")
+        d = json.loads(out)
+        tp = next(s for s in d["services"] if s["id"] == "tp")
+        assert tp["state"] == "running" and tp["pid"] not in on0 and tp["pid"] not in on1
+        assert tp["gpu_mb"] == {"0": 10000, "1": 10000}
+        os.kill(next(iter(on1)), signal.SIGKILL)  # the rank on GPU 1 dies
+        assert wait_for(lambda: gpu.used() == [0, 0], 10), gpu.used()
+        code, out, err = sim_host.inv("status", "--json")
+        tp = next(s for s in json.loads(out)["services"] if s["id"] == "tp")
+        assert tp["state"] in ("unhealthy", "failed", "stopped"), tp
+        code, out, err = switch(sim_host.inv, "tp", "--dry-run")
+        assert code == 0 and "start tp" in out, out + err
+        code, out, err = switch(sim_host.inv, "tp")
+        assert code == 0, out + err
+        assert gpu.used() == [10000, 10000]
+    finally:
+        sim_host.inv("mode.switch", "--name", "blank")
+        sim_host.stop_all()

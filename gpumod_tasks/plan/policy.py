@@ -19,6 +19,8 @@ class Policy:
     #: a unit file written more than this long after its process started means the process runs
     #: an old definition (clock granularity: the boot time is whole seconds)
     stale_unit_slack_s: float = 1.5
+    #: a router's ``--models-max`` when its preset's unit_vars do not set it (the host's vars, else 1)
+    models_max_default: object = 1
 
     def ram_needed_mb(self, p: Preset) -> int:
         return int(p.model_size_mb * self.preflight_factor + self.preflight_margin_mb + 0.999)

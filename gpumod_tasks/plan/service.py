@@ -136,7 +136,7 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
             units_started.add(pd.unit)
         awake_after = sorted(set(awake) | set(ids))
         loading = [d for d in ids if seen.services[d].state not in (SvcState.RUNNING, SvcState.STARTING)]
-        refuse_over_router_limit(catalog, loading, awake_after, what)
+        refuse_over_router_limit(catalog, loading, awake_after, what, policy.models_max_default)
         proj, pl, gpus = fit_gpus(catalog, seen, awake_after, after_sleep, policy, what, arriving=ids, fixed=placement)
         refuse_unless_ram(catalog, seen, starting, policy)
         installs = install_steps([s.unit for s in steps if isinstance(s, Start)], rendered, seen)

@@ -40,28 +40,30 @@ def is_router(p: Preset) -> bool:
     return p.sleep_mode is SleepMode.ROUTER
 
 
-def router_models_max(catalog: Catalog, p: Preset) -> int:
+def router_models_max(catalog: Catalog, p: Preset, default: object = 1) -> int:
     """How many models the router unit of ``p`` holds at once: ``--models-max``, rendered from the
-    ``unit_vars.models_max`` of the preset the unit is rendered from (default 1; 0 is no limit)."""
-    raw = catalog.unit_peers(p)[0].unit_vars.get("models_max", 1)
+    ``unit_vars.models_max`` of the preset the unit is rendered from, else the host's vars
+    (``default``), else 1; 0 is no limit."""
+    raw = catalog.unit_peers(p)[0].unit_vars.get("models_max", default)
     try:
         return max(0, int(raw))
     except (TypeError, ValueError):
         return 1
 
 
-def refuse_over_router_limit(catalog: Catalog, loading: list[str], awake_after: list[str], what: str) -> None:
+def refuse_over_router_limit(catalog: Catalog, loading: list[str], awake_after: list[str], what: str,
+                             default_max: object = 1) -> None:
     """A router at ``--models-max`` evicts its least recently used idle model when another loads
     (servers.md B): refuse a plan that loads a model into a router whose models awake after it
     (``awake_after``) exceed that, instead of planning a state the router cannot hold."""
     for unit in dict.fromkeys(catalog.presets[s].unit for s in loading if is_router(catalog.presets[s])):
         ids = [s for s in awake_after if catalog.presets[s].unit == unit and is_router(catalog.presets[s])]
         first = catalog.unit_peers(catalog.presets[ids[0]])[0] if ids else None
-        limit = router_models_max(catalog, first) if first else 0
+        limit = router_models_max(catalog, first, default_max) if first else 0
         if first and limit and len(ids) > limit:
             raise PlanRefused(f"{what} needs {len(ids)} models loaded at once in llama.cpp router {first.router} "
                               f"({', '.join(ids)}), but it holds at most {limit} (--models-max {limit}, from "
-                              f"unit_vars.models_max of {first.id}); loading one more evicts another; raise models_max "
+                              f"unit_vars.models_max of {first.id} or the host's vars); loading one more evicts another; raise models_max "
                               f"or load fewer of its models; nothing was changed")
 
 
@@ -312,7 +314,7 @@ def plan_switch(catalog: Catalog, seen: Observed, mode: Mode, policy: Policy,
     decides it first: ``pipeline.prepare``); kept as it is."""
     target = list(mode.service_ids)
     refuse_foreign_listeners(catalog, seen, target)
-    refuse_over_router_limit(catalog, target, target, f"mode {mode.id}")
+    refuse_over_router_limit(catalog, target, target, f"mode {mode.id}", policy.models_max_default)
     part = partition(catalog, seen, mode, policy, rendered)
     make_room(catalog, seen, part, target, policy, placement)
     proj, pl, gpus = fit_gpus(catalog, seen, target, part.sleeping_after, policy, f"mode {mode.id}", arriving=target,

@@ -369,6 +369,8 @@ def vllm_app(args: argparse.Namespace, engine: VllmEngine, served: list[str], fa
 
         @app.route("GET", "/is_sleeping")
         def is_sleeping(req: Request) -> Response:
+            if engine.dead:  # an RPC to the dead engine core: EngineDeadError, as /sleep and /wake_up
+                return oai_error(500, ENGINE_DEAD_MESSAGE, "InternalServerError")
             return Response(200, {"is_sleeping": engine.sleeping})
 
         @app.route("POST", "/collective_rpc")
