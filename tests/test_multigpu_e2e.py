@@ -6,6 +6,7 @@ private systemd) and over SSH."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import box_inventory, free_ports, ssh_inventory
@@ -130,6 +131,19 @@ def test_a_two_gpu_host_under_the_supervisor(sim_host):
         code, out, err = switch(sim_host.inv, "one")
         assert code == 0, out + err
         assert gpu.used() == [12000, 0]
+        # its GPU memory no longer shown (a driver that lists no processes) while GPU1 became the
+        # better fit: it keeps the GPU its installed unit names, nothing restarts
+        leds = ledgers(sim_host.state / "sim")
+        (c_pid,) = gpu.apps()[0]
+        leds[0].free(c_pid, lag_s=0)
+        leds[1].alloc(os.getpid(), 10000, "foreign")
+        try:
+            code, out, err = switch(sim_host.inv, "one", "--dry-run", "--json")
+            assert code == 0, out + err
+            assert json.loads(out)["steps"] == [] and json.loads(out)["placement"] == {"c": [0]}
+        finally:
+            leds[1].free(os.getpid(), lag_s=0)
+            leds[0].alloc(c_pid, 12000, "weights")
         c = next((sim_host.root / "presets").rglob("c.yaml"))
         c.write_text(c.read_text() + "gpu: 1\n")
         code, out, err = sim_host.inv("template.diff")
