@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .catalog.model import Preset
 from .observed import Observed
-from .plan.result import GpuPlan
+
+if TYPE_CHECKING:  # the planner's package is imported by the plan views only (not by status)
+    from .plan.result import GpuPlan
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,8 @@ def fit_placement(result: object) -> list[tuple[str, tuple[int, ...]]]:
 def fit_per_gpu(result: object, presets: Mapping[str, Preset]) -> list[PlannedGpu]:
     """Each GPU after a fit's (or a plan's) placement, from its ``gpus`` (``GpuPlan`` figures) and
     ``placement``; [] when it has no per-GPU figures (one GPU: the single bar)."""
+    from .plan.result import GpuPlan
+
     gpus = tuple(getattr(result, "gpus", ()) or ())
     if not gpus or not all(isinstance(g, GpuPlan) for g in gpus):
         return []
@@ -224,6 +228,7 @@ def simulate_on_gpus(catalog: Any, services: list[Preset], spec: Any, reserve_mb
     per-GPU fit (``fit.simulate_gpus``) on those GPUs, empty; None for a host of one GPU (or where
     the planner cannot place on several)."""
     from . import fit
+    from .plan.result import GpuPlan
 
     simulate_gpus = getattr(fit, "simulate_gpus", None)
     declared = tuple(getattr(spec, "declared_gpus", ()) or ())
