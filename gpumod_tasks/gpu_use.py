@@ -225,24 +225,21 @@ class GpusFit:
 
 def simulate_on_gpus(catalog: Any, services: list[Preset], spec: Any, reserve_mb: int) -> GpusFit | None:
     """``mode.simulate`` on a host whose inventory declares several GPUs: the planner's placement and
-    per-GPU fit (``fit.simulate_gpus``) on those GPUs, empty; None for a host of one GPU (or where
+    per-GPU fit (``plan.simulate.simulate_gpus``) on those GPUs, empty; None for a host of one GPU (or where
     the planner cannot place on several)."""
-    from . import fit
     from .plan.result import GpuPlan
+    from .plan.simulate import simulate_gpus
 
-    simulate_gpus = getattr(fit, "simulate_gpus", None)
-    declared = tuple(getattr(spec, "declared_gpus", ()) or ())
-    if simulate_gpus is None or len(declared) < 2:
+    declared = tuple(spec.declared_gpus)
+    if len(declared) < 2:
         return None
-    totals = [int(getattr(g, "total_mb", 0) or spec.gpu_total_mb or 24564) for g in declared]
-    names = [str(getattr(g, "name", "") or spec.gpu_name or "") for g in declared]
+    totals = [int(g.total_mb or spec.gpu_total_mb or 24564) for g in declared]
+    names = [str(g.name or spec.gpu_name or "") for g in declared]
     uuids: tuple[str, ...] = ()
     if spec.sim:  # a simulated host's UUIDs are its name's and the index's: a pin by UUID holds here too
-        from .sim import ledger
+        from .sim.ledger import sim_uuid
 
-        sim_uuid = getattr(ledger, "sim_uuid", None)
-        if sim_uuid is not None:
-            uuids = tuple(sim_uuid(spec.name, i) for i in range(len(declared)))
+        uuids = tuple(sim_uuid(spec.name, i) for i in range(len(declared)))
     multi = simulate_gpus(catalog, services, totals, reserve_mb, uuids)
     gpus = tuple(PlannedGpu(GpuPlan(g.index, g.total_mb, g.budget_mb, g.used_mb, uuids[g.index] if g.index < len(uuids) else "",
                                     names[g.index] if g.index < len(names) else ""), tuple(g.segments)) for g in multi.gpus)

@@ -53,17 +53,7 @@ Operation = SwitchTo | ServiceOp | Refresh
 
 
 def policy_for(target: Target, *, reserve_mb: int | None = None) -> Policy:
-    s = target.spec
-    return Policy(
-        reserve_mb=s.reserve_mb if reserve_mb is None else reserve_mb,
-        keep_warm=s.keep_warm,
-        preflight_factor=s.preflight_factor,
-        preflight_margin_mb=s.preflight_margin_mb,
-        quiesce_s=s.quiesce_s,
-        quiesce_threshold_mb=s.quiesce_threshold_mb,
-        release_tolerance_mb=s.release_tolerance_mb,
-        models_max_default=s.vars.get("models_max", 1),
-    )
+    return Policy.for_host(target.spec, reserve_mb=reserve_mb)
 
 
 @dataclass

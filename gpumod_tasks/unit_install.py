@@ -58,8 +58,8 @@ def placement_now(t: Target) -> dict[str, GpuAssignment] | None:
     GPU (or whose GPU cannot be read): its units carry no placement."""
     from .errors import GpumodError
     from .observe import observe
-    from .pipeline import policy_for
     from .plan.placement import arithmetic, assignment, static_gpus
+    from .plan.policy import Policy
 
     try:
         if len(t.gpu().gpus) <= 1:  # one GPU (the common box): one cheap read, no observation
@@ -73,7 +73,7 @@ def placement_now(t: Target) -> dict[str, GpuAssignment] | None:
 
     sleeping = [s for s, o in seen.services.items() if o.state is SvcState.SLEEPING]
     awake = [s for s, o in seen.services.items() if o.holds_gpu and s not in sleeping]
-    pl, _ = arithmetic(t.catalog, seen, policy_for(t), awake, sleeping)
+    pl, _ = arithmetic(t.catalog, seen, Policy.for_host(t.spec), awake, sleeping)
     return {sid: assignment(seen, pl.of(sid) or static_gpus(seen, p)) for sid, p in t.catalog.presets.items()}
 
 

@@ -302,11 +302,6 @@ def test_mcp_tools_give_per_gpu_figures(two_gpu_rag):
 
 
 def test_simulate_places_on_the_declared_gpus_with_a_bar_each(sim_host):
-    from gpumod_tasks import fit
-    from gpumod_tasks.inventory import HOST_SCHEMA
-
-    if "gpus" not in HOST_SCHEMA or not hasattr(fit, "simulate_gpus"):
-        pytest.skip("needs an inventory that declares several GPUs and the planner's placement on them")
     declare_two_gpus(sim_host.root / "inventory" / "hosts.yaml")
     code, out, err = sim_host.inv("mode.simulate", "--name", "chat", "--add", "doc")
     assert code == 0, err + out

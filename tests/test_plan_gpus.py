@@ -241,7 +241,7 @@ def test_placement_is_deterministic_whatever_the_order_of_the_mode():
 
 
 def test_simulate_on_several_gpus_places_and_splits_like_the_planner():
-    from gpumod_tasks.fit import simulate_gpus
+    from gpumod_tasks.plan.simulate import simulate_gpus
 
     cat = catalog(plain("tp", 9001, 30000, gpus=2), plain("a", 9002, 8000), plain("b", 9003, 16000))
     ok = simulate_gpus(cat, [cat.presets["tp"], cat.presets["a"]], [24000, 24000])

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..catalog.model import Preset
+
+if TYPE_CHECKING:
+    from ..inventory import HostSpec
 
 
 @dataclass(frozen=True)
@@ -24,3 +28,17 @@ class Policy:
 
     def ram_needed_mb(self, p: Preset) -> int:
         return int(p.model_size_mb * self.preflight_factor + self.preflight_margin_mb + 0.999)
+
+    @classmethod
+    def for_host(cls, s: HostSpec, *, reserve_mb: int | None = None) -> Policy:
+        """The policy an inventory host's settings give (``reserve_mb`` overrides its reserve)."""
+        return cls(
+            reserve_mb=s.reserve_mb if reserve_mb is None else reserve_mb,
+            keep_warm=s.keep_warm,
+            preflight_factor=s.preflight_factor,
+            preflight_margin_mb=s.preflight_margin_mb,
+            quiesce_s=s.quiesce_s,
+            quiesce_threshold_mb=s.quiesce_threshold_mb,
+            release_tolerance_mb=s.release_tolerance_mb,
+            models_max_default=s.vars.get("models_max", 1),
+        )
