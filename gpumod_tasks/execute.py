@@ -44,6 +44,9 @@ from .state import ModeRecord, read_mode, write_mode
 from .target import Target
 from .unit_install import write_unit
 
+#: how long a leaving service whose sleep failed may take to read as stopped (it died meanwhile)
+DEATH_SETTLE_S = 1.0
+
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
@@ -186,8 +189,10 @@ class Executor:
                 driver_sleep(self.t.host, p, step.level if isinstance(step, Sleep) else 0)
             except HostError:
                 # a leaving service that died since it was observed: what this step is for (its VRAM
-                # given back) holds already; the release wait that follows checks the GPU
-                if not self.t.manager.states([p.unit])[p.unit].is_running:
+                # given back) holds already; the release wait that follows checks the GPU. Its unit
+                # may take a moment to read as stopped (a killed server's runner is still exiting, a
+                # zombie not yet reaped): asked again for up to a second before the error stands
+                if self._stops_within(p.unit, DEATH_SETTLE_S):
                     return "unchanged", "it had already stopped"
                 raise
             return "changed", ""
@@ -243,6 +248,19 @@ class Executor:
         write_mode(self.t.host, self.t.state_dir, new)
         same = (new.mode, new.sleep_levels) == (old.mode, old.sleep_levels) and not old.failure
         return ("unchanged" if same and step.mode is None else "changed"), ""
+
+    def _stops_within(self, unit: str, seconds: float) -> bool:
+        """Whether ``unit`` reads as not running now or within ``seconds`` (asked every 20 ms)."""
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+        def running() -> bool:
+            return self.t.manager.states([unit])[unit].is_running
+
+        try:
+            Retrying(stop=stop_after_delay(seconds), wait=wait_fixed(0.02), retry=retry_if_result(bool))(running)
+        except RetryError:
+            return False
+        return True
 
     # -- checkpoints ------------------------------------------------------------------------
     def _wait_release(self, step: WaitRelease) -> tuple[str, str]:
