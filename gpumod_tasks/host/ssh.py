@@ -155,10 +155,7 @@ class SshHost(Host):
         path = self.expand(path)
         if len(content) <= self.INLINE_WRITE_MAX and "\0" not in content and len(shlex.quote(content)) <= self.INLINE_WRITE_MAX:
             tmp_here = f"{path.rsplit('/', 1)[0] or ''}/.gpumod.{uuid.uuid4().hex}"
-            inline = ('umask 077; p=$1; t=$2; mkdir -p -- "$(dirname -- "$p")" || exit 1; '
-                      'cat > "$t" || { rm -f "$t"; exit 1; }; '
-                      'if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
-                      'chmod "$3" "$t" && mv -f "$t" "$p"')
+            inline = _place_script(fill='umask 077; cat > "$t" || { rm -f "$t"; exit 1; }; ')
             r = self.run(["sh", "-c", inline, "sh", path, tmp_here, f"{mode:o}"], sudo=sudo, ok=(0, 45), input=content)
             return r.exit_code == 0
         d = path.rsplit("/", 1)[0] or "/"
@@ -178,10 +175,7 @@ class SshHost(Host):
         self.round_trips += 1
         # through sudo the uploaded file belongs to the login user: hand it to root before it lands
         # in a root directory (a unit file the user could edit would be a privilege escalation)
-        owner = 'chown 0:0 "$t" && ' if via_tmp else ""
-        script = ('p=$1; t=$2; mkdir -p -- "$(dirname -- "$p")" || exit 1; '
-                  'if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
-                  f'{owner}chmod "$3" "$t" && mv -f "$t" "$p"')
+        script = _place_script(owner='chown 0:0 "$t" && ' if via_tmp else "")
         r = self.run(["sh", "-c", script, "sh", path, tmp, f"{mode:o}"], sudo=sudo, ok=(0, 45))
         return r.exit_code == 0
 
@@ -200,3 +194,13 @@ class SshHost(Host):
             self._pool.close()
         with contextlib.suppress(Exception):
             self.conn.close()
+
+
+def _place_script(*, fill: str = "", owner: str = "") -> str:
+    """The script that lands a written file: ``$1`` the target, ``$2`` the temporary file beside it
+    (or in /tmp), ``$3`` the mode. ``fill`` first writes ``$2`` (from stdin); exit 45 when the target
+    already holds the same bytes (the temporary file is removed), else chmod (after ``owner``, a
+    chown) and an atomic rename."""
+    return ('p=$1; t=$2; mkdir -p -- "$(dirname -- "$p")" || exit 1; ' + fill
+            + 'if [ -e "$p" ] && cmp -s "$t" "$p"; then rm -f "$t"; exit 45; fi; '
+            + f'{owner}chmod "$3" "$t" && mv -f "$t" "$p"')
