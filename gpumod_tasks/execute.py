@@ -282,13 +282,7 @@ class Executor:
             Retrying(stop=stop_after_delay(self.release_timeout_s), wait=adaptive_wait(),
                      retry=retry_if_result(lambda u: u > limit))(used)
         except RetryError:
-            if step.releasing:
-                raise StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
-                                 f"(GPU uses {last[-1] if last else '?'} MB > expected {step.expected_used_mb} MB + "
-                                 f"{step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi") from None
-            raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
-                             f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
-                             f"(a stopped process may be stuck; check nvidia-smi)") from None
+            raise self._not_released(step, last) from None
         return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
 
     def _wait_release_per_gpu(self, step: WaitRelease) -> tuple[str, str]:
@@ -326,14 +320,19 @@ class Executor:
         limit = step.expected_used_mb + step.tolerance_mb
         last: list[int] = []
         if not self.t.gpu_reader.wait_used_at_most(limit, self.release_timeout_s, last):
-            if step.releasing:
-                raise StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
-                                 f"(GPU uses {last[-1] if last else '?'} MB > expected {step.expected_used_mb} MB + "
-                                 f"{step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi")
-            raise StepFailed(f"VRAM not released: GPU still uses {last[-1] if last else '?'} MB > expected "
-                             f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
-                             f"(a stopped process may be stuck; check nvidia-smi)")
+            raise self._not_released(step, last)
         return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
+
+    def _not_released(self, step: WaitRelease, polls: list[int]) -> StepFailed:
+        """A one-GPU release wait that timed out: what the GPU used last, against what was expected."""
+        now = polls[-1] if polls else "?"
+        if step.releasing:
+            return StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
+                              f"(GPU uses {now} MB > expected {step.expected_used_mb} MB + "
+                              f"{step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi")
+        return StepFailed(f"VRAM not released: GPU still uses {now} MB > expected "
+                          f"{step.expected_used_mb} MB + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
+                          f"(a stopped process may be stuck; check nvidia-smi)")
 
     def _preflight(self, p: Preset) -> str:
         text = self.t.host.read_file(f"{self.t.spec.procfs.rstrip('/')}/meminfo")
