@@ -18,7 +18,7 @@ from typing import Any
 
 from .daemon.announce import parse as parse_daemon_link
 from .daemon.announce import registration_file
-from .engines import Health, Probe, probe, refused_here
+from .engines import Health, Probe, probe
 from .errors import GpumodError
 from .facts.batch import run_batch
 from .facts.gpu import GpuFacts
@@ -59,8 +59,9 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     gpu: GpuFacts | None = None
     gpu_error = ""
     with _shared_pool() as pool:
-        # this machine: a port nobody listens on is answered here (a connect), without a thread
-        down = {p.id for p in presets if refused_here(p.port)} if host.is_this_machine else set()
+        # this machine: a port nobody listens on is answered here (a connect), without a thread; a
+        # connection that is accepted is kept for that service's probe
+        down = {p.id for p in presets if host.listens(p.port) is False} if host.is_this_machine else set()
         f_probes = {p.id: pool.submit(probe, host, p) if p.id not in down else _now(_refused_probe) for p in presets}
         if host.is_this_machine:
             # commands side by side; what is a plain file read here is read at once

@@ -194,7 +194,8 @@ def _execute(target: Target, op: Operation, plan: Plan, policy: Policy, on_event
     if not report.ok:
         _record_failure(target, op, report)
     learn_from_run(target, report)
-    record_run(target, op, started, report)
+    if plan.steps or not report.ok:  # a run that had nothing to do changed nothing: not history
+        record_run(target, op, started, report)
     return report
 
 

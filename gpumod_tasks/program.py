@@ -165,8 +165,25 @@ class Gpumod(Program):
         }
         self.config.merge()
 
+    def _named_parser(self) -> Parser:
+        """The parser for the tasks this command line can name: a context for each task whose name
+        or alias is one of its words.  Invoke's parser deep-copies every context it is given, on
+        every parse (~80 tasks: several ms of each command); a word that names no task is never
+        looked up as one, so the parse is the same as with all of them.  Completion
+        (``--complete``) lists every task and builds its own full parser."""
+        words = {w for w in self.core.unparsed if not w.startswith("-")}
+        if isinstance(self.args.help.value, str):
+            words.add(self.args.help.value)
+        contexts = []
+        for primary, aliases in self.collection.task_names.items():
+            if primary in words or words.intersection(aliases):
+                task = self.collection[primary]
+                contexts.append(ParserContext(name=primary, aliases=aliases, args=task.get_arguments(
+                    ignore_unknown_help=self.config.tasks.ignore_unknown_help)))
+        return Parser(initial=self.initial_context, contexts=contexts)
+
     def parse_tasks(self) -> None:
-        plain = self._make_parser()
+        plain = self._named_parser()
         self.parser = Parser(initial=plain.initial, contexts=[_with_help_flag(c) for c in plain.contexts.values()])
         try:
             result = self.parser.parse_argv(self.core.unparsed)
@@ -222,7 +239,17 @@ def make_program(namespace: Collection | None = None) -> Gpumod:
 
 
 def main() -> None:
-    make_program().run()
+    try:
+        make_program().run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``inv --list | head``): what it did not read is dropped, without a
+        # traceback, and nothing more is written (Python's recipe for SIGPIPE)
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
 
 
 if __name__ == "__main__":

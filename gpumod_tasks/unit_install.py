@@ -13,7 +13,6 @@ template is a different key, so it is rendered again and noticed as before.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -247,6 +246,8 @@ def install_all(t: Target, check: bool = False) -> InstallReport:
             rep.unchanged.append(unit)
             continue
         rep.changed.append(unit)
+        import difflib
+
         rep.diffs[unit] = "".join(difflib.unified_diff((old or "").splitlines(True), new.splitlines(True),
                                                        f"installed/{unit}", f"rendered/{unit}"))
         if not check:

@@ -121,3 +121,36 @@ def test_refused_timed_out_and_not_http_are_the_engines_codes():
     with raw_server(garbage) as (port, _):
         status, text = http.ask("GET", f"http://127.0.0.1:{port}/health", timeout=2)
         assert status == -2 and "BadStatusLine" in text
+
+
+def test_preconnect_says_who_listens_and_the_next_request_uses_its_connection():
+    def answer(conn: socket.socket, req: bytes, n: int) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    with raw_server(answer) as (port, per_conn):
+        http = LocalHttp()
+        assert http.preconnect(port) is True
+        assert http.preconnect(port) is True, "a kept connection answers without a second connect"
+        assert http.ask("GET", f"http://127.0.0.1:{port}/health", timeout=5) == (200, "ok")
+        assert per_conn == [1], "the check and the request shared one connection"
+        http.close()
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    dead = free.getsockname()[1]
+    free.close()
+    assert LocalHttp().preconnect(dead) is False
+
+
+def test_a_kept_connection_to_a_server_that_is_gone_meets_the_refusal():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    http = LocalHttp()
+    assert http.preconnect(port) is True
+    conn, _ = srv.accept()
+    conn.close()  # the server dies: its connections close and nothing listens any more
+    srv.close()
+    assert http.preconnect(port) is True, "still a kept connection: the request finds out"
+    assert http.ask("GET", f"http://127.0.0.1:{port}/health", timeout=5) == (0, "connection refused")

@@ -4,7 +4,7 @@ the observation of a host into a single command; the parsers stay the same pure 
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +40,6 @@ def parse_batch(text: str, names: Sequence[str], mark: str) -> dict[str, FactOut
 
 
 def run_batch(host: Host, facts: Mapping[str, Sequence[str]]) -> dict[str, FactOutput]:
-    mark = f"@@gpumod-fact-{uuid.uuid4().hex[:12]}"
+    mark = f"@@gpumod-fact-{os.urandom(6).hex()}"
     r = host.run(["sh", "-c", batch_script(facts, mark)], ok=range(256), what="facts")
     return parse_batch(r.stdout, list(facts), mark)

@@ -165,6 +165,12 @@ class Host(ABC):
         except httpx.HTTPError as exc:
             return -2, f"{type(exc).__name__}: {exc}"
 
+    def listens(self, port: int) -> bool | None:
+        """Whether anything accepts connections on the box's 127.0.0.1:``port``, where that is known
+        without an HTTP request (this machine: one connect, kept for the request that follows);
+        None elsewhere: the request itself tells."""
+        return None
+
     def _make_http_client(self, timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
         import httpx
 

@@ -6,6 +6,11 @@ ms per command, paid by every ``inv status`` for a handful of GETs to loopback p
 connection the server has closed meanwhile is retried once on a fresh one (the server never saw
 the request).  Answers are ``(status, text)`` with the engines' transport codes: 0 nothing
 listens, -1 timed out, -2 any other transport error (the text says which).
+
+An address given as an IPv4 literal is connected to directly (``HTTPConnection.sock`` set before
+the first request), without ``getaddrinfo``: no resolver call and no IDNA codec per connection.
+``preconnect`` opens the connection a probe will use, so the observation's "does anything listen
+on this port" check and the probe that follows share one TCP connection.
 """
 
 from __future__ import annotations
@@ -72,6 +77,24 @@ class LocalHttp:
             return -2, f"{type(exc).__name__}: {exc}"
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def preconnect(self, port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+        """Connect to ``host:port`` now and keep the connection for the next request there; False when
+        the connection is refused (nothing listens), True otherwise (a timeout or another error is
+        left for the request itself to meet and name).  An idle connection already kept there is
+        True without a new connect: should the server have gone since, the request's own retry on a
+        fresh connection meets the refusal."""
+        with self._lock:
+            if self._idle.get((host, port)):
+                return True
+        try:
+            conn = self._connect((host, port), timeout)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True
+        self._give((host, port), conn)
+        return True
+
     def _take(self, key: tuple[str, int], timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
             idle = self._idle.get(key)
@@ -79,12 +102,26 @@ class LocalHttp:
         if conn is not None and conn.sock is not None:
             conn.sock.settimeout(timeout)
             return conn, True
+        return self._connect(key, timeout), False
+
+    @staticmethod
+    def _connect(key: tuple[str, int], timeout: float) -> http.client.HTTPConnection:
         conn = http.client.HTTPConnection(key[0], key[1], timeout=timeout)
-        conn.connect()
+        if _is_ipv4(key[0]):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(key)
+            except BaseException:
+                sock.close()
+                raise
+            conn.sock = sock
+        else:
+            conn.connect()
         if conn.sock is not None:
             # headers and body go in one write, but a server's delayed ACK must never wait on us
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, False
+        return conn
 
     def _give(self, key: tuple[str, int], conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -100,6 +137,11 @@ class LocalHttp:
             self._idle.clear()
         for c in conns:
             c.close()
+
+
+def _is_ipv4(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() and p.isascii() and int(p) < 256 for p in parts)
 
 
 def _charset(content_type: str) -> str:

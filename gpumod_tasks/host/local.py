@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,6 +69,8 @@ class LocalHost(Host):
         if sudo and not self.is_root:
             self.run(["sh", "-c", WRITE_SCRIPT, "sh", str(p), f"{mode:o}"], sudo=True, input=content)
             return True
+        import tempfile  # only a command that writes pays for it (with shutil and random)
+
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".gpumod.")
@@ -107,11 +108,19 @@ class LocalHost(Host):
 
     def ask(self, method: str, url: str, *, timeout: float, json: object = None, params: object = None,
             headers: dict[str, str] | None = None) -> tuple[int, str]:
+        return self._pool().ask(method, url, timeout=timeout, json=json, params=params, headers=headers)
+
+    def listens(self, port: int) -> bool | None:
+        """Something accepts connections on 127.0.0.1:``port`` (a refused connect is False); the
+        connection is kept for the next request to that port.  None for a subclass whose loopback
+        is not this machine's (a namespace's)."""
+        return self._pool().preconnect(port) if self.is_this_machine else None
+
+    def _pool(self) -> LocalHttp:
         with self._http_lock:
             if self._local_http is None:
                 self._local_http = LocalHttp()
-            pool = self._local_http
-        return pool.ask(method, url, timeout=timeout, json=json, params=params, headers=headers)
+            return self._local_http
 
     def close(self) -> None:
         pool, self._local_http = self._local_http, None
