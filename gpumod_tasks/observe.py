@@ -9,6 +9,7 @@ service's HTTP health and sleep state (concurrently).  The result is a plain ``O
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,7 +63,8 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
         # this machine: a port nobody listens on is answered here (a connect), without a thread; a
         # connection that is accepted is kept for that service's probe
         down = {p.id for p in presets if host.listens(p.port) is False} if host.is_this_machine else set()
-        f_probes = {p.id: pool.submit(probe, host, p) if p.id not in down else _now(_refused_probe) for p in presets}
+        f_probes = {p.id: _now(_refused_probe) for p in presets if p.id in down}
+        f_probes.update(_probe_all(pool, host, [p for p in presets if p.id not in down]))
         if host.is_this_machine:
             # commands side by side; what is a plain file read here is read at once
             f_units = pool.submit(manager.states, units)
@@ -188,6 +190,28 @@ def _shared_pool() -> Iterator[ThreadPoolExecutor]:
             _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="gpumod-observe")
         pool = _POOL
     yield pool
+
+
+def _probe_all(pool: ThreadPoolExecutor, host: Any, presets: list[Any]) -> dict[str, Future[Probe]]:
+    """Every service's probe, side by side.  A remote box's answers wait on the network: one thread
+    each.  This machine's wait on the servers' CPU, which the probes share with them: more threads
+    than cores only add switching (24 stand-ins probed from 4 threads here took ~20 % less than
+    from 24), so the probes go in ``max(4, cores)`` lanes, one after another within a lane."""
+    if not host.is_this_machine:
+        return {p.id: pool.submit(probe, host, p) for p in presets}
+    lanes = max(4, os.cpu_count() or 1)
+    out: dict[str, Future[Probe]] = {p.id: Future() for p in presets}
+
+    def lane(group: list[Any]) -> None:
+        for p in group:
+            try:
+                out[p.id].set_result(probe(host, p))
+            except BaseException as exc:  # noqa: BLE001 - raised by that probe's result()
+                out[p.id].set_exception(exc)
+
+    for i in range(min(lanes, len(presets))):
+        pool.submit(lane, presets[i::lanes])
+    return out
 
 
 def _now(fn: Callable[..., Any], *args: Any) -> Future[Any]:
