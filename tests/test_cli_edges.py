@@ -47,6 +47,23 @@ def test_help_wins_over_a_positional_and_after_other_flags(sim_host):
     assert code == 2 and "unknown mode 'nosuch'" in err
 
 
+def test_parsing_with_only_the_named_tasks_reads_the_command_line_as_before(sim_host):
+    # a task name given as another's flag value, two tasks on one line, an alias-free unknown word
+    code, out, err = run_cli(["mode.switch", "--name", "status", "--dry-run"])
+    assert code == 2 and "unknown mode 'status'" in err, (out, err)
+    code, out, err = run_cli(["mode.list", "mode.status"])
+    assert code == 0 and "current mode" in out and "services" in out, (out, err)
+    code, out, err = run_cli(["status", "nosuch"])
+    assert code == 1 and "No idea what 'nosuch' is!" in err, (out, err)
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    # `inv --list | head -1`: the program ends quietly (141, as a shell reports SIGPIPE)
+    p = subprocess.run(f"{sys.executable} -m gpumod_tasks.program --list | head -1", shell=True, cwd=REPO,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert p.stdout == "Available tasks:\n" and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
 BLOCKER = textwrap.dedent("""
     import sys
     BLOCK = set(sys.argv[1].split(","))
