@@ -56,3 +56,22 @@ def test_invoke_placeholders_are_gone_and_its_features_still_work(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gpumod_tasks.program", "--list"], capture_output=True, text=True,
                        timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)})
     assert r.returncode != 0 and ".invoke.yaml" in r.stderr + r.stdout
+
+
+def test_the_collector_is_off_for_a_short_command_only(monkeypatch):
+    import gc
+    import time
+
+    from gpumod_tasks import program
+
+    monkeypatch.setattr(program, "GC_DEFER_S", 0.1)
+    assert gc.isenabled()
+    try:
+        program._defer_gc()
+        assert not gc.isenabled(), "off while the command starts"
+        deadline = time.monotonic() + 5
+        while not gc.isenabled() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gc.isenabled(), "a command still running collects again"
+    finally:
+        gc.enable()
