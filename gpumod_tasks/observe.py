@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -196,21 +197,28 @@ def _probe_all(pool: ThreadPoolExecutor, host: Any, presets: list[Any]) -> dict[
     """Every service's probe, side by side.  A remote box's answers wait on the network: one thread
     each.  This machine's wait on the servers' CPU, which the probes share with them: more threads
     than cores only add switching (24 stand-ins probed from 4 threads here took ~20 % less than
-    from 24), so the probes go in ``max(4, cores)`` lanes, one after another within a lane."""
+    from 24), so ``max(4, cores)`` lanes take the probes from one queue, each lane the next probe
+    when its last one is answered (a server that accepts and never answers holds one lane until
+    its timeout; the other lanes go on with the rest)."""
     if not host.is_this_machine:
         return {p.id: pool.submit(probe, host, p) for p in presets}
     lanes = max(4, os.cpu_count() or 1)
     out: dict[str, Future[Probe]] = {p.id: Future() for p in presets}
+    queue = deque(presets)
 
-    def lane(group: list[Any]) -> None:
-        for p in group:
+    def lane() -> None:
+        while True:
+            try:
+                p = queue.popleft()
+            except IndexError:
+                return
             try:
                 out[p.id].set_result(probe(host, p))
             except BaseException as exc:  # noqa: BLE001 - raised by that probe's result()
                 out[p.id].set_exception(exc)
 
-    for i in range(min(lanes, len(presets))):
-        pool.submit(lane, presets[i::lanes])
+    for _ in range(min(lanes, len(presets))):
+        pool.submit(lane)
     return out
 
 

@@ -248,9 +248,11 @@ def _defer_gc() -> None:
     again cost ~15 ms of every short command here.  A command still running after a second (a
     daemon, ``--watch``, a long switch) collects as usual from then on."""
     import gc
+    import os
     import threading
 
     gc.disable()
+    os.register_at_fork(after_in_child=gc.enable)  # a forked child has no timer thread to turn it back on
     resume = threading.Timer(GC_DEFER_S, gc.enable)
     resume.daemon = True
     resume.start()
@@ -267,8 +269,10 @@ def _fast_finish() -> None:
 def main() -> None:
     _defer_gc()
     try:
-        make_program().run()
-        sys.stdout.flush()
+        try:
+            make_program().run()
+        finally:  # Invoke ends --help, --version and Exit with sys.exit: flushed here all the same
+            sys.stdout.flush()
     except BrokenPipeError:
         # the reader went away (``inv --list | head``): what it did not read is dropped, without a
         # traceback, and nothing more is written (Python's recipe for SIGPIPE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from gpumod_tasks.host.http_local import LocalHttp
@@ -142,15 +143,31 @@ def test_preconnect_says_who_listens_and_the_next_request_uses_its_connection():
     assert LocalHttp().preconnect(dead) is False
 
 
-def test_a_kept_connection_to_a_server_that_is_gone_meets_the_refusal():
+def test_kept_connections_to_a_server_that_is_gone_meet_the_refusal():
+    """Two idle connections (two lanes asked at once) to a server that then dies: the listen check
+    and a request both see it refused, never a stale connection's reset."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
+    srv.listen(4)
     port = srv.getsockname()[1]
+    served: list[socket.socket] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            served.append(conn)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
     http = LocalHttp()
-    assert http.preconnect(port) is True
-    conn, _ = srv.accept()
-    conn.close()  # the server dies: its connections close and nothing listens any more
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: http.ask("GET", f"http://127.0.0.1:{port}/health", timeout=5), range(2)))
+    t.join(5)
+    assert answers == [(200, "ok")] * 2 and len(served) == 2, "two connections kept"
+    for c in served:  # the server dies: its connections close and nothing listens any more
+        c.close()
     srv.close()
-    assert http.preconnect(port) is True, "still a kept connection: the request finds out"
+    assert http.preconnect(port) is False
     assert http.ask("GET", f"http://127.0.0.1:{port}/health", timeout=5) == (0, "connection refused")

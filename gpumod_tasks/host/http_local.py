@@ -51,7 +51,7 @@ class LocalHttp:
             body = b""
         try:
             for attempt in (0, 1):
-                conn, reused = self._take(key, timeout)
+                conn, reused = self._take(key, timeout, fresh=attempt > 0)
                 try:
                     conn.request(method, path, body=body, headers=hdrs)
                     resp = conn.getresponse()
@@ -59,7 +59,10 @@ class LocalHttp:
                 except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                     conn.close()
                     if reused and attempt == 0:
-                        continue  # the server closed it while idle: it never saw this request
+                        # the server closed it while idle: it never saw this request; the others
+                        # kept for that port are as old, so the retry is on a fresh connection
+                        self._drop(key)
+                        continue
                     raise
                 except BaseException:
                     conn.close()
@@ -80,12 +83,20 @@ class LocalHttp:
     def preconnect(self, port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
         """Connect to ``host:port`` now and keep the connection for the next request there; False when
         the connection is refused (nothing listens), True otherwise (a timeout or another error is
-        left for the request itself to meet and name).  An idle connection already kept there is
-        True without a new connect: should the server have gone since, the request's own retry on a
-        fresh connection meets the refusal."""
+        left for the request itself to meet and name).  An idle connection already kept there that
+        the server has not closed answers True without a new connect (a server that went away
+        closed its end: that connection is dropped and a fresh connect tells)."""
+        key = (host, port)
         with self._lock:
-            if self._idle.get((host, port)):
-                return True
+            idle = self._idle.pop(key, [])
+        live = [c for c in idle if _usable(c)]
+        for c in idle:
+            if c not in live:
+                c.close()
+        if live:
+            with self._lock:
+                self._idle.setdefault(key, []).extend(live)
+            return True
         try:
             conn = self._connect((host, port), timeout)
         except ConnectionRefusedError:
@@ -95,14 +106,26 @@ class LocalHttp:
         self._give((host, port), conn)
         return True
 
-    def _take(self, key: tuple[str, int], timeout: float) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            idle = self._idle.get(key)
-            conn = idle.pop() if idle else None
-        if conn is not None and conn.sock is not None:
-            conn.sock.settimeout(timeout)
-            return conn, True
+    def _take(self, key: tuple[str, int], timeout: float, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """A kept connection the server has not closed (newest first), else a new one."""
+        while not fresh:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                break
+            if _usable(conn):
+                assert conn.sock is not None
+                conn.sock.settimeout(timeout)
+                return conn, True
+            conn.close()
         return self._connect(key, timeout), False
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            idle = self._idle.pop(key, [])
+        for c in idle:
+            c.close()
 
     @staticmethod
     def _connect(key: tuple[str, int], timeout: float) -> http.client.HTTPConnection:
@@ -137,6 +160,29 @@ class LocalHttp:
             self._idle.clear()
         for c in conns:
             c.close()
+
+
+def _usable(conn: http.client.HTTPConnection) -> bool:
+    """A kept connection still open at both ends with nothing unread on it: a peek that would block.
+    End of stream (the server closed it, or its process is gone), an error, or bytes nobody asked
+    for (a server's timeout notice) make it unusable."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    prev = sock.gettimeout()
+    try:
+        sock.settimeout(0)
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        try:
+            sock.settimeout(prev)
+        except OSError:
+            pass
+    return False
 
 
 def _is_ipv4(host: str) -> bool:
