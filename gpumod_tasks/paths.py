@@ -30,3 +30,12 @@ def controller_dir() -> str:
     """The controller's own files (switch history): next to the local state."""
     d = os.environ.get("GPUMOD_STATE_DIR") or os.path.expanduser("~/.local/state/gpumod")
     return d
+
+
+def cache_file(name: str) -> Path:
+    """A file of gpumod's own caches: ``$GPUMOD_STATE_DIR/cache`` (tests, demos, sandboxes), else
+    ``$XDG_CACHE_HOME/gpumod`` or ``~/.cache/gpumod``.  Losing one only costs time."""
+    base = os.environ.get("GPUMOD_STATE_DIR")
+    if base:
+        return Path(base) / "cache" / name
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpumod" / name

@@ -268,6 +268,9 @@ def _fast_finish() -> None:
 
 def main() -> None:
     _defer_gc()
+    from .codecache import install
+
+    install()
     try:
         try:
             make_program().run()

@@ -450,12 +450,9 @@ class _DocCache:
         self._new = False
 
     def _path(self) -> Path:
-        import os
+        from .paths import cache_file
 
-        base = os.environ.get("GPUMOD_STATE_DIR")
-        if base:
-            return Path(base) / "cache" / "yaml-docs.marshal"
-        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpumod" / "yaml-docs.marshal"
+        return cache_file("yaml-docs.marshal")
 
     def _load(self) -> dict[bytes, bytes]:
         if self._docs is None:
