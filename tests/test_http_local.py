@@ -152,11 +152,12 @@ def test_kept_connections_to_a_server_that_is_gone_meet_the_refusal():
     port = srv.getsockname()[1]
     served: list[socket.socket] = []
 
-    def serve() -> None:
+    def serve() -> None:  # answers only once both requests are in: each has its own connection
         for _ in range(2):
             conn, _ = srv.accept()
             served.append(conn)
             conn.recv(65536)
+        for conn in served:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     t = threading.Thread(target=serve, daemon=True)
