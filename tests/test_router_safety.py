@@ -283,3 +283,36 @@ def _up(url: str) -> bool:
         return httpx.get(url + "/health", timeout=1, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_swap_path_is_imported_before_the_daemon_serves(sim_host):
+    """What the first on-demand swap needs is loaded at start-up (``import_swap_path``, which
+    ``router.serve`` calls before it listens): a switch in a process that has done it, with the
+    daemon's own modules loaded, imports nothing more of gpumod's, tenacity or sqlite3."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    assert sim_host.inv("mode.switch", "--name", "rag")[0] == 0
+    code = (
+        "import sys\n"
+        "from invoke import Context\n"
+        "from gpumod_tasks.cli_context import inventory, open_target\n"
+        "import gpumod_tasks.daemon.app, gpumod_tasks.daemon.web\n"
+        "from gpumod_tasks.daemon.model_manager import import_swap_path\n"
+        "import_swap_path()\n"
+        "from gpumod_tasks.switch import switch\n"
+        "spec = inventory().hosts['local']\n"
+        "with open_target(Context(), spec) as t:\n"
+        "    before = set(sys.modules)\n"
+        "    out = switch(t, 'chat')\n"
+        "new = sorted(m for m in set(sys.modules) - before if m.startswith(('gpumod_tasks', 'tenacity', 'sqlite3')))\n"
+        "print('STEPS', len(out.plan.steps), 'NEW', ','.join(new))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=sim_host.root, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("STEPS"))
+    steps, new = line.split(" NEW ")
+    assert int(steps.split()[1]) > 0, "a real switch ran"
+    assert new.strip() == "", new

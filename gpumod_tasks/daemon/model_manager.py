@@ -674,3 +674,20 @@ def log_done(done: dict[str, Any]) -> None:
     if done.get("action") and done.get("action") != "none":
         log.info("%s ready: %s in %.2f s (mode %s)", done.get("service"), done["action"], done.get("duration_s", 0.0),
                  done.get("mode"))
+
+
+# what the first on-demand swap would otherwise import while its request waits (~20 ms here):
+# the pipeline and its waits (tenacity), the history (sqlite3), learning, the service operations,
+# this machine's facts, and the IDNA codec a first upstream connection looks up
+SWAP_PATH_MODULES = ("gpumod_tasks.pipeline", "gpumod_tasks.execute", "gpumod_tasks.switch", "gpumod_tasks.services",
+                     "gpumod_tasks.history", "gpumod_tasks.learn", "gpumod_tasks.unit_install", "gpumod_tasks.lock",
+                     "gpumod_tasks.facts.here", "gpumod_tasks.engines.registry", "tenacity", "sqlite3", "encodings.idna")
+
+
+def import_swap_path() -> None:
+    """Import what a swap uses before the daemon serves: a long-running process pays it once, at
+    start, not in the first request for a model outside the mode."""
+    import importlib
+
+    for name in SWAP_PATH_MODULES:
+        importlib.import_module(name)

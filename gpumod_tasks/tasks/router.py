@@ -75,7 +75,7 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
     from ..cli_context import catalog, host_specs, open_target
     from ..daemon.app import Announce, Limits, create_app, server_config
     from ..daemon.metrics import Metrics
-    from ..daemon.model_manager import ModelManager, Options
+    from ..daemon.model_manager import ModelManager, Options, import_swap_path
     from ..webguard import Guard, is_loopback
 
     if as_host:
@@ -130,8 +130,16 @@ def serve(c, port=8787, bind="127.0.0.1", api_key=None, request_timeout=300.0, c
                         api_key_file=os.path.abspath(key_file) if key and key_file else "")
     app = create_app(mgr, metrics, guard=guard, limits=limits, announce=announce)
     shown = f"[{bind}]" if ":" in bind else bind
+    server = uvicorn.Server(server_config(app, bind, int(port), limits))
+    import_swap_path()
     log.info("listening on http://%s:%d for host %s (log level %s)", shown, int(port), spec.name, str(log_level).lower())
-    uvicorn.Server(server_config(app, bind, int(port), limits)).run()
+    # what start-up built (modules, the app, the catalog) lives as long as the daemon: left out of
+    # every later collection, so a collection during a swap walks only what serving made since
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    server.run()
 
 
 ns = Collection("router")
