@@ -530,6 +530,19 @@ def two_router_models_up() -> tuple[Catalog, Observed, None]:
     return cat, seen, None
 
 
+def router_model_and_its_dependent_up() -> tuple[Catalog, Observed, None]:
+    """``s1`` depends on ``s0``; both are loaded models of one llama.cpp router (``--models-max 2``)."""
+    ps = [Preset("s0", "s0", Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
+                 unit_vars={"models_max": 2}),
+          Preset("s1", "s1", Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
+                 depends_on=("s0",), unit_vars={"models_max": 2})]
+    cat = Catalog({p.id: p for p in ps}, {"m0": Mode("m0", "m0", services=(ModeService("s0"), ModeService("s1")))})
+    gpu = GpuFacts("test", (Gpu(0, "RTX 4090", GPU_MB, 6000, GPU_MB - 6000),))
+    seen = Observed("h", {p.id: svc_obs(p, R, 3000, None, True, False) for p in ps}, gpu, MemInfo(65536, 64000),
+                    ModeRecord("m0"), "supervisor", True, boot_time=BOOT)
+    return cat, seen, None
+
+
 def one_of_two_router_models_up(models_max: int) -> tuple[Catalog, Observed, None]:
     """Two models of one llama.cpp router (``--models-max models_max``): ``s0`` loaded, ``s1`` unloaded."""
     ps = [Preset(s, s, Driver.LLAMACPP, 7001, 3000, supports_sleep=True, sleep_mode=SleepMode.ROUTER, router="ra",
@@ -546,6 +559,9 @@ def one_of_two_router_models_up(models_max: int) -> tuple[Catalog, Observed, Non
 @example((*one_of_two_router_models_up(models_max=1), ServiceOp("start", "s1")))
 # a second service.stop of a model unloaded from a router that serves another unloaded it again
 @example((*two_router_models_up(), ServiceOp("stop", "s0")))
+# stopping a router model and its dependent on the same router unloaded both, each "kept up for the
+# other": the router stayed up with nothing loaded, and the next plan stopped it
+@example((*router_model_and_its_dependent_up(), ServiceOp("stop", "s0")))
 # the router unit was started twice: once for the dependency, once again for the service
 @example((*router_model_on_its_peer(), ServiceOp("start", "s1")))
 # a restart started the service while what it depends on was stopped (service.start brings it up)

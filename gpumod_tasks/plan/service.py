@@ -48,12 +48,14 @@ def _awake_now(seen: Observed) -> list[str]:
     return [s for s, o in seen.services.items() if o.state in AWAKE]
 
 
-def _stop_step(catalog: Catalog, seen: Observed, sid: str, reason: str) -> Step:
-    """A router model whose router serves other running models is unloaded; anything else stops."""
+def _stop_step(catalog: Catalog, seen: Observed, sid: str, reason: str, going: frozenset[str] = frozenset()) -> Step:
+    """A router model whose router serves other running models (none of ``going``, the services
+    this plan takes down with it) is unloaded; anything else stops."""
     p = catalog.presets[sid]
     o = seen.services[sid]
     if is_router(p):
-        peers_up = [q.id for q in catalog.unit_peers(p) if q.id != sid and seen.services[q.id].state in AWAKE]
+        peers_up = [q.id for q in catalog.unit_peers(p)
+                    if q.id != sid and q.id not in going and seen.services[q.id].state in AWAKE]
         if peers_up:
             return RouterUnload(sid, f"{reason}; its router stays up for {', '.join(peers_up)}", o.vram_mb)
     return Stop(sid, reason, o.vram_mb, p.unit)
@@ -153,9 +155,10 @@ def plan_service(catalog: Catalog, seen: Observed, op: ServiceOp, policy: Policy
         if o.state in (SvcState.STOPPED, SvcState.FAILED):
             nothing = f"{sid} is already stopped"
             return plan([], sleeping, awake)
-        leaving = [_stop_step(catalog, seen, d, f"depends on {sid}")
-                   for d in dependents_of(catalog, sid) if seen.services[d].holds_gpu]
-        leaving.append(_stop_step(catalog, seen, sid, what))
+        dependents = [d for d in dependents_of(catalog, sid) if seen.services[d].holds_gpu]
+        going = frozenset([*dependents, sid])  # a router that serves only these is stopped, not kept up for them
+        leaving = [_stop_step(catalog, seen, d, f"depends on {sid}", going) for d in dependents]
+        leaving.append(_stop_step(catalog, seen, sid, what, going))
         # a model already unloaded from a router that stays up has nothing left to unload
         leaving = [s for s in leaving if not (isinstance(s, RouterUnload) and seen.services[s.service].state is SvcState.SLEEPING)]
         if not leaving:
