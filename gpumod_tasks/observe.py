@@ -20,7 +20,7 @@ from typing import Any
 
 from .daemon.announce import parse as parse_daemon_link
 from .daemon.announce import registration_file
-from .engines import Health, Probe, probe
+from .engines import Probe, probe
 from .errors import GpumodError
 from .facts.batch import run_batch
 from .facts.gpu import GpuFacts
@@ -61,11 +61,9 @@ def observe(target: Target, services: list[str] | None = None, *, with_gpu: bool
     gpu: GpuFacts | None = None
     gpu_error = ""
     with _shared_pool() as pool:
-        # this machine: a port nobody listens on is answered here (a connect), without a thread; a
-        # connection that is accepted is kept for that service's probe
-        down = {p.id for p in presets if host.listens(p.port) is False} if host.is_this_machine else set()
-        f_probes = {p.id: _now(_refused_probe) for p in presets if p.id in down}
-        f_probes.update(_probe_all(pool, host, [p for p in presets if p.id not in down]))
+        # this machine: a port nobody listens on is answered by a connect in ``probe`` (no HTTP),
+        # and an accepted connection is kept for the request that follows
+        f_probes = _probe_all(pool, host, presets)
         if host.is_this_machine:
             # commands side by side; what is a plain file read here is read at once
             f_units = pool.submit(manager.states, units)
@@ -230,10 +228,6 @@ def _now(fn: Callable[..., Any], *args: Any) -> Future[Any]:
     except Exception as exc:  # noqa: BLE001 - raised by result(), as from a pool
         f.set_exception(exc)
     return f
-
-
-def _refused_probe() -> Probe:
-    return Probe(Health.DOWN, detail="connection refused")
 
 
 def _unit_files_here(directory: str, suffix: str, units: list[str]) -> str:

@@ -87,23 +87,13 @@ class LocalHttp:
         the server has not closed answers True without a new connect (a server that went away
         closed its end: that connection is dropped and a fresh connect tells)."""
         key = (host, port)
-        with self._lock:
-            idle = self._idle.pop(key, [])
-        live = [c for c in idle if _usable(c)]
-        for c in idle:
-            if c not in live:
-                c.close()
-        if live:
-            with self._lock:
-                self._idle.setdefault(key, []).extend(live)
-            return True
         try:
-            conn = self._connect((host, port), timeout)
+            conn, _ = self._take(key, timeout)
         except ConnectionRefusedError:
             return False
         except OSError:
             return True
-        self._give((host, port), conn)
+        self._give(key, conn)
         return True
 
     def _take(self, key: tuple[str, int], timeout: float, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
@@ -186,8 +176,11 @@ def _usable(conn: http.client.HTTPConnection) -> bool:
 
 
 def _is_ipv4(host: str) -> bool:
-    parts = host.split(".")
-    return len(parts) == 4 and all(p.isdigit() and p.isascii() and int(p) < 256 for p in parts)
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 def _charset(content_type: str) -> str:
