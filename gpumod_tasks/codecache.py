@@ -51,21 +51,12 @@ class CodeCache:
         if not self.compiled:
             return
         import marshal
-        import os
 
-        keep = dict(list(self.code.items())[-LIMIT:])
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        from .paths import write_cache
+
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(marshal.dumps(keep))
-                os.replace(tmp, self.path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        except (OSError, ValueError):
+            write_cache(self.path, marshal.dumps(dict(list(self.code.items())[-LIMIT:])))
+        except ValueError:  # a code object marshal cannot write: nothing is kept this time
             pass
         self.compiled = 0
 

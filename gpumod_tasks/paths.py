@@ -39,3 +39,22 @@ def cache_file(name: str) -> Path:
     if base:
         return Path(base) / "cache" / name
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpumod" / name
+
+
+def write_cache(path: Path, data: bytes) -> None:
+    """Replace cache file ``path`` with ``data`` at once (a reader sees the old file or the new one,
+    never half of either), readable by the user alone; a cache that cannot be written is only
+    slower next time, so an OSError is dropped."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass

@@ -495,26 +495,13 @@ class _DocCache:
     def flush(self) -> None:
         """Write the documents out (at exit, once something new was parsed), atomically."""
         import marshal
-        import os
-        import tempfile
+
+        from .paths import write_cache
 
         if not self._new or self._docs is None:
             return
         self._new = False
-        keep = dict(list(self._docs.items())[-self.LIMIT:])
-        path = self._path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".yaml-docs.")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(marshal.dumps(keep))
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError:
-            pass
+        write_cache(self._path(), marshal.dumps(dict(list(self._docs.items())[-self.LIMIT:])))
 
 
 _DOCS = _DocCache()
