@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -316,26 +317,34 @@ def _gpu_keys(doc: Any, v: dict[str, Any], driver: Driver, ck: Checker) -> tuple
     pin: tuple[str, ...] = ()
     if "gpu" in v:
         pin = _gpu_pin(doc, doc["gpu"], ck) or ()
-        if pin and gpus is not None and len(pin) != gpus:
-            ck.add(doc, "gpu", "gpu", f"pins {len(pin)} GPU{'s' if len(pin) > 1 else ''} ({', '.join(pin)}) but the preset "
-                   f"runs on {gpus}; name {gpus} GPU{'s' if gpus > 1 else ''} or drop the count")
-        elif pin and gpus is None:
-            gpus = len(pin)
+        gpus = _agreed_count(doc, "gpu", len(pin), gpus, ck, lambda n: (
+            f"pins {len(pin)} GPU{'s' if len(pin) > 1 else ''} ({', '.join(pin)}) but the preset "
+            f"runs on {n}; name {n} GPU{'s' if n > 1 else ''} or drop the count"))
     split: tuple[float, ...] = ()
     if "tensor_split" in v:
         if driver is not Driver.LLAMACPP:
             ck.add(doc, "tensor_split", "tensor_split", f"only valid with driver llamacpp (this preset is {driver.value})")
         else:
             split = _tensor_split(doc, doc["tensor_split"], ck) or ()
-            if split and gpus is not None and len(split) != gpus:
-                ck.add(doc, "tensor_split", "tensor_split", f"has {len(split)} ratios but the preset runs on {gpus} "
-                       f"GPU{'s' if gpus > 1 else ''}; give one ratio per GPU")
-            elif split and gpus is None:
-                gpus = len(split)
+            gpus = _agreed_count(doc, "tensor_split", len(split), gpus, ck, lambda n: (
+                f"has {len(split)} ratios but the preset runs on {n} GPU{'s' if n > 1 else ''}; give one ratio per GPU"))
     if not pin and "gpu" not in v:
         pin = _pin_from_cuda_visible(v.get("unit_vars", {}), gpus)
-        gpus = gpus if gpus is not None or not pin else len(pin)
+        gpus = _agreed_count(doc, "unit_vars", len(pin), gpus, ck, None)
     return (gpus or 1), pin, split
+
+
+def _agreed_count(doc: Any, key: str, named: int, gpus: int | None, ck: Checker,
+                  mismatch: Callable[[int], str] | None) -> int | None:
+    """``named`` GPUs given by ``key`` against the preset's GPU count so far: they set the count when
+    none was given; a different count is ``mismatch(count)`` (None: the count stands)."""
+    if not named:
+        return gpus
+    if gpus is None:
+        return named
+    if named != gpus and mismatch is not None:
+        ck.add(doc, key, key, mismatch(gpus))
+    return gpus
 
 
 def _pin_from_cuda_visible(unit_vars: dict[str, Any], gpus: int | None) -> tuple[str, ...]:
