@@ -181,18 +181,11 @@ class GpuReader:
 
     def used_mb(self) -> int:
         """Just the primary GPU's used MB: the cheap query the release poll repeats."""
-        if self._in_process:
-            return self._read_in_process().primary.used_mb or 0
-        if self._nvml_first:
-            try:
-                return self.read().primary.used_mb or 0
-            except GpuProbeError:
-                pass
-        r = self.host.run([self._binary, "--query-gpu=memory.used", "--format=csv,noheader,nounits"], ok=accepted(self._kind))
-        if r.exit_code != 0:
-            raise GpuProbeError(f"[{self.label}] nvidia-smi failed: {meaning(self._kind, r.exit_code)}"
-                                f"{': ' + r.stderr.strip() if r.stderr.strip() else ''}")
-        first = r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
+        facts = self._read_here()
+        if facts is not None:
+            return facts.primary.used_mb or 0
+        out = self._query("memory.used")
+        first = out.strip().splitlines()[0] if out.strip() else ""
         try:
             return int(first.split(",")[0].strip())
         except ValueError:
@@ -201,20 +194,30 @@ class GpuReader:
     def used_per_gpu(self) -> dict[int, int]:
         """Every GPU's used MB by index: the release poll on a box with several GPUs (all GPUs in
         one read, as cheap as the primary's)."""
+        facts = self._read_here()
+        if facts is not None:
+            return {g.index: g.used_mb or 0 for g in facts.gpus}
+        return parse_used_per_gpu(self._query("index,memory.used"), self.label)
+
+    def _read_here(self) -> GpuFacts | None:
+        """The whole read where it costs no command (the simulator's ledgers in this process, or
+        NVML); None where the release poll asks nvidia-smi for just the figure it needs."""
         if self._in_process:
-            return {g.index: g.used_mb or 0 for g in self._read_in_process().gpus}
+            return self._read_in_process()
         if self._nvml_first:
             try:
-                return {g.index: g.used_mb or 0 for g in self.read().gpus}
+                return self.read()
             except GpuProbeError:
                 pass
-        r = self.host.run([self._binary, "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
-                          ok=accepted(self._kind))
+        return None
+
+    def _query(self, fields: str) -> str:
+        """``nvidia-smi --query-gpu=FIELDS`` as CSV without header or units; its stdout."""
+        r = self.host.run([self._binary, f"--query-gpu={fields}", "--format=csv,noheader,nounits"], ok=accepted(self._kind))
         if r.exit_code != 0:
             raise GpuProbeError(f"[{self.label}] nvidia-smi failed: {meaning(self._kind, r.exit_code)}"
                                 f"{': ' + r.stderr.strip() if r.stderr.strip() else ''}")
-        return parse_used_per_gpu(r.stdout, self.label)
-
+        return r.stdout
 
     # -- the release wait as one command on a remote box -----------------------------------
     @property
