@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .catalog.model import Preset
 from .engines import Health, Probe, probe
@@ -43,6 +43,8 @@ from .service_manager import Systemd
 from .state import ModeRecord, read_mode, write_mode
 from .target import Target
 from .unit_install import write_unit
+
+T = TypeVar("T")
 
 #: how long a leaving service whose sleep failed may take to read as stopped (it died meanwhile)
 DEATH_SETTLE_S = 1.0
@@ -268,51 +270,49 @@ class Executor:
             return self._wait_release_per_gpu(step)
         if self.t.gpu_reader.waits_on_box:  # a remote box: the whole wait is one command there
             return self._wait_release_on_box(step)
-        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
-
         limit = step.expected_used_mb + step.tolerance_mb
-        last: list[int] = []
-
-        def used() -> int:
-            u = self.t.gpu_used_mb()
-            last.append(u)
-            return u
-
-        try:
-            Retrying(stop=stop_after_delay(self.release_timeout_s), wait=adaptive_wait(),
-                     retry=retry_if_result(lambda u: u > limit))(used)
-        except RetryError:
-            raise self._not_released(step, last) from None
+        released, last = self._poll_release(self.t.gpu_used_mb, lambda u: u <= limit)
+        if not released:
+            raise self._not_released(step, last)
         return "unchanged", f"{last[-1]} MB used after {len(last)} polls"
 
     def _wait_release_per_gpu(self, step: WaitRelease) -> tuple[str, str]:
         """Met when every GPU involved is down to its figure (all GPUs read in each poll)."""
-        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
-
         want = dict(step.per_gpu)
-        last: list[dict[int, int]] = []
-
-        def used() -> dict[int, int]:
-            u = self.t.gpu_reader.used_per_gpu()
-            last.append(u)
-            return u
 
         def held(u: dict[int, int]) -> list[int]:
             return [g for g, mb in want.items() if u.get(g, 0) > mb + step.tolerance_mb]
 
-        try:
-            Retrying(stop=stop_after_delay(self.release_timeout_s), wait=adaptive_wait(),
-                     retry=retry_if_result(lambda u: bool(held(u))))(used)
-        except RetryError:
+        released, last = self._poll_release(self.t.gpu_reader.used_per_gpu, lambda u: not held(u))
+        if not released:
             u = last[-1] if last else {}
             still = ", ".join(f"GPU{g} uses {u.get(g, '?')} MB > expected {want[g]} MB" for g in (held(u) if u else want))
             if step.releasing:
                 raise StepFailed(f"releasing: {', '.join(step.releasing)}: still held after {self.release_timeout_s:g}s "
-                                 f"({still} + {step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi") from None
+                                 f"({still} + {step.tolerance_mb} MB); the process may be stuck exiting, check nvidia-smi")
             raise StepFailed(f"VRAM not released: {still} + {step.tolerance_mb} MB after {self.release_timeout_s:g}s "
-                             f"(a stopped process may be stuck; check nvidia-smi)") from None
+                             f"(a stopped process may be stuck; check nvidia-smi)")
         u = last[-1]
         return "unchanged", ", ".join(f"GPU{g} {u.get(g, 0)} MB" for g in sorted(want)) + f" used after {len(last)} polls"
+
+    def _poll_release(self, read: Callable[[], T], released: Callable[[T], bool]) -> tuple[bool, list[T]]:
+        """The release poll in this process: ``read()`` at the adaptive interval until ``released``
+        of what it read, or the release timeout; (met, every figure read)."""
+        from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay  # imported by a wait only
+
+        last: list[T] = []
+
+        def once() -> T:
+            u = read()
+            last.append(u)
+            return u
+
+        try:
+            Retrying(stop=stop_after_delay(self.release_timeout_s), wait=adaptive_wait(),
+                     retry=retry_if_result(lambda u: not released(u)))(once)
+        except RetryError:
+            return False, last
+        return True, last
 
     def _wait_release_on_box(self, step: WaitRelease) -> tuple[str, str]:
         """``_wait_release`` polled on the box by one command (``GpuReader.wait_used_at_most``):
